@@ -1,0 +1,26 @@
+# `make test` and `make demo` install whatever is missing, then run. See README.md.
+PYTHON ?= python3
+CPU_TORCH ?= torch==2.13.0
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+.PHONY: deps install test demo bench gpu-check clean
+
+# torch first, pinned, only if missing: an unpinned torch would pull the multi-GB CUDA build.
+deps:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q $(CPU_TORCH)
+	@$(PYTHON) -m pip install -q -r requirements-dev.txt
+
+install: deps
+	$(PYTHON) -m pip install -q --no-build-isolation -e .
+
+test: install
+	$(PYTHON) -m pytest -q tests
+
+demo: install
+	$(PYTHON) -m ddpm_fast demo
+
+bench: install
+	$(PYTHON) -m pytest benchmarks/ --benchmark-only -q
+
+clean:
+	rm -rf build *.egg-info ddpm_fast/*.so .pytest_cache

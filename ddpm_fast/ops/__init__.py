@@ -1,0 +1,214 @@
+"""The fused DDPM ops, user-facing: validated inputs, then the backend chosen by the dispatcher.
+
+Timestep convention everywhere: integer t in [0, T), sampling runs t = T-1 .. 0 (diffusers'
+and lucidrains' convention); ``reverse_step`` at t maps x_t to x_{t-1}. Semantics of every op:
+docs/ops_contract.md.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import reference as _reference  # noqa: F401 — registers the reference backend
+from .dispatch import (BACKENDS, BackendUnavailableError, backends, get_backend, implementation,
+                       set_backend, use_backend)
+from .enums import PRED_EPSILON, TEMB_MODES, prediction_code, variance_code
+from .validate import (as_seed, as_table, as_timestep, check_float, check_rank, check_same_device,
+                       check_same_shape)
+
+__all__ = ["q_sample", "reverse_step", "ddim_step", "temb_add", "groupnorm_temb_silu",
+           "sinusoidal_embedding", "backends", "set_backend", "get_backend", "use_backend",
+           "implementation", "BACKENDS", "BackendUnavailableError"]
+
+_TARGETS = {"epsilon": 0, "sample": 1, "v_prediction": 2}
+
+
+def q_sample(x0: torch.Tensor, t, schedule, noise: Optional[torch.Tensor] = None, *,
+             seed=None, sample_offset: int = 0, return_target: Optional[str] = None,
+             backend: Optional[str] = None):
+    """Forward noising x_t = sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) ε (Ho et al. eq. 4).
+
+    x0: float [B, ...]; t: int or int tensor [] / [B]; schedule: NoiseSchedule or its table.
+    Give ``noise`` (same shape as x0), or ``seed`` to draw ε in the kernel (Philox stream 2,
+    counted by sample_offset + b). With ``return_target`` ("epsilon" | "sample" |
+    "v_prediction", seeded path only) returns ``(x_t, target)`` for the training loss.
+    """
+    check_float("x0", x0)
+    check_rank("x0", x0, 2)
+    table = as_table(schedule, x0.device)
+    t = as_timestep(t, x0.shape[0], table.shape[0], x0.device)
+    if noise is not None:
+        if seed is not None or return_target is not None:
+            raise ValueError("give either noise= or seed= (return_target needs seed=)")
+        check_float("noise", noise)
+        check_same_shape("noise", noise, "x0", x0)
+        check_same_device(x0=x0, noise=noise)
+        return implementation("q_sample", backend, x0.device)(x0, t, table, noise)
+    if seed is None:
+        raise ValueError("q_sample needs noise= or seed=")
+    target = _TARGETS[_canonical_target(return_target or "epsilon")]
+    x_t, tgt = implementation("q_sample_seeded", backend, x0.device)(
+        x0, t, table, as_seed(seed, x0.device), _offset(sample_offset), target)
+    return (x_t, tgt) if return_target is not None else x_t
+
+
+def reverse_step(x_t: torch.Tensor, model_out: torch.Tensor, t, schedule, *,
+                 noise: Optional[torch.Tensor] = None, seed=None, sample_offset: int = 0,
+                 prediction_type: str = "epsilon", variance_type: str = "fixed_small",
+                 clip_denoised: bool = True, clip_range: float = 1.0,
+                 out: Optional[torch.Tensor] = None, backend: Optional[str] = None) -> torch.Tensor:
+    """One ancestral DDPM step x_t -> x_{t-1} ~ p(x_{t-1} | x_t) (Ho et al. Algorithm 2).
+
+    x_t, model_out: float [B, ...] of one shape (dtypes may differ; math in float32); t: int or
+    int tensor [] / [B]. Noise: ``noise`` tensor, or ``seed`` (Philox stream 1 at (t, sample,
+    element), sample counted from ``sample_offset``). No noise is added at t = 0.
+    Returns x_{t-1} in x_t's dtype (written into ``out`` if given).
+    """
+    table, t, seed_t = _step_inputs(x_t, model_out, t, schedule, noise, seed)
+    impl = implementation("reverse_step", backend, x_t.device)
+    res = impl(x_t, model_out, t, table, noise, seed_t, _offset(sample_offset),
+               prediction_code(prediction_type), variance_code(variance_type),
+               bool(clip_denoised), float(clip_range))
+    return _write_out(res, out)
+
+
+def ddim_step(x_t: torch.Tensor, model_out: torch.Tensor, t, t_prev, schedule, *, eta: float = 0.0,
+              noise: Optional[torch.Tensor] = None, seed=None, sample_offset: int = 0,
+              prediction_type: str = "epsilon", clip_denoised: bool = True, clip_range: float = 1.0,
+              final_alpha_bar: float = 1.0, out: Optional[torch.Tensor] = None,
+              backend: Optional[str] = None) -> torch.Tensor:
+    """One DDIM step x_t -> x_{t_prev} (Song et al. eq. 12); t_prev < 0 means "the end", whose
+    ᾱ is ``final_alpha_bar`` (1.0, or ᾱ_0 for diffusers' set_alpha_to_one=False).
+    ``eta`` = 0 is deterministic; eta > 0 needs ``noise`` or ``seed``."""
+    if not eta >= 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    table, t, seed_t = _step_inputs(x_t, model_out, t, schedule, noise, seed, need_noise=eta > 0)
+    t_prev = _as_prev_timestep(t_prev, x_t, table.shape[0])
+    impl = implementation("ddim_step", backend, x_t.device)
+    res = impl(x_t, model_out, t, t_prev, table, noise, seed_t, _offset(sample_offset), float(eta),
+               prediction_code(prediction_type), bool(clip_denoised), float(clip_range),
+               float(final_alpha_bar))
+    return _write_out(res, out)
+
+
+def temb_add(h: torch.Tensor, temb: torch.Tensor, *, backend: Optional[str] = None) -> torch.Tensor:
+    """h + temb broadcast over space: h [B, C, *spatial], temb [B, C]. Returns h's dtype."""
+    check_float("h", h)
+    check_float("temb", temb)
+    check_rank("h", h, 3)
+    _check_temb(temb, h)
+    return implementation("temb_add", backend, h.device)(h, temb)
+
+
+def groupnorm_temb_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_groups: int,
+                        temb: Optional[torch.Tensor] = None, *, eps: float = 1e-5,
+                        temb_mode: Optional[str] = None, apply_silu: bool = True,
+                        backend: Optional[str] = None) -> torch.Tensor:
+    """silu(GroupNorm(x [+ temb]) [+ temb]) in one pass per group.
+
+    x [B, C, *spatial]; weight, bias [C]; temb [B, C] added "before_norm" or "after_norm"
+    (``temb_mode``, default before_norm when temb is given). Statistics in float32."""
+    check_float("x", x)
+    check_rank("x", x, 3)
+    C = x.shape[1]
+    if not isinstance(num_groups, int) or num_groups <= 0 or C % num_groups:
+        raise ValueError(f"num_groups must be a positive divisor of C={C}, got {num_groups!r}")
+    for name, p in (("weight", weight), ("bias", bias)):
+        check_float(name, p)
+        if p.shape != (C,):
+            raise ValueError(f"{name} must have shape [{C}], got {tuple(p.shape)}")
+    if temb is not None:
+        check_float("temb", temb)
+        _check_temb(temb, x)
+        temb_mode = temb_mode or "before_norm"
+    if temb_mode not in TEMB_MODES:
+        raise ValueError(f"temb_mode must be before_norm | after_norm | None, got {temb_mode!r}")
+    mode = TEMB_MODES[temb_mode]
+    if mode and temb is None:
+        raise ValueError(f"temb_mode={temb_mode!r} needs a temb tensor")
+    check_same_device(x=x, weight=weight, bias=bias, temb=temb)
+    return implementation("groupnorm_temb_silu", backend, x.device)(
+        x, weight, bias, temb, num_groups, float(eps), mode, bool(apply_silu))
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int, *, max_period: float = 10000.0,
+                         downscale_freq_shift: float = 1.0, flip_sin_to_cos: bool = False) -> torch.Tensor:
+    """Transformer sinusoidal embedding of timesteps t [B] -> float32 [B, dim] (Ho et al.'s
+    get_timestep_embedding: frequencies exp(-log(max_period) i / (dim/2 - shift)), [sin, cos])."""
+    if t.dim() != 1:
+        raise ValueError(f"t must have shape [B], got {tuple(t.shape)}")
+    if dim < 2:
+        raise ValueError(f"dim must be >= 2, got {dim}")
+    half = dim // 2
+    exponent = -torch.log(torch.tensor(max_period)) * torch.arange(half, dtype=torch.float32, device=t.device)
+    freqs = torch.exp(exponent / (half - downscale_freq_shift))
+    args = t.float()[:, None] * freqs[None, :]
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+    if flip_sin_to_cos:
+        emb = torch.cat([emb[:, half:], emb[:, :half]], dim=-1)
+    if dim % 2:
+        emb = torch.nn.functional.pad(emb, (0, 1))
+    return emb
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+def _step_inputs(x_t, model_out, t, schedule, noise, seed, need_noise: bool = True):
+    check_float("x_t", x_t)
+    check_float("model_out", model_out)
+    check_rank("x_t", x_t, 2)
+    check_same_shape("model_out", model_out, "x_t", x_t)
+    check_same_device(x_t=x_t, model_out=model_out, noise=noise)
+    table = as_table(schedule, x_t.device)
+    t = as_timestep(t, x_t.shape[0], table.shape[0], x_t.device)
+    if noise is not None:
+        check_float("noise", noise)
+        check_same_shape("noise", noise, "x_t", x_t)
+        if seed is not None:
+            raise ValueError("give either noise= or seed=, not both")
+        return table, t, None
+    if seed is None:
+        if need_noise:
+            raise ValueError("a stochastic step needs noise= or seed=")
+        return table, t, None
+    return table, t, as_seed(seed, x_t.device)
+
+
+def _as_prev_timestep(t_prev, x_t, T: int) -> torch.Tensor:
+    if isinstance(t_prev, int) and not isinstance(t_prev, bool):
+        if not -1 <= t_prev < T:
+            raise ValueError(f"t_prev {t_prev} is out of range [-1, {T})")
+        return torch.tensor(t_prev, dtype=torch.int64, device=x_t.device)
+    if not isinstance(t_prev, torch.Tensor) or t_prev.dtype not in (torch.int32, torch.int64):
+        raise TypeError("t_prev must be an int or an integer tensor")
+    if t_prev.device != x_t.device:
+        raise ValueError(f"t_prev is on {t_prev.device} but the data is on {x_t.device}")
+    return t_prev
+
+
+def _check_temb(temb: torch.Tensor, h: torch.Tensor) -> None:
+    if temb.shape != h.shape[:2]:
+        raise ValueError(f"temb must have shape [B, C] = {tuple(h.shape[:2])}, got {tuple(temb.shape)}")
+    check_same_device(h=h, temb=temb)
+
+
+def _canonical_target(name: str) -> str:
+    from .enums import PREDICTION_ALIASES
+    if name not in PREDICTION_ALIASES:
+        raise ValueError(f"unknown target {name!r}; use epsilon | sample | v_prediction")
+    return PREDICTION_ALIASES[name]
+
+
+def _offset(sample_offset) -> int:
+    if not isinstance(sample_offset, int) or sample_offset < 0:
+        raise ValueError(f"sample_offset must be an int >= 0, got {sample_offset!r}")
+    return sample_offset
+
+
+def _write_out(res: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:
+    if out is None:
+        return res
+    if out.shape != res.shape or out.dtype != res.dtype:
+        raise ValueError(f"out must be {res.dtype} {tuple(res.shape)}, got {out.dtype} {tuple(out.shape)}")
+    return out.copy_(res)

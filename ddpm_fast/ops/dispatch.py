@@ -1,0 +1,136 @@
+"""One dispatcher for every fused op: backends register implementations, callers ask by name.
+
+Backends: "reference" (plain PyTorch, any device), "cpp" (C++ CPU kernels of the extension),
+"cuda" (CUDA kernels of the extension), "triton" (Triton kernels; CUDA, or CPU under
+TRITON_INTERPRET=1 for tests). "auto" picks the fastest available for the tensors' device.
+Backend modules are imported lazily, inside try/except: a missing extension or Triton only
+makes that backend unavailable, with the reason kept for ``backends()``.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import threading
+from typing import Callable, Optional
+
+import torch
+
+__all__ = ["register", "implementation", "backends", "set_backend", "get_backend", "use_backend",
+           "BackendUnavailableError", "BACKENDS"]
+
+BACKENDS = ("reference", "cpp", "cuda", "triton")
+_AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpp", "reference")}
+_MODULES = {"reference": "ddpm_fast.ops.reference", "cpp": "ddpm_fast.ops.extension",
+            "cuda": "ddpm_fast.ops.extension", "triton": "ddpm_fast.ops.triton"}
+
+_registry: dict[str, dict[str, Callable]] = {}
+_resolved: dict[tuple, Callable] = {}  # (op, backend, device type) -> implementation
+_load_errors: dict[str, str] = {}      # module name -> why its import failed
+_lock = threading.Lock()
+_state = threading.local()
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested backend cannot run here (not built, no device, or op not implemented)."""
+
+
+def register(op: str, backend: str):
+    """Decorator: register ``fn`` as ``backend``'s implementation of ``op``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}")
+
+    def deco(fn):
+        _registry.setdefault(op, {})[backend] = fn
+        _resolved.clear()
+        return fn
+    return deco
+
+
+def _load(backend: str) -> Optional[str]:
+    """Import the backend's module once; None if it loaded, else the reason it did not."""
+    mod = _MODULES[backend]
+    with _lock:
+        if mod in _load_errors:
+            return _load_errors[mod] or None
+        try:
+            importlib.import_module(mod)
+            _load_errors[mod] = ""
+        except Exception as e:  # noqa: BLE001 — any failure means "not available", with the reason
+            _load_errors[mod] = f"{type(e).__name__}: {e}"
+        return _load_errors[mod] or None
+
+
+def _unavailable_reason(backend: str, device_type: str) -> Optional[str]:
+    """Why ``backend`` cannot run ops on ``device_type`` tensors, or None if it can."""
+    err = _load(backend)
+    if err:
+        return err
+    mod = importlib.import_module(_MODULES[backend])
+    check = getattr(mod, "unavailable_reason", None)
+    return check(backend, device_type) if check else None
+
+
+def backends() -> dict[str, str]:
+    """Each backend's status on this machine: "available" or "unavailable: <reason>"."""
+    out = {}
+    for b in BACKENDS:
+        dev = "cuda" if b == "cuda" or (b == "triton" and torch.cuda.is_available()) else "cpu"
+        if b == "triton" and dev == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            dev = "cuda"
+        why = _unavailable_reason(b, dev)
+        out[b] = "available" if why is None else f"unavailable: {why}"
+    return out
+
+
+def set_backend(name: str) -> None:
+    """Set the process-wide default backend ("auto" or one of BACKENDS)."""
+    if name != "auto" and name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose auto or one of {BACKENDS}")
+    _state.default = name
+
+
+def get_backend() -> str:
+    return getattr(_state, "default", os.environ.get("DDPM_FAST_BACKEND", "auto"))
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """``with use_backend("reference"): ...`` — temporarily change the default backend."""
+    old = get_backend()
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(old)
+
+
+def implementation(op: str, backend: Optional[str], device: torch.device) -> Callable:
+    """The function implementing ``op`` for tensors on ``device`` under ``backend``.
+
+    Resolved once per (op, backend, device type) and cached: callers in a hot loop pay a dict
+    lookup. Samplers resolve before their loop so compiled/captured code never sees this."""
+    name = backend or get_backend()
+    key = (op, name, device.type)
+    fn = _resolved.get(key)
+    if fn is None:
+        fn = _resolve(op, name, device.type)
+        _resolved[key] = fn
+    return fn
+
+
+def _resolve(op: str, name: str, dtype: str) -> Callable:
+    if name == "auto":
+        for b in _AUTO_ORDER.get(dtype, ("reference",)):
+            if _unavailable_reason(b, dtype) is None and b in _registry.get(op, {}):
+                return _registry[op][b]
+        raise BackendUnavailableError(f"no backend implements {op} on {dtype}")
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose auto or one of {BACKENDS}")
+    why = _unavailable_reason(name, dtype)
+    if why is not None:
+        raise BackendUnavailableError(f"backend {name!r} cannot run {op} on {dtype} tensors: {why}")
+    fn = _registry.get(op, {}).get(name)
+    if fn is None:
+        raise BackendUnavailableError(f"backend {name!r} does not implement {op}")
+    return fn

@@ -1,0 +1,148 @@
+"""Reference backend: every fused op in plain PyTorch, any device. The executable form of
+docs/ops_contract.md, and the twin every fused kernel is tested against.
+
+Signatures here are the backend interface (already validated, enums as ints, seed as an int64
+tensor); users call the friendly functions in ``ddpm_fast.ops``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..noise import STREAM_Q_SAMPLE, STREAM_STEP, philox_normal
+from ..schedule import Col
+from .dispatch import register
+from .enums import PRED_EPSILON, PRED_SAMPLE, PRED_V, TEMB_AFTER_NORM, TEMB_BEFORE_NORM, VAR_FIXED_SMALL
+
+BACKEND = "reference"
+
+
+def _coef(table: torch.Tensor, t: torch.Tensor, col: int, ndim: int, dtype=torch.float32) -> torch.Tensor:
+    """table[t, col] as float32 shaped to broadcast over a [B, ...] tensor of rank ndim."""
+    c = table[t.long(), col].to(dtype)
+    return c.reshape(-1, *([1] * (ndim - 1))) if c.dim() > 0 else c
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _noise_like(x: torch.Tensor, seed: torch.Tensor, t: torch.Tensor, sample_offset: int, stream: int):
+    return philox_normal(seed, tuple(x.shape), t, sample_offset, stream, device=x.device)
+
+
+@register("q_sample", BACKEND)
+def q_sample(x0, t, table, noise):
+    cd = _compute_dtype(x0)
+    a = _coef(table, t, Col.SQRT_ALPHA_BAR, x0.dim(), cd)
+    s = _coef(table, t, Col.SQRT_ONE_MINUS_ALPHA_BAR, x0.dim(), cd)
+    return (a * x0.to(cd) + s * noise.to(cd)).to(x0.dtype)
+
+
+@register("q_sample_seeded", BACKEND)
+def q_sample_seeded(x0, t, table, seed, sample_offset: int, target_type: int):
+    cd = _compute_dtype(x0)
+    eps = _noise_like(x0, seed, t, sample_offset, STREAM_Q_SAMPLE).to(cd)
+    a = _coef(table, t, Col.SQRT_ALPHA_BAR, x0.dim(), cd)
+    s = _coef(table, t, Col.SQRT_ONE_MINUS_ALPHA_BAR, x0.dim(), cd)
+    x = x0.to(cd)
+    x_t = a * x + s * eps
+    if target_type == PRED_EPSILON:
+        target = eps
+    elif target_type == PRED_SAMPLE:
+        target = x
+    else:
+        target = a * eps - s * x
+    return x_t.to(x0.dtype), target.to(x0.dtype)
+
+
+def predict_x0(x, m, table, t, prediction_type: int, cd):
+    """x0 from the model output m, by prediction type (step 1 of the contract)."""
+    if prediction_type == PRED_EPSILON:
+        return (_coef(table, t, Col.SQRT_RECIP_ALPHA_BAR, x.dim(), cd) * x
+                - _coef(table, t, Col.SQRT_RECIPM1_ALPHA_BAR, x.dim(), cd) * m)
+    if prediction_type == PRED_SAMPLE:
+        return m
+    return (_coef(table, t, Col.SQRT_ALPHA_BAR, x.dim(), cd) * x
+            - _coef(table, t, Col.SQRT_ONE_MINUS_ALPHA_BAR, x.dim(), cd) * m)
+
+
+@register("reverse_step", BACKEND)
+def reverse_step(x_t, model_out, t, table, noise: Optional[torch.Tensor], seed, sample_offset: int,
+                 prediction_type: int, variance_type: int, clip: bool, clip_range: float):
+    cd = _compute_dtype(x_t)
+    x, m = x_t.to(cd), model_out.to(cd)
+    x0 = predict_x0(x, m, table, t, prediction_type, cd)                      # 1. predicted x0
+    if clip:
+        x0 = x0.clamp(-clip_range, clip_range)                                # 2. clip
+    mean = (_coef(table, t, Col.POSTERIOR_MEAN_COEF1, x.dim(), cd) * x0       # 3. posterior mean
+            + _coef(table, t, Col.POSTERIOR_MEAN_COEF2, x.dim(), cd) * x)     #    (Ho et al. eq. 7)
+    col = Col.SIGMA_SMALL if variance_type == VAR_FIXED_SMALL else Col.SIGMA_LARGE
+    sigma = _coef(table, t, col, x.dim(), cd) * _coef_mask_positive(t, x.dim(), cd)
+    z = noise.to(cd) if noise is not None else _noise_like(x_t, seed, t, sample_offset, STREAM_STEP).to(cd)
+    return (mean + sigma * z).to(x_t.dtype)                                   # 4. + sigma_t z, none at t=0
+
+
+def _coef_mask_positive(t: torch.Tensor, ndim: int, dtype) -> torch.Tensor:
+    """1.0 where t > 0 else 0.0, shaped like _coef (a tensor op: no host sync)."""
+    m = (t > 0).to(dtype)
+    return m.reshape(-1, *([1] * (ndim - 1))) if m.dim() > 0 else m
+
+
+@register("ddim_step", BACKEND)
+def ddim_step(x_t, model_out, t, t_prev, table, noise: Optional[torch.Tensor], seed, sample_offset: int,
+              eta: float, prediction_type: int, clip: bool, clip_range: float, final_alpha_bar: float):
+    cd = _compute_dtype(x_t)
+    x, m = x_t.to(cd), model_out.to(cd)
+    a = _coef(table, t, Col.ALPHA_BAR, x.dim(), cd)
+    tp = t_prev.long()
+    a_prev_table = _coef(table, tp.clamp(min=0), Col.ALPHA_BAR, x.dim(), cd)
+    final = torch.full_like(a_prev_table, final_alpha_bar)
+    a_prev = torch.where(_shape_like(tp, x.dim()) >= 0, a_prev_table, final)
+    sa, s1a = a.sqrt(), (1 - a).sqrt()
+    if prediction_type == PRED_EPSILON:
+        x0, eps = (x - s1a * m) / sa, m
+    elif prediction_type == PRED_SAMPLE:
+        x0 = m
+        eps = (x - sa * x0) / s1a
+    else:
+        x0, eps = sa * x - s1a * m, sa * m + s1a * x
+    if clip:  # clipping changes x0, so eps is re-derived from the clipped x0 (PITFALLS.md)
+        x0 = x0.clamp(-clip_range, clip_range)
+        eps = (x - sa * x0) / s1a
+    sigma = eta * ((1 - a_prev) / (1 - a)).sqrt() * (1 - a / a_prev).sqrt()   # Song et al. eq. 16
+    direction = (1 - a_prev - sigma ** 2).clamp(min=0).sqrt() * eps
+    out = a_prev.sqrt() * x0 + direction
+    if eta > 0:
+        z = noise.to(cd) if noise is not None else _noise_like(x_t, seed, t, sample_offset, STREAM_STEP).to(cd)
+        out = out + sigma * z
+    return out.to(x_t.dtype)
+
+
+def _shape_like(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    return v.reshape(-1, *([1] * (ndim - 1))) if v.dim() > 0 else v
+
+
+@register("temb_add", BACKEND)
+def temb_add(h, temb):
+    cd = _compute_dtype(h)
+    view = temb.reshape(*temb.shape, *([1] * (h.dim() - 2)))
+    return (h.to(cd) + view.to(cd)).to(h.dtype)
+
+
+@register("groupnorm_temb_silu", BACKEND)
+def groupnorm_temb_silu(x, weight, bias, temb: Optional[torch.Tensor], num_groups: int, eps: float,
+                        temb_mode: int, apply_silu: bool):
+    cd = _compute_dtype(x)
+    h = x.to(cd)
+    view = None if temb is None else temb.reshape(*temb.shape, *([1] * (x.dim() - 2))).to(cd)
+    if temb_mode == TEMB_BEFORE_NORM:
+        h = h + view
+    h = F.group_norm(h, num_groups, weight.to(cd), bias.to(cd), eps)
+    if temb_mode == TEMB_AFTER_NORM:
+        h = h + view
+    if apply_silu:
+        h = F.silu(h)
+    return h.to(x.dtype)

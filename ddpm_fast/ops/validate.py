@@ -1,0 +1,94 @@
+"""Input checks shared by every op's Python front: clear, typed errors instead of wrong answers.
+
+Checks that need a tensor's values (timestep range) run on the host only for CPU tensors; on an
+accelerator they become device-side asserts (``torch._assert_async``), so no op syncs the host.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+INT_DTYPES = (torch.int32, torch.int64)
+
+
+def check_float(name: str, x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {x.dtype}")
+
+
+def check_rank(name: str, x: torch.Tensor, min_rank: int) -> None:
+    if x.dim() < min_rank:
+        raise ValueError(f"{name} must have at least {min_rank} dims [B, ...], got shape {tuple(x.shape)}")
+
+
+def check_same_shape(name: str, x: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    if x.shape != ref.shape:
+        raise ValueError(f"{name} has shape {tuple(x.shape)} but {ref_name} has {tuple(ref.shape)}")
+
+
+def check_same_device(**tensors: Optional[torch.Tensor]) -> None:
+    devs = {k: v.device for k, v in tensors.items() if isinstance(v, torch.Tensor)}
+    if len(set(devs.values())) > 1:
+        desc = ", ".join(f"{k} on {d}" for k, d in devs.items())
+        raise ValueError(f"all tensors must be on one device, got {desc}")
+
+
+def as_timestep(t, batch: int, T: int, device: torch.device) -> torch.Tensor:
+    """Validate a timestep (int or int tensor [] / [batch]) and return it as a device tensor."""
+    if isinstance(t, bool):
+        raise TypeError("timestep must be an int or an integer tensor, got bool")
+    if isinstance(t, int):
+        if not 0 <= t < T:
+            raise ValueError(f"timestep {t} is out of range [0, {T})")
+        return torch.tensor(t, dtype=torch.int64, device=device)
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"timestep must be an int or an integer tensor, got {type(t).__name__}")
+    if t.dtype not in INT_DTYPES:
+        raise TypeError(f"timestep tensor must be int32 or int64, got {t.dtype}")
+    if t.device != device:
+        raise ValueError(f"timestep is on {t.device} but the data is on {device}")
+    if t.dim() > 1 or (t.dim() == 1 and t.numel() not in (1, batch)):
+        raise ValueError(f"timestep must have shape [] or [{batch}], got {tuple(t.shape)}")
+    if t.dim() == 1 and t.numel() == 1 and batch != 1:
+        t = t.reshape(())
+    check_timestep_range(t, T)
+    return t
+
+
+def check_timestep_range(t: torch.Tensor, T: int) -> None:
+    if t.device.type == "cpu":
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= T):
+            raise ValueError(f"timestep out of range [0, {T}): min {int(t.min())}, max {int(t.max())}")
+    elif not torch.compiler.is_compiling():
+        torch._assert_async(((t >= 0) & (t < T)).all(), "timestep out of range")
+
+
+def as_table(schedule, device: torch.device) -> torch.Tensor:
+    """A NoiseSchedule or a float64 [T, 16] table tensor -> the table on ``device``."""
+    from ..schedule import TABLE_WIDTH, NoiseSchedule
+    if isinstance(schedule, NoiseSchedule):
+        return schedule.table(device)
+    if not isinstance(schedule, torch.Tensor):
+        raise TypeError(f"schedule must be a NoiseSchedule or its table tensor, got {type(schedule).__name__}")
+    if schedule.dtype != torch.float64 or schedule.dim() != 2 or schedule.shape[1] != TABLE_WIDTH:
+        raise ValueError(f"a schedule table is float64 [T, {TABLE_WIDTH}], got {schedule.dtype} "
+                         f"{tuple(schedule.shape)}")
+    if schedule.device != device:
+        raise ValueError(f"schedule table is on {schedule.device} but the data is on {device}")
+    return schedule
+
+
+def as_seed(seed, device: torch.device) -> torch.Tensor:
+    """An int (64-bit) or an int64 tensor [] / [1] -> an int64 scalar tensor on ``device``."""
+    from ..noise import seed_to_int64
+    if isinstance(seed, torch.Tensor):
+        if seed.dtype != torch.int64 or seed.numel() != 1:
+            raise TypeError(f"a seed tensor must be one int64 value, got {seed.dtype} {tuple(seed.shape)}")
+        if seed.device != device:
+            raise ValueError(f"seed is on {seed.device} but the data is on {device}")
+        return seed.reshape(())
+    return torch.tensor(seed_to_int64(seed), dtype=torch.int64, device=device)
