@@ -24,3 +24,7 @@ bench: install
 
 clean:
 	rm -rf build *.egg-info ddpm_fast/*.so .pytest_cache
+
+# Compiles every Triton and CUDA kernel for sm_80/sm_90 on this GPU-less machine (issue 8).
+gpu-check: install
+	$(PYTHON) -m ddpm_fast.tools.gpu_check

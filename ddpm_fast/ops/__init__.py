@@ -17,11 +17,47 @@ from .enums import PRED_EPSILON, TEMB_MODES, prediction_code, variance_code
 from .validate import (as_seed, as_table, as_timestep, check_float, check_rank, check_same_device,
                        check_same_shape)
 
-__all__ = ["q_sample", "reverse_step", "ddim_step", "temb_add", "groupnorm_temb_silu",
+__all__ = ["randn", "rand", "q_sample", "reverse_step", "ddim_step", "temb_add", "groupnorm_temb_silu",
            "sinusoidal_embedding", "backends", "set_backend", "get_backend", "use_backend",
            "implementation", "BACKENDS", "BackendUnavailableError"]
 
 _TARGETS = {"epsilon": 0, "sample": 1, "v_prediction": 2}
+
+
+def randn(shape, seed, *, timestep=0, sample_offset: int = 0, stream: int = 0,
+          device=None, dtype: torch.dtype = torch.float32, backend: Optional[str] = None) -> torch.Tensor:
+    """Standard normals of ``shape = (B, ...)`` from the Philox stream: element e of sample b is
+    counter (e // 4, sample_offset + b, timestep, stream) (docs/ops_contract.md). The same seed
+    gives the same values on every backend and for any split of the batch. stream 0 = x_T."""
+    return _philox("philox_normal", shape, seed, timestep, sample_offset, stream, device, backend).to(dtype)
+
+
+def rand(shape, seed, *, timestep=0, sample_offset: int = 0, stream: int = 0,
+         device=None, backend: Optional[str] = None) -> torch.Tensor:
+    """Uniforms in (0, 1), float32, same counters as ``randn`` (bitwise equal on all backends)."""
+    return _philox("philox_uniform", shape, seed, timestep, sample_offset, stream, device, backend)
+
+
+def _philox(op, shape, seed, timestep, sample_offset, stream, device, backend):
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 1 or any(s < 0 for s in shape):
+        raise ValueError(f"shape must be (B, ...) with sizes >= 0, got {shape}")
+    if not isinstance(stream, int) or not 0 <= stream < 2 ** 32:
+        raise ValueError(f"stream must be an int in [0, 2**32), got {stream!r}")
+    device = torch.device(device) if device is not None else (
+        seed.device if isinstance(seed, torch.Tensor) else torch.device("cpu"))
+    seed_t = as_seed(seed, device)
+    if isinstance(timestep, int):
+        if timestep < 0:
+            raise ValueError(f"timestep must be >= 0, got {timestep}")
+        t = torch.tensor(timestep, dtype=torch.int64, device=device)
+    else:
+        t = timestep
+    numel = 1
+    for s in shape[1:]:
+        numel *= s
+    out = implementation(op, backend, device)(seed_t, t, shape[0], numel, _offset(sample_offset), stream)
+    return out.reshape(shape)
 
 
 def q_sample(x0: torch.Tensor, t, schedule, noise: Optional[torch.Tensor] = None, *,

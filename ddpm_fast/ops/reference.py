@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..noise import STREAM_Q_SAMPLE, STREAM_STEP, philox_normal
+from ..noise import STREAM_Q_SAMPLE, STREAM_STEP, philox_normal, philox_uniform
 from ..schedule import Col
 from .dispatch import register
 from .enums import PRED_EPSILON, PRED_SAMPLE, PRED_V, TEMB_AFTER_NORM, TEMB_BEFORE_NORM, VAR_FIXED_SMALL
@@ -31,6 +31,16 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 def _noise_like(x: torch.Tensor, seed: torch.Tensor, t: torch.Tensor, sample_offset: int, stream: int):
     return philox_normal(seed, tuple(x.shape), t, sample_offset, stream, device=x.device)
+
+
+@register("philox_normal", BACKEND)
+def philox_normal_op(seed, t, batch: int, numel: int, sample_offset: int, stream: int):
+    return philox_normal(seed, (batch, numel), t, sample_offset, stream, device=seed.device)
+
+
+@register("philox_uniform", BACKEND)
+def philox_uniform_op(seed, t, batch: int, numel: int, sample_offset: int, stream: int):
+    return philox_uniform(seed, (batch, numel), t, sample_offset, stream, device=seed.device)
 
 
 @register("q_sample", BACKEND)
