@@ -185,7 +185,11 @@ class NoiseSchedule:
 
     @classmethod
     def from_diffusers(cls, scheduler) -> "NoiseSchedule":
-        """Same schedule as a diffusers ``DDPMScheduler``/``DDIMScheduler`` (or its config)."""
+        """Same schedule as a diffusers ``DDPMScheduler``/``DDIMScheduler`` (or its config dict).
+
+        From a scheduler instance its ``alphas_cumprod`` are taken as they are (bit-compatible
+        with diffusers' loop); from a config the betas are recomputed in float64. The config's
+        prediction_type is kept as the schedule's hint."""
         cfg = getattr(scheduler, "config", scheduler)
         get = cfg.get if isinstance(cfg, dict) else (lambda k, d=None: getattr(cfg, k, d))
         T = int(get("num_train_timesteps", 1000))
@@ -206,6 +210,14 @@ class NoiseSchedule:
         if get("rescale_betas_zero_snr", False):
             betas = rescale_zero_terminal_snr(betas)
             name += "+ztsnr"
+        ab = getattr(scheduler, "alphas_cumprod", None)
+        if isinstance(ab, torch.Tensor) and ab.numel() == T and bool((ab > 0).all()):
+            # A scheduler instance: adopt its own (float32) alpha_bar, the values the model was
+            # trained with, and derive everything else from them in float64. Recomputing in
+            # float64 instead differs by up to 1e-4 relative at small t, where diffusers' float32
+            # 1 - alpha_bar cancels.
+            ab = ab.to(torch.float64)
+            betas = 1 - ab / torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]])
         return cls(betas, name=name, prediction_type=pred)
 
     # -- properties -------------------------------------------------------------------------
@@ -256,7 +268,8 @@ def spaced_timesteps(T: int, steps: int, spacing: str = "leading", steps_offset:
         ratio = T / steps
         ts = [int(round(T - i * ratio)) - 1 for i in range(steps)][::-1]
     elif spacing == "linspace":
-        ts = [int(round(x)) for x in torch.linspace(0, T - 1, steps, dtype=torch.float64).tolist()]
+        step = (T - 1) / (steps - 1) if steps > 1 else 0.0
+        ts = [int(round(i * step)) for i in range(steps)]  # i*step, as numpy's linspace computes it
     else:
         raise ValueError(f"timestep spacing must be leading | trailing | linspace, got {spacing!r}")
     ts = sorted(set(ts), reverse=True)

@@ -1,0 +1,88 @@
+"""Calling the user's model as it is: any ``model(x, t)``, a diffusers ``UNet2DModel``
+(``(sample, timestep)`` returning ``.sample``), a lucidrains ``Unet(x, time)``.
+
+No wrapper is needed from the user; we only normalise the output to a tensor and check it.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+
+from ..ops.enums import PREDICTION_ALIASES
+
+# lucidrains' GaussianDiffusion.objective -> our prediction type
+_LUCIDRAINS_OBJECTIVES = {"pred_noise": "epsilon", "pred_x0": "sample", "pred_v": "v_prediction"}
+
+
+def reject_wrapped_diffusion(model: Any) -> None:
+    """lucidrains' GaussianDiffusion holds the network in ``.model`` and its own schedule and
+    objective (v-prediction + sigmoid schedule by default): sampling it as an eps-model would give
+    wrong images silently, so say what to pass instead (PITFALLS.md)."""
+    if hasattr(model, "objective") and hasattr(model, "model") and hasattr(model, "betas"):
+        pred = _LUCIDRAINS_OBJECTIVES.get(getattr(model, "objective", ""), "?")
+        raise TypeError(
+            "got a GaussianDiffusion wrapper, not a denoiser: pass its network and state its "
+            f"prediction type and schedule, e.g. sample(diffusion.model, ..., prediction_type={pred!r}, "
+            "schedule=NoiseSchedule(diffusion.betas))")
+
+
+def model_input_dtype(model: Any) -> torch.dtype:
+    """The dtype the model computes in (its first floating parameter), float32 otherwise."""
+    if isinstance(model, torch.nn.Module):
+        for p in model.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return torch.float32
+
+
+def model_device(model: Any) -> Optional[torch.device]:
+    if isinstance(model, torch.nn.Module):
+        for p in model.parameters():
+            return p.device
+        for b in model.buffers():
+            return b.device
+    return None
+
+
+def unwrap_output(out: Any) -> torch.Tensor:
+    """diffusers returns an object with ``.sample``; some models return tuples or dicts."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "sample") and isinstance(out.sample, torch.Tensor):
+        return out.sample
+    if isinstance(out, dict) and isinstance(out.get("sample"), torch.Tensor):
+        return out["sample"]
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise TypeError(f"the model returned {type(out).__name__}; expected a tensor (or an object "
+                    "with .sample, as diffusers models return)")
+
+
+def check_output(out: torch.Tensor, x: torch.Tensor) -> None:
+    if out.shape != x.shape:
+        hint = ""
+        if out.dim() == x.dim() and out.shape[1] == 2 * x.shape[1]:
+            hint = (" (twice the channels: a learned-variance model; pass a callable that returns "
+                    "the first half, the mean prediction)")
+        raise ValueError(f"the model returned shape {tuple(out.shape)} for input {tuple(x.shape)}{hint}")
+    if not out.is_floating_point():
+        raise TypeError(f"the model returned {out.dtype}; expected a floating tensor")
+
+
+def make_caller(model: Callable, model_kwargs: Optional[dict], dtype: torch.dtype
+                ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``call(x, t_batch) -> tensor`` for the user's model, casting x to its dtype."""
+    kwargs = dict(model_kwargs or {})
+
+    def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return unwrap_output(model(x.to(dtype), t, **kwargs))
+    return call
+
+
+def canonical_prediction(name: Optional[str]) -> Optional[str]:
+    if name is None:
+        return None
+    if name not in PREDICTION_ALIASES:
+        raise ValueError(f"unknown prediction_type {name!r}; use epsilon | sample | v_prediction")
+    return PREDICTION_ALIASES[name]

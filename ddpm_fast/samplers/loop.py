@@ -1,0 +1,117 @@
+"""The sampling loop, written once against the ops interface (DESIGN.md, layer 2).
+
+Everything the loop needs is resolved up front into a ``SamplerSpec``; the loop itself only
+calls the model and one fused step per timestep. Timesteps live in a device tensor indexed by
+the step number, the seed is a device tensor, noise comes from the counter-based stream: the
+loop never synchronises with the host (a non-finite model output is recorded on the device and
+reported once at the end).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from ..noise import STREAM_INIT
+from ..ops import implementation
+from ..ops.enums import PRED_EPSILON, PREDICTION_TYPES, VARIANCE_TYPES
+from .plan import Plan
+
+
+@dataclass
+class SamplerSpec:
+    """Static description of one sampling run (what a compiled/captured sampler is keyed by)."""
+    shape: tuple[int, ...]
+    device: torch.device
+    dtype: torch.dtype                 # dtype of the sampler state x_t (float32 by default)
+    table: torch.Tensor                # float64 [T, 16] on device
+    plan: Plan
+    sampler: str                       # "ddpm" | "ddim"
+    prediction_type: str
+    variance_type: str
+    clip_denoised: bool
+    clip_range: float
+    eta: float
+    final_alpha_bar: float
+    sample_offset: int
+    backend: Optional[str]
+    check_nan: bool = True
+    impls: dict = field(default_factory=dict)
+
+    def resolve(self) -> "SamplerSpec":
+        """Look the op implementations up once (the loop calls them directly)."""
+        ops = ["philox_normal", "reverse_step" if self.sampler == "ddpm" else "ddim_step"]
+        self.impls = {op: implementation(op, self.backend, self.device) for op in ops}
+        return self
+
+    @property
+    def pred_code(self) -> int:
+        return PREDICTION_TYPES[self.prediction_type]
+
+    def initial_noise(self, seed: torch.Tensor) -> torch.Tensor:
+        """x_T from Philox stream 0, counted by global sample index: chunk/shard invariant."""
+        B = self.shape[0]
+        numel = 1
+        for s in self.shape[1:]:
+            numel *= s
+        t0 = torch.zeros((), dtype=torch.int64, device=self.device)
+        z = self.impls["philox_normal"](seed, t0, B, numel, self.sample_offset, STREAM_INIT)
+        return z.reshape(self.shape).to(self.dtype)
+
+    def step(self, x: torch.Tensor, model_out: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor,
+             seed: torch.Tensor) -> torch.Tensor:
+        """One fused step x_t -> x_prev (the backend's kernel; t, t_prev are device scalars)."""
+        if self.sampler == "ddpm":
+            return self.impls["reverse_step"](
+                x, model_out, t, self.table, None, seed, self.sample_offset, self.pred_code,
+                VARIANCE_TYPES[self.variance_type], self.clip_denoised, self.clip_range)
+        return self.impls["ddim_step"](
+            x, model_out, t, t_prev, self.table, None, seed, self.sample_offset, self.eta,
+            self.pred_code, self.clip_denoised, self.clip_range, self.final_alpha_bar)
+
+
+class NonFiniteTracker:
+    """Records, on the device, the first timestep whose model output was not finite."""
+
+    def __init__(self, device: torch.device, enabled: bool):
+        self.enabled = enabled
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+
+    def update(self, model_out: torch.Tensor, t: torch.Tensor) -> None:
+        if self.enabled:
+            bad = ~torch.isfinite(model_out).all()
+            self.first_bad = torch.where(bad & (self.first_bad < 0), t, self.first_bad)
+
+    def raise_if_bad(self) -> None:
+        if self.enabled:
+            t = int(self.first_bad)  # the loop's one host sync, after the last step
+            if t >= 0:
+                raise FloatingPointError(
+                    f"the model output was not finite (NaN/inf) at timestep {t}; the samples are "
+                    "invalid (check the model's dtype/weights, or pass check_nan=False to skip this check)")
+
+
+def run_eager(spec: SamplerSpec, call: Callable, x: torch.Tensor, seed: torch.Tensor,
+              progress: bool = False, intermediate_every: int = 0):
+    """The T-step loop in eager mode. Returns (x0, intermediates)."""
+    ts, prevs = spec.plan.device_tensors(spec.device)
+    B = spec.shape[0]
+    tracker = NonFiniteTracker(spec.device, spec.check_nan)
+    intermediates = []
+    steps = range(len(spec.plan))
+    if progress:
+        from tqdm.auto import tqdm
+        steps = tqdm(steps, desc=f"{spec.sampler} sampling", unit="step")
+    for i in steps:
+        t, t_prev = ts[i], prevs[i]                     # device scalars: no host sync
+        model_out = call(x, t.expand(B))
+        if model_out.shape != x.shape:
+            from .adapters import check_output
+            check_output(model_out, x)
+        tracker.update(model_out, t)
+        x = spec.step(x, model_out, t, t_prev, seed)
+        if intermediate_every and (i + 1) % intermediate_every == 0:
+            intermediates.append(x.clone())
+    tracker.raise_if_bad()
+    return x, intermediates

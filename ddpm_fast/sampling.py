@@ -1,0 +1,191 @@
+"""``ddpm_fast.sample``: drop-in DDPM/DDIM sampling for an existing eps/x0/v-prediction model."""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+
+from .ops.enums import VARIANCE_TYPES
+from .ops.validate import as_seed
+from .samplers.adapters import (canonical_prediction, make_caller, model_device,
+                                model_input_dtype, reject_wrapped_diffusion)
+from .samplers.loop import SamplerSpec, run_eager
+from .samplers.plan import ddim_plan, ddpm_plan
+from .schedule import Col, NoiseSchedule
+
+__all__ = ["sample"]
+
+
+@torch.no_grad()
+def sample(model: Callable, shape: Sequence[int], *,
+           schedule: Union[NoiseSchedule, str, Any, None] = None,
+           sampler: str = "ddpm", steps: Optional[int] = None, eta: float = 0.0,
+           seed: Optional[int] = None, prediction_type: Optional[str] = None,
+           variance_type: str = "fixed_small", clip_denoised: bool = True, clip_range: float = 1.0,
+           model_kwargs: Optional[dict] = None, backend: Optional[str] = "auto",
+           device: Union[torch.device, str, None] = None, dtype: torch.dtype = torch.float32,
+           sample_offset: int = 0, chunk_size: Optional[int] = None,
+           timestep_spacing: str = "leading", steps_offset: int = 0, set_alpha_to_one: bool = True,
+           x_T: Optional[torch.Tensor] = None, check_nan: bool = True, progress: bool = False,
+           return_intermediates: bool = False, intermediate_every: int = 100,
+           compile: bool = False, cuda_graph: Optional[bool] = None):
+    """Sample ``shape = (B, C, H, W)`` (any ``(B, ...)``) from a diffusion model.
+
+    model: any callable ``model(x, t, **model_kwargs)`` with x float [B, ...] and t int64 [B]
+      (timesteps in [0, T), diffusers/lucidrains convention), returning a tensor of x's shape, or
+      an object with ``.sample`` (diffusers ``UNet2DModel``). Class-conditional models get their
+      labels through ``model_kwargs`` (e.g. ``{"y": labels}`` or ``{"class_labels": labels}``).
+    schedule: a NoiseSchedule, a schedule name ("linear", "cosine", ...; T = 1000), or a diffusers
+      scheduler (its config is read, prediction type included). Default: linear, T = 1000.
+    sampler: "ddpm" (ancestral, all T steps) or "ddim" (``steps`` respaced timesteps, ``eta``).
+    seed: 64-bit int keying the counter-based noise; sample i depends only on (seed,
+      sample_offset + i): the same images for any batch size, chunking or backend. None draws a
+      seed from torch's default generator.
+    prediction_type: "epsilon" | "sample" | "v_prediction" (None: the schedule's hint, else
+      epsilon; a conflicting explicit choice is an error).
+    variance_type: "fixed_small" (β̃_t) or "fixed_large" (β_t); no noise is added at t = 0.
+    backend: "auto" | "reference" | "cpp" | "cuda" | "triton" for the fused step.
+    chunk_size: sample at most this many at a time (same results as one batch).
+    x_T: start from this noise instead of the seeded one (float [B, ...]).
+    check_nan: raise FloatingPointError if the model ever outputs NaN/inf (checked on the
+      device, reported once after the loop: no per-step host sync).
+    compile / cuda_graph: the fast paths (issue 5); cuda_graph=None means "on for CUDA".
+    Returns x_0 as float32 [B, ...] (dtype ``dtype``), or ``(x_0, intermediates)`` with
+    ``return_intermediates`` (x_t every ``intermediate_every`` steps).
+    """
+    reject_wrapped_diffusion(model)
+    schedule, pred = _resolve_schedule(schedule, prediction_type)
+    shape = _check_shape(shape)
+    device = torch.device(device) if device is not None else (model_device(model) or torch.device("cpu"))
+    spec = _make_spec(schedule, pred, shape, device, dtype, sampler, steps, eta, variance_type,
+                      clip_denoised, clip_range, timestep_spacing, steps_offset, set_alpha_to_one,
+                      sample_offset, backend, check_nan)
+    if compile or cuda_graph:
+        from .samplers import fast  # the compiled / graph-captured loop (issue 5)
+        return fast.sample_fast(spec, model, model_kwargs, seed, x_T, compile=compile,
+                                cuda_graph=cuda_graph, chunk_size=chunk_size, progress=progress,
+                                return_intermediates=return_intermediates,
+                                intermediate_every=intermediate_every)
+    seed = _draw_seed() if seed is None else seed
+    return _sample_chunks(spec, model, model_kwargs, seed, x_T, chunk_size, progress,
+                          intermediate_every if return_intermediates else 0)
+
+
+def _sample_chunks(spec: SamplerSpec, model, model_kwargs, seed: int, x_T, chunk_size, progress, every):
+    """Sample in chunks of ``chunk_size``; each chunk counts its noise from its global offset."""
+    B = spec.shape[0]
+    chunk = B if not chunk_size else int(chunk_size)
+    if chunk <= 0:
+        raise ValueError(f"chunk_size must be > 0, got {chunk_size}")
+    dtype = model_input_dtype(model)
+    seed_t = as_seed(seed, spec.device)
+    outs, inters = [], []
+    for start in range(0, B, chunk):
+        n = min(chunk, B - start)
+        sub = spec if n == B else _sub_spec(spec, start, n)
+        call = make_caller(model, _slice_kwargs(model_kwargs, start, n, B), dtype)
+        x = _start_noise(sub, seed_t, None if x_T is None else x_T[start:start + n])
+        x, inter = run_eager(sub, call, x, seed_t, progress, every)
+        outs.append(x)
+        inters.append(inter)
+    x = outs[0] if len(outs) == 1 else torch.cat(outs)
+    if every:
+        return x, [torch.cat(parts) for parts in zip(*inters)]
+    return x
+
+
+def _slice_kwargs(model_kwargs, start: int, n: int, B: int):
+    """Per-sample model kwargs (class labels: a tensor with B rows) follow the chunk."""
+    if not model_kwargs or n == B:
+        return model_kwargs
+    return {k: (v[start:start + n] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == B else v)
+            for k, v in model_kwargs.items()}
+
+
+def _sub_spec(spec: SamplerSpec, start: int, n: int) -> SamplerSpec:
+    import dataclasses
+    sub = dataclasses.replace(spec, shape=(n, *spec.shape[1:]), sample_offset=spec.sample_offset + start)
+    sub.impls = spec.impls
+    return sub
+
+
+def _start_noise(spec: SamplerSpec, seed_t: torch.Tensor, x_T: Optional[torch.Tensor]) -> torch.Tensor:
+    if x_T is None:
+        return spec.initial_noise(seed_t)
+    if not isinstance(x_T, torch.Tensor) or tuple(x_T.shape) != spec.shape:
+        raise ValueError(f"x_T must be a tensor of shape {spec.shape}")
+    if not x_T.is_floating_point():
+        raise TypeError(f"x_T must be floating point, got {x_T.dtype}")
+    if not torch.isfinite(x_T).all():
+        raise ValueError("x_T contains NaN or inf")
+    return x_T.to(spec.device, spec.dtype)
+
+
+def _make_spec(schedule, pred, shape, device, dtype, sampler, steps, eta, variance_type,
+               clip_denoised, clip_range, spacing, steps_offset, set_alpha_to_one, sample_offset,
+               backend, check_nan) -> SamplerSpec:
+    T = schedule.T
+    if sampler == "ddpm":
+        if steps not in (None, T):
+            raise ValueError(f"the DDPM sampler visits all T={T} steps; for {steps} steps use "
+                             "sampler='ddim' (eta=1 gives the respaced DDPM posterior)")
+        if eta:
+            raise ValueError("eta applies to sampler='ddim' only")
+        plan = ddpm_plan(T)
+    elif sampler == "ddim":
+        plan = ddim_plan(T, T if steps is None else steps, spacing, steps_offset)
+        if not eta >= 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+    else:
+        raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
+    if variance_type not in VARIANCE_TYPES:
+        raise ValueError(f"variance_type must be one of {sorted(VARIANCE_TYPES)}, got {variance_type!r}")
+    if dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    if not isinstance(sample_offset, int) or sample_offset < 0:
+        raise ValueError(f"sample_offset must be an int >= 0, got {sample_offset!r}")
+    if not clip_range > 0:
+        raise ValueError(f"clip_range must be > 0, got {clip_range}")
+    final = 1.0 if set_alpha_to_one else float(schedule.column(Col.ALPHA_BAR)[0])
+    spec = SamplerSpec(shape=shape, device=device, dtype=dtype, table=schedule.table(device), plan=plan,
+                       sampler=sampler, prediction_type=pred, variance_type=variance_type,
+                       clip_denoised=bool(clip_denoised), clip_range=float(clip_range), eta=float(eta),
+                       final_alpha_bar=final, sample_offset=sample_offset,
+                       backend=backend or "auto", check_nan=check_nan)
+    return spec.resolve()
+
+
+def _resolve_schedule(schedule, prediction_type):
+    if schedule is None:
+        schedule = NoiseSchedule.linear(1000)
+    elif isinstance(schedule, str):
+        schedule = NoiseSchedule.make(schedule, 1000)
+    elif not isinstance(schedule, NoiseSchedule):
+        if hasattr(schedule, "config") and hasattr(schedule.config, "num_train_timesteps"):
+            schedule = NoiseSchedule.from_diffusers(schedule)
+        else:
+            raise TypeError(f"schedule must be a NoiseSchedule, a name or a diffusers scheduler, "
+                            f"got {type(schedule).__name__}")
+    asked, hint = canonical_prediction(prediction_type), canonical_prediction(schedule.prediction_type)
+    if asked and hint and asked != hint:
+        raise ValueError(f"prediction_type={asked!r} conflicts with the schedule's {hint!r}")
+    pred = asked or hint or "epsilon"
+    if pred == "epsilon" and schedule.zero_terminal_snr:
+        raise ValueError("a zero-terminal-SNR schedule has alpha_bar_T = 0, where x0 cannot be "
+                         "recovered from epsilon (division by zero); train and sample with "
+                         "prediction_type='v_prediction'")
+    return schedule, pred
+
+
+def _check_shape(shape) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in shape)
+    except TypeError:
+        raise TypeError(f"shape must be a sequence of ints (B, ...), got {shape!r}") from None
+    if len(shape) < 2 or any(s <= 0 for s in shape):
+        raise ValueError(f"shape must be (B, ...) with positive sizes, got {shape}")
+    return shape
+
+
+def _draw_seed() -> int:
+    return int(torch.randint(0, 2 ** 62, (1,)).item())
