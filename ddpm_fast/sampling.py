@@ -79,6 +79,8 @@ def _sample_chunks(spec: SamplerSpec, model, model_kwargs, seed: int, x_T, chunk
         raise ValueError(f"chunk_size must be > 0, got {chunk_size}")
     dtype = model_input_dtype(model)
     seed_t = as_seed(seed, spec.device)
+    if x_T is not None:
+        _check_x_T(x_T, spec.shape)
     outs, inters = [], []
     for start in range(0, B, chunk):
         n = min(chunk, B - start)
@@ -112,13 +114,16 @@ def _sub_spec(spec: SamplerSpec, start: int, n: int) -> SamplerSpec:
 def _start_noise(spec: SamplerSpec, seed_t: torch.Tensor, x_T: Optional[torch.Tensor]) -> torch.Tensor:
     if x_T is None:
         return spec.initial_noise(seed_t)
-    if not isinstance(x_T, torch.Tensor) or tuple(x_T.shape) != spec.shape:
-        raise ValueError(f"x_T must be a tensor of shape {spec.shape}")
+    return x_T.to(spec.device, spec.dtype)
+
+
+def _check_x_T(x_T, shape) -> None:
+    if not isinstance(x_T, torch.Tensor) or tuple(x_T.shape) != shape:
+        raise ValueError(f"x_T must be a tensor of shape {shape}")
     if not x_T.is_floating_point():
         raise TypeError(f"x_T must be floating point, got {x_T.dtype}")
     if not torch.isfinite(x_T).all():
         raise ValueError("x_T contains NaN or inf")
-    return x_T.to(spec.device, spec.dtype)
 
 
 def _make_spec(schedule, pred, shape, device, dtype, sampler, steps, eta, variance_type,
