@@ -1,0 +1,155 @@
+"""In-kernel Philox4x32-10 noise (the reference stream of ddpm_fast.noise) and the raw-stream ops.
+
+Counter of element e of global sample n at timestep t in stream s: (e // 4, n, t, s), key =
+the 64-bit seed; word e % 4 of the counter's four output words belongs to e. ``tl.philox(seed,
+c0, c1, c2, c3)`` with the int64 seed (hi word = k1, lo word = k0) is exactly Philox4x32-10
+(checked against Random123's known answers in tests/test_triton_philox.py).
+
+A program draws its BLOCK elements as BLOCK // 4 counters (one Philox evaluation per four
+elements, no redundant rounds), Box-Muller on word pairs (0,1) and (2,3), then interleaves the
+four word-blocks back into element order with two joins and a reshape.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (AOT_DTYPES, ELEMENTWISE_CONFIGS, autotuned, check_seed, check_timestep, define_op,
+                      elementwise_grid, launch, load_timestep, make_spec)
+
+TWO_PI_F32: tl.constexpr = tl.constexpr(6.2831854820251465)   # float32(2*pi), as ddpm_fast.noise
+TWO_POW_M23: tl.constexpr = tl.constexpr(1.1920928955078125e-07)  # 2**-23
+
+
+@triton.jit
+def philox_words(seed, q, n, t, stream):
+    """The four uint32 words of counters (q, n, t, stream); q a block of quad indices e // 4,
+    n, t, stream scalars (any int type: truncated to 32 bits, as the reference masks them)."""
+    z = tl.zeros(q.shape, dtype=tl.uint32)
+    c0 = q.to(tl.uint32)
+    c1 = z + n.to(tl.uint32)
+    c2 = z + t.to(tl.uint32)
+    c3 = (z + stream).to(tl.uint32)
+    return tl.philox(seed, c0, c1, c2, c3)
+
+
+@triton.jit
+def uniform_from_word(w):
+    """u = ((w >> 9) + 0.5) * 2**-23, exact in float32, in (0, 1)."""
+    return ((w >> 9).to(tl.int32).to(tl.float32) + 0.5) * TWO_POW_M23
+
+
+@triton.jit
+def box_muller(wa, wb):
+    """(r cos θ, r sin θ), r = sqrt(-2 log u_a), θ = 2π u_b (float32)."""
+    r = tl.sqrt_rn(-2.0 * tl.log(uniform_from_word(wa)))
+    th = uniform_from_word(wb) * TWO_PI_F32
+    return r * tl.cos(th), r * tl.sin(th)
+
+
+@triton.jit
+def interleave4(v0, v1, v2, v3, BLOCK: tl.constexpr):
+    """[v0[0], v1[0], v2[0], v3[0], v0[1], ...]: four [BLOCK // 4] blocks -> one [BLOCK] block."""
+    return tl.reshape(tl.join(tl.join(v0, v2), tl.join(v1, v3)), [BLOCK])
+
+
+@triton.jit
+def normal_block(seed, start, n, t, stream, BLOCK: tl.constexpr):
+    """Standard normals (float32 [BLOCK]) of elements start .. start + BLOCK - 1 (start % 4 == 0)
+    of sample n at timestep t in ``stream``."""
+    q = start // 4 + tl.arange(0, BLOCK // 4)
+    w0, w1, w2, w3 = philox_words(seed, q, n, t, stream)
+    z0, z1 = box_muller(w0, w1)
+    z2, z3 = box_muller(w2, w3)
+    return interleave4(z0, z1, z2, z3, BLOCK)
+
+
+@triton.jit
+def uniform_block(seed, start, n, t, stream, BLOCK: tl.constexpr):
+    """Uniforms (float32 [BLOCK]), same counters as ``normal_block``."""
+    q = start // 4 + tl.arange(0, BLOCK // 4)
+    w0, w1, w2, w3 = philox_words(seed, q, n, t, stream)
+    return interleave4(uniform_from_word(w0), uniform_from_word(w1), uniform_from_word(w2),
+                       uniform_from_word(w3), BLOCK)
+
+
+@triton.jit
+def philox_kernel(out_ptr, seed_ptr, t_ptr, sample_offset, stream, N,
+                  T_STRIDE: tl.constexpr, NORMAL: tl.constexpr, BLOCK: tl.constexpr):
+    """out[b, e] (float32 [B, N]) = normal or uniform of counter (e // 4, sample_offset + b, t[b], stream)."""
+    pid = tl.program_id(0)
+    b = tl.program_id(1)
+    start = pid * BLOCK
+    offs = start + tl.arange(0, BLOCK)
+    seed = tl.load(seed_ptr)
+    t = load_timestep(t_ptr, b, T_STRIDE)
+    n = sample_offset + b
+    if NORMAL:
+        v = normal_block(seed, start, n, t, stream, BLOCK)
+    else:
+        v = uniform_block(seed, start, n, t, stream, BLOCK)
+    tl.store(out_ptr + b.to(tl.int64) * N + offs, v, mask=offs < N)
+
+
+_philox_tuned = autotuned(philox_kernel, key=["N", "T_STRIDE", "NORMAL"])
+
+
+def _philox(seed: torch.Tensor, t: torch.Tensor, batch: int, numel: int, sample_offset: int,
+            stream: int, normal: bool) -> torch.Tensor:
+    if not isinstance(seed, torch.Tensor):
+        raise TypeError("triton backend: seed must be an int64 tensor [] or [1]")
+    check_seed(seed, seed.device)
+    dev = seed.device
+    if batch < 0 or numel < 0:
+        raise ValueError(f"triton backend: batch and numel must be >= 0, got {batch}, {numel}")
+    if not 0 <= stream < 2 ** 32:
+        raise ValueError(f"triton backend: stream must be in [0, 2**32), got {stream}")
+    t_stride = check_timestep("t", t, batch, dev)
+    out = torch.empty((batch, numel), dtype=torch.float32, device=dev)
+    if batch == 0 or numel == 0:
+        return out
+    launch(philox_kernel, _philox_tuned, elementwise_grid(batch, numel),
+           (out, seed.reshape(()), t, sample_offset & 0xFFFFFFFF, stream, numel),
+           {"T_STRIDE": t_stride, "NORMAL": normal})
+    return out
+
+
+@define_op("philox_normal")
+def philox_normal(seed: torch.Tensor, t: torch.Tensor, batch: int, numel: int, sample_offset: int,
+                  stream: int) -> torch.Tensor:
+    """float32 [batch, numel] standard normals of the Philox stream (docs/ops_contract.md)."""
+    return _philox(seed, t, batch, numel, sample_offset, stream, True)
+
+
+@define_op("philox_uniform")
+def philox_uniform(seed: torch.Tensor, t: torch.Tensor, batch: int, numel: int, sample_offset: int,
+                   stream: int) -> torch.Tensor:
+    """float32 [batch, numel] uniforms in (0, 1) of the Philox stream (bitwise = reference)."""
+    return _philox(seed, t, batch, numel, sample_offset, stream, False)
+
+
+@philox_normal.register_fake
+def _(seed, t, batch, numel, sample_offset, stream):
+    return seed.new_empty((batch, numel), dtype=torch.float32)
+
+
+@philox_uniform.register_fake
+def _(seed, t, batch, numel, sample_offset, stream):
+    return seed.new_empty((batch, numel), dtype=torch.float32)
+
+
+def aot_specs() -> list:
+    sig = {"out_ptr": "*fp32", "seed_ptr": "*i64", "t_ptr": "*i64", "sample_offset": "i32",
+           "stream": "i32", "N": "i32"}
+    specs = []
+    for cfg in ELEMENTWISE_CONFIGS:
+        for normal in (True, False):
+            op = "philox_normal" if normal else "philox_uniform"
+            specs.append(make_spec(op, philox_kernel, cfg, "fp32", sig,
+                                   {"T_STRIDE": 1, "NORMAL": normal}, elementwise=True))
+    return specs
+
+
+__all__ = ["philox_words", "uniform_from_word", "box_muller", "normal_block", "uniform_block",
+           "philox_normal", "philox_uniform", "aot_specs", "AOT_DTYPES"]
