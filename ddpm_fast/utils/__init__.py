@@ -1,0 +1,1 @@
+"""Small helpers shared by the trainer and the CLI (image grids, plots)."""
