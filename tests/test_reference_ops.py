@@ -170,3 +170,16 @@ X = torch.randn(2, 3, 4, 4)
 def test_bad_input_raises_clearly(call, err, match):
     with pytest.raises(err, match=match):
         call()
+
+
+def test_front_traces_without_graph_breaks():
+    """The validating front and the dispatcher lookup compile with fullgraph=True."""
+    table = S.table()
+
+    def step(x, m, t, seed):
+        return reverse_step(x, m, t, table, seed=seed)
+
+    x, m = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    t, seed = torch.tensor(7), torch.tensor(3)
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x, m, t, seed), step(x, m, t, seed))

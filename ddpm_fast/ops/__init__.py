@@ -16,6 +16,9 @@ from .dispatch import (BACKENDS, BackendUnavailableError, backends, get_backend,
 from .enums import PRED_EPSILON, TEMB_MODES, prediction_code, variance_code
 from .validate import (as_seed, as_table, as_timestep, check_float, check_rank, check_same_device,
                        check_same_shape)
+from .dispatch import preload as _preload
+
+_preload()
 
 __all__ = ["randn", "rand", "q_sample", "reverse_step", "ddim_step", "temb_add", "groupnorm_temb_silu",
            "sinusoidal_embedding", "backends", "set_backend", "get_backend", "use_backend",

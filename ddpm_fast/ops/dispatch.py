@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
-import threading
 from typing import Callable, Optional
 
 import torch
@@ -26,9 +25,9 @@ _MODULES = {"reference": "ddpm_fast.ops.reference", "cpp": "ddpm_fast.ops.extens
 
 _registry: dict[str, dict[str, Callable]] = {}
 _resolved: dict[tuple, Callable] = {}  # (op, backend, device type) -> implementation
+_modules: dict[str, object] = {}       # module name -> the imported backend module
 _load_errors: dict[str, str] = {}      # module name -> why its import failed
-_lock = threading.Lock()
-_state = threading.local()
+_default_backend = [os.environ.get("DDPM_FAST_BACKEND", "auto")]  # process-wide default
 
 
 class BackendUnavailableError(RuntimeError):
@@ -48,17 +47,23 @@ def register(op: str, backend: str):
 
 
 def _load(backend: str) -> Optional[str]:
-    """Import the backend's module once; None if it loaded, else the reason it did not."""
+    """Import the backend's module once; None if it loaded, else the reason it did not.
+    No lock: Python's import system serialises imports, and recording the outcome twice is
+    harmless. Cheap backends are preloaded by ``preload()`` so that a lookup inside
+    torch.compile finds everything here and never imports."""
     mod = _MODULES[backend]
-    with _lock:
-        if mod in _load_errors:
-            return _load_errors[mod] or None
+    if mod not in _modules and mod not in _load_errors:
         try:
-            importlib.import_module(mod)
-            _load_errors[mod] = ""
+            _modules[mod] = importlib.import_module(mod)
         except Exception as e:  # noqa: BLE001 — any failure means "not available", with the reason
             _load_errors[mod] = f"{type(e).__name__}: {e}"
-        return _load_errors[mod] or None
+    return _load_errors.get(mod)
+
+
+def preload(names=("reference", "cpp")) -> None:
+    """Import the backends that load in milliseconds (Triton's import is slower: lazy)."""
+    for b in names:
+        _load(b)
 
 
 def _unavailable_reason(backend: str, device_type: str) -> Optional[str]:
@@ -66,8 +71,7 @@ def _unavailable_reason(backend: str, device_type: str) -> Optional[str]:
     err = _load(backend)
     if err:
         return err
-    mod = importlib.import_module(_MODULES[backend])
-    check = getattr(mod, "unavailable_reason", None)
+    check = getattr(_modules[_MODULES[backend]], "unavailable_reason", None)
     return check(backend, device_type) if check else None
 
 
@@ -87,11 +91,12 @@ def set_backend(name: str) -> None:
     """Set the process-wide default backend ("auto" or one of BACKENDS)."""
     if name != "auto" and name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose auto or one of {BACKENDS}")
-    _state.default = name
+    _default_backend[0] = name
 
 
 def get_backend() -> str:
-    return getattr(_state, "default", os.environ.get("DDPM_FAST_BACKEND", "auto"))
+    """The process-wide default backend (env DDPM_FAST_BACKEND sets it at import)."""
+    return _default_backend[0]
 
 
 @contextlib.contextmanager
