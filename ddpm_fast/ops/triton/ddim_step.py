@@ -30,6 +30,7 @@ def ddim_step_kernel(x_ptr, m_ptr, noise_ptr, out_ptr, t_ptr, tp_ptr, table_ptr,
     """NOISE: eta > 0 (add σ z); SEEDED: z from Philox, else from noise_ptr."""
     pid = tl.program_id(0)
     b = tl.program_id(1)
+    QPT: tl.constexpr = 2 if out_ptr.dtype.element_ty.primitive_bitwidth == 16 else 1  # quads per 16 bytes
     start = pid * BLOCK
     offs = start + tl.arange(0, BLOCK)
     mask = offs < N
@@ -61,7 +62,7 @@ def ddim_step_kernel(x_ptr, m_ptr, noise_ptr, out_ptr, t_ptr, tp_ptr, table_ptr,
     out = sqrt_rn(a_prev, F64) * x0 + direction
     if NOISE:
         if SEEDED:
-            z = to_compute(normal_block(tl.load(seed_ptr), start, sample_offset + b, t, _STREAM, BLOCK), F64)
+            z = to_compute(normal_block(tl.load(seed_ptr), start, sample_offset + b, t, _STREAM, BLOCK, QPT), F64)
         else:
             z = to_compute(tl.load(noise_ptr + row + offs, mask=mask), F64)
         out = out + sigma * z

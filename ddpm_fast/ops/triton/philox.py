@@ -7,7 +7,7 @@ c0, c1, c2, c3)`` with the int64 seed (hi word = k1, lo word = k0) is exactly Ph
 
 A program draws its BLOCK elements as BLOCK // 4 counters (one Philox evaluation per four
 elements, no redundant rounds), Box-Muller on word pairs (0,1) and (2,3), then interleaves the
-four word-blocks back into element order with two joins and a reshape.
+four word-blocks back into element order with joins and a reshape (see _philox_block).
 """
 from __future__ import annotations
 
@@ -49,29 +49,52 @@ def box_muller(wa, wb):
 
 
 @triton.jit
-def interleave4(v0, v1, v2, v3, BLOCK: tl.constexpr):
-    """[v0[0], v1[0], v2[0], v3[0], v0[1], ...]: four [BLOCK // 4] blocks -> one [BLOCK] block."""
-    return tl.reshape(tl.join(tl.join(v0, v2), tl.join(v1, v3)), [BLOCK])
+def _interleave4(v0, v1, v2, v3):
+    """[R] x 4 -> [R, 2, 2] holding v0[r], v1[r], v2[r], v3[r] at flat index 4 r + k."""
+    return tl.join(tl.join(v0, v2), tl.join(v1, v3))
 
 
 @triton.jit
-def normal_block(seed, start, n, t, stream, BLOCK: tl.constexpr):
+def _quad_values(seed, q, n, t, stream, NORMAL: tl.constexpr):
+    """[R, 2, 2] values of quads q (a [R] block): 4 normals or 4 uniforms each, element order."""
+    w0, w1, w2, w3 = philox_words(seed, q, n, t, stream)
+    if NORMAL:
+        z0, z1 = box_muller(w0, w1)
+        z2, z3 = box_muller(w2, w3)
+        return _interleave4(z0, z1, z2, z3)
+    else:
+        return _interleave4(uniform_from_word(w0), uniform_from_word(w1), uniform_from_word(w2),
+                            uniform_from_word(w3))
+
+
+@triton.jit
+def _philox_block(seed, start, n, t, stream, BLOCK: tl.constexpr, QPT: tl.constexpr, NORMAL: tl.constexpr):
+    """[BLOCK] values of elements start .. start + BLOCK - 1 (start % 4 == 0). Each thread gets
+    4 * QPT consecutive elements, the width of one 16-byte access of the data (QPT 1 for float32,
+    2 for 16-bit), so the result needs no shuffle through shared memory to meet the loads."""
+    if QPT == 1:
+        q = start // 4 + tl.arange(0, BLOCK // 4)
+        return tl.reshape(_quad_values(seed, q, n, t, stream, NORMAL), [BLOCK])
+    else:
+        tl.static_assert(QPT == 2, "QPT must be 1 or 2")
+        q = start // 4 + 2 * tl.arange(0, BLOCK // 8)
+        even = _quad_values(seed, q, n, t, stream, NORMAL)          # [R, 2, 2]
+        odd = _quad_values(seed, q + 1, n, t, stream, NORMAL)
+        both = tl.permute(tl.join(even, odd), (0, 3, 1, 2))        # [R, 2 (even/odd), 2, 2]
+        return tl.reshape(both, [BLOCK])
+
+
+@triton.jit
+def normal_block(seed, start, n, t, stream, BLOCK: tl.constexpr, QPT: tl.constexpr = 1):
     """Standard normals (float32 [BLOCK]) of elements start .. start + BLOCK - 1 (start % 4 == 0)
     of sample n at timestep t in ``stream``."""
-    q = start // 4 + tl.arange(0, BLOCK // 4)
-    w0, w1, w2, w3 = philox_words(seed, q, n, t, stream)
-    z0, z1 = box_muller(w0, w1)
-    z2, z3 = box_muller(w2, w3)
-    return interleave4(z0, z1, z2, z3, BLOCK)
+    return _philox_block(seed, start, n, t, stream, BLOCK, QPT, True)
 
 
 @triton.jit
-def uniform_block(seed, start, n, t, stream, BLOCK: tl.constexpr):
+def uniform_block(seed, start, n, t, stream, BLOCK: tl.constexpr, QPT: tl.constexpr = 1):
     """Uniforms (float32 [BLOCK]), same counters as ``normal_block``."""
-    q = start // 4 + tl.arange(0, BLOCK // 4)
-    w0, w1, w2, w3 = philox_words(seed, q, n, t, stream)
-    return interleave4(uniform_from_word(w0), uniform_from_word(w1), uniform_from_word(w2),
-                       uniform_from_word(w3), BLOCK)
+    return _philox_block(seed, start, n, t, stream, BLOCK, QPT, False)
 
 
 @triton.jit
@@ -152,4 +175,4 @@ def aot_specs() -> list:
 
 
 __all__ = ["philox_words", "uniform_from_word", "box_muller", "normal_block", "uniform_block",
-           "philox_normal", "philox_uniform", "aot_specs", "AOT_DTYPES"]
+           "philox_normal", "philox_uniform", "aot_specs"]

@@ -32,6 +32,7 @@ def q_sample_kernel(x0_ptr, noise_ptr, out_ptr, target_ptr, t_ptr, table_ptr, se
     else ε read from noise_ptr (target_ptr, seed_ptr unused)."""
     pid = tl.program_id(0)
     b = tl.program_id(1)
+    QPT: tl.constexpr = 2 if out_ptr.dtype.element_ty.primitive_bitwidth == 16 else 1  # quads per 16 bytes
     start = pid * BLOCK
     offs = start + tl.arange(0, BLOCK)
     mask = offs < N
@@ -41,7 +42,7 @@ def q_sample_kernel(x0_ptr, noise_ptr, out_ptr, target_ptr, t_ptr, table_ptr, se
     s = load_coef(table_ptr, t, _SQRT_1M_AB, F64)
     x = to_compute(tl.load(x0_ptr + row + offs, mask=mask), F64)
     if SEEDED:
-        eps = to_compute(normal_block(tl.load(seed_ptr), start, sample_offset + b, t, _STREAM, BLOCK), F64)
+        eps = to_compute(normal_block(tl.load(seed_ptr), start, sample_offset + b, t, _STREAM, BLOCK, QPT), F64)
     else:
         eps = to_compute(tl.load(noise_ptr + row + offs, mask=mask), F64)
     out_ty = out_ptr.dtype.element_ty

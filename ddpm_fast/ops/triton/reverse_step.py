@@ -49,6 +49,7 @@ def reverse_step_kernel(x_ptr, m_ptr, noise_ptr, out_ptr, t_ptr, table_ptr, seed
                         SEEDED: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     b = tl.program_id(1)
+    QPT: tl.constexpr = 2 if out_ptr.dtype.element_ty.primitive_bitwidth == 16 else 1  # quads per 16 bytes
     start = pid * BLOCK
     offs = start + tl.arange(0, BLOCK)
     mask = offs < N
@@ -67,7 +68,7 @@ def reverse_step_kernel(x_ptr, m_ptr, noise_ptr, out_ptr, t_ptr, table_ptr, seed
         sigma = load_coef(table_ptr, t, _C_SIGMA_LARGE, F64)
     sigma = sigma * (t > 0).to(sigma.dtype)                             # no noise at t = 0
     if SEEDED:
-        z = to_compute(normal_block(tl.load(seed_ptr), start, sample_offset + b, t, _STREAM, BLOCK), F64)
+        z = to_compute(normal_block(tl.load(seed_ptr), start, sample_offset + b, t, _STREAM, BLOCK, QPT), F64)
     else:
         z = to_compute(tl.load(noise_ptr + row + offs, mask=mask), F64)
     tl.store(out_ptr + row + offs, to_out((mean + sigma * z), out_ptr.dtype.element_ty), mask=mask)  # 4.
