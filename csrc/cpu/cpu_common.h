@@ -1,0 +1,196 @@
+// Building blocks of the CPU kernels: work is cut into blocks of kBlock elements of one sample;
+// each block is converted to float32 into stack buffers, computed with plain float loops that the
+// compiler vectorises, and converted back. Philox runs once per 4 elements (one counter).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include "ddpm_fast/enums.h"
+#include "ddpm_fast/philox.h"
+
+namespace ddpm_fast {
+namespace cpu {
+
+// 2048 floats = 8 KiB per buffer: three buffers stay in L1 with room to spare.
+constexpr int64_t kBlock = 2048;
+static_assert(kBlock % 4 == 0, "blocks must start on a Philox counter boundary");
+
+// Dtype of a storage pointer, as a tag for templated loops.
+template <class F>
+inline void dispatch_dtype(int dt, F&& f) {
+  switch (dt) {
+    case DT_FLOAT32: f(float{}); break;
+    case DT_FLOAT16: f(c10::Half{}); break;
+    default: f(c10::BFloat16{}); break;
+  }
+}
+
+template <class T>
+inline float to_float(T v) { return static_cast<float>(v); }
+template <>
+inline float to_float<c10::BFloat16>(c10::BFloat16 v) {  // bf16 -> f32 is a shift: vectorises
+  uint32_t bits = static_cast<uint32_t>(v.x) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// dst[0:n] = float(src[off:off+n]); src has storage dtype dt.
+inline void load_block(const void* src, int dt, int64_t off, int64_t n, float* dst) {
+  dispatch_dtype(dt, [&](auto tag) {
+    using T = decltype(tag);
+    const T* p = static_cast<const T*>(src) + off;
+    for (int64_t i = 0; i < n; ++i) dst[i] = to_float<T>(p[i]);
+  });
+}
+
+// dst[off:off+n] = src[0:n] rounded to dt (round to nearest even, as torch's .to()).
+inline void store_block(void* dst, int dt, int64_t off, int64_t n, const float* src) {
+  dispatch_dtype(dt, [&](auto tag) {
+    using T = decltype(tag);
+    T* p = static_cast<T*>(dst) + off;
+    for (int64_t i = 0; i < n; ++i) p[i] = static_cast<T>(src[i]);
+  });
+}
+
+struct PhiloxKey {
+  uint32_t k0, k1;
+};
+
+inline PhiloxKey key_of(const at::Tensor& seed) {
+  const int64_t s = seed.reshape({}).item<int64_t>();  // CPU tensor: a plain read, no sync
+  return PhiloxKey{seed_lo(s), seed_hi(s)};
+}
+
+// Words of counters (q0 .. q0+nq-1, c1, c2, c3): words[4q + j] = word j of counter q0 + q.
+inline void philox_words(PhiloxKey key, uint64_t q0, int64_t nq, uint32_t c1, uint32_t c2, uint32_t c3,
+                         uint32_t* words) {
+  for (int64_t q = 0; q < nq; ++q) {
+    const Philox4 p = philox4x32_10(static_cast<uint32_t>(q0 + q), c1, c2, c3, key.k0, key.k1);
+    words[4 * q + 0] = p.w[0];
+    words[4 * q + 1] = p.w[1];
+    words[4 * q + 2] = p.w[2];
+    words[4 * q + 3] = p.w[3];
+  }
+}
+
+// Uniforms (bitwise the reference's) of elements e0 .. e0+n-1; e0 % 4 == 0; out holds n rounded up to 4.
+inline void fill_uniform(PhiloxKey key, int64_t e0, int64_t n, uint32_t c1, uint32_t c2, uint32_t c3, float* out) {
+  alignas(64) uint32_t words[kBlock];
+  for (int64_t done = 0; done < n; done += kBlock) {
+    const int64_t m = std::min(kBlock, n - done);
+    const int64_t nq = (m + 3) / 4;
+    philox_words(key, static_cast<uint64_t>((e0 + done) / 4), nq, c1, c2, c3, words);
+    for (int64_t i = 0; i < 4 * nq; ++i) out[done + i] = uniform_from_word(words[i]);
+  }
+}
+
+// Standard normals of elements e0 .. e0+n-1 (Box-Muller on word pairs); out holds n rounded up to 4.
+inline void fill_normal(PhiloxKey key, int64_t e0, int64_t n, uint32_t c1, uint32_t c2, uint32_t c3, float* out) {
+  fill_uniform(key, e0, n, c1, c2, c3, out);
+  const int64_t n4 = (n + 3) / 4 * 4;
+  for (int64_t i = 0; i < n4; i += 2) box_muller(out[i], out[i + 1], out[i], out[i + 1]);
+}
+
+// Calls f(b, e0, n) for every block [e0, e0 + n) of every sample b of a [B, N] problem, in parallel.
+template <class F>
+inline void for_each_block(int64_t B, int64_t N, const F& f) {
+  if (B <= 0 || N <= 0) return;
+  const int64_t nblk = (N + kBlock - 1) / kBlock;
+  // grain: ~32K elements per task, so small tensors stay on one thread
+  at::parallel_for(0, B * nblk, std::max<int64_t>(1, 32768 / kBlock), [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const int64_t b = i / nblk;
+      const int64_t e0 = (i % nblk) * kBlock;
+      f(b, e0, std::min(kBlock, N - e0));
+    }
+  });
+}
+
+// exp(x) in float32 to ~1 ulp, written so that loops calling it vectorise (no libm call):
+// x = k ln2 + r, |r| <= ln2/2, exp(r) by a degree-6 polynomial (Cephes' expf coefficients),
+// 2^k applied as two exact power-of-two factors so that results near overflow/underflow stay right.
+inline float pow2i_f32(int32_t k) {  // 2^k for k in [-126, 127]
+  const uint32_t bits = static_cast<uint32_t>(k + 127) << 23;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+inline float exp_f32(float x) {
+  const float hi = 88.72283935546875f, lo = -103.972084045410f;
+  const float xc = x > hi ? hi : (x < lo ? lo : x);
+  const float kf = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+  const float r = (xc - kf * 0.693359375f) - kf * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  const int32_t k = static_cast<int32_t>(kf);
+  const int32_t k1 = k / 2;
+  float y = p * pow2i_f32(k1) * pow2i_f32(k - k1);
+  y = x > hi ? __builtin_inff() : y;
+  y = x < lo ? 0.0f : y;
+  return x != x ? x : y;
+}
+
+// SiLU as torch computes it: x / (1 + exp(-x)).
+inline float silu_f32(float x) { return x / (1.0f + exp_f32(-x)); }
+
+}  // namespace cpu
+}  // namespace ddpm_fast
+
+namespace ddpm_fast {
+namespace cpu {
+
+// A checked, contiguous timestep tensor (int32/int64, [] or [B]) read per sample.
+struct Timesteps {
+  at::Tensor t;
+  const void* ptr;
+  bool is_int64;
+  int64_t stride;
+  explicit Timesteps(at::Tensor tc)
+      : t(std::move(tc)), ptr(t.data_ptr()), is_int64(t.scalar_type() == at::kLong),
+        stride(t.numel() == 1 ? 0 : 1) {}
+  int64_t operator()(int64_t b) const {
+    return is_int64 ? static_cast<const int64_t*>(ptr)[b * stride]
+                    : static_cast<const int32_t*>(ptr)[b * stride];
+  }
+};
+
+// Elements per sample of a [B, ...] tensor.
+inline int64_t per_sample(const at::Tensor& x) {
+  int64_t n = 1;
+  for (int64_t d = 1; d < x.dim(); ++d) n *= x.size(d);
+  return n;
+}
+
+// Fills z[0:n] with the step's noise: the given tensor's block, or Philox normals.
+struct NoiseSource {
+  const void* noise = nullptr;  // contiguous noise tensor data, or nullptr
+  int noise_dt = DT_FLOAT32;
+  PhiloxKey key{0, 0};
+  int64_t sample_offset = 0;
+  uint32_t stream = STREAM_STEP;
+
+  void fill(int64_t b, int64_t t, int64_t N, int64_t e0, int64_t n, float* z) const {
+    if (noise != nullptr) {
+      load_block(noise, noise_dt, b * N + e0, n, z);
+    } else {
+      fill_normal(key, e0, n, static_cast<uint32_t>(sample_offset + b), static_cast<uint32_t>(t), stream, z);
+    }
+  }
+};
+
+}  // namespace cpu
+}  // namespace ddpm_fast

@@ -1,0 +1,124 @@
+// CPU kernel of groupnorm_temb_silu: per (sample, group), statistics of x (+ temb) over
+// (C/G, spatial) in double, then one pass y = silu(x * scale_c + shift_c) with the affine, the
+// normalisation and the temb add folded into a per-channel scale and shift. The group is read
+// three times (sum, centred sum of squares, output) while it sits in cache.
+// Non-contiguous x is copied to contiguous; weight, bias and temb are converted to float32.
+#include <cmath>
+
+#include <torch/library.h>
+
+#include "../op_checks.h"
+#include "cpu_common.h"
+
+namespace ddpm_fast {
+namespace cpu {
+namespace {
+
+// sum over v[0:n] of (v - shift) and (v - shift)^2, accumulated in double.
+inline void moments(const float* v, int64_t n, double shift, double& s1, double& s2) {
+  double a = 0.0, q = 0.0;
+#pragma omp simd reduction(+ : a, q)
+  for (int64_t i = 0; i < n; ++i) {
+    const double d = static_cast<double>(v[i]) - shift;
+    a += d;
+    q += d * d;
+  }
+  s1 += a;
+  s2 += q;
+}
+
+at::Tensor groupnorm_temb_silu(const at::Tensor& x_in, const at::Tensor& weight_in, const at::Tensor& bias_in,
+                               const c10::optional<at::Tensor>& temb_in, int64_t num_groups, double eps,
+                               int64_t temb_mode, bool apply_silu) {
+  const char* op = "groupnorm_temb_silu";
+  check_data(op, "x", x_in, x_in.device());
+  check_batched(op, "x", x_in, 3);
+  const int64_t B = x_in.size(0), C = x_in.size(1);
+  TORCH_CHECK(num_groups > 0 && C % num_groups == 0, "ddpm_fast::", op, ": num_groups must be a positive divisor of C=",
+              C, ", got ", num_groups);
+  check_data(op, "weight", weight_in, x_in.device());
+  check_data(op, "bias", bias_in, x_in.device());
+  TORCH_CHECK(weight_in.dim() == 1 && weight_in.size(0) == C, "ddpm_fast::", op, ": weight must have shape [", C,
+              "], got ", weight_in.sizes());
+  TORCH_CHECK(bias_in.dim() == 1 && bias_in.size(0) == C, "ddpm_fast::", op, ": bias must have shape [", C,
+              "], got ", bias_in.sizes());
+  check_enum(op, "temb_mode", temb_mode, 3);
+  TORCH_CHECK(temb_mode == TEMB_NONE || temb_in.has_value(), "ddpm_fast::", op, ": temb_mode ", temb_mode,
+              " needs a temb tensor");
+  if (temb_in.has_value()) check_temb(op, *temb_in, x_in);
+  TORCH_CHECK(eps >= 0.0, "ddpm_fast::", op, ": eps must be >= 0, got ", eps);
+
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor w = weight_in.to(at::kFloat).contiguous(), bs = bias_in.to(at::kFloat).contiguous();
+  at::Tensor temb;
+  if (temb_mode != TEMB_NONE) temb = temb_in->to(at::kFloat).contiguous();
+  at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
+  const int64_t G = num_groups, Cg = C / G, HW = x.numel() / std::max<int64_t>(B * C, 1);
+  const int dt = dtype_code(x);
+  const float* wp = w.data_ptr<float>();
+  const float* bp = bs.data_ptr<float>();
+  const float* tp = temb_mode != TEMB_NONE ? temb.data_ptr<float>() : nullptr;
+  const void* xp = x.data_ptr();
+  void* op_ = out.data_ptr();
+  if (B * C == 0 || HW == 0) return out;
+
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(Cg * HW, 1));
+  at::parallel_for(0, B * G, grain, [&](int64_t lo, int64_t hi) {
+    alignas(64) float buf[kBlock];
+    for (int64_t bg = lo; bg < hi; ++bg) {
+      const int64_t b = bg / G, c0 = (bg % G) * Cg;
+      const float* temb_row = tp ? tp + b * C : nullptr;
+      const double count = static_cast<double>(Cg * HW);
+      // pass 1: mean of h = x (+ temb before the norm)
+      double s1 = 0.0, s2 = 0.0;
+      for (int64_t c = c0; c < c0 + Cg; ++c) {
+        const double add = temb_mode == TEMB_BEFORE_NORM ? temb_row[c] : 0.0;
+        double cs = 0.0, unused = 0.0;
+        for (int64_t e = 0; e < HW; e += kBlock) {
+          const int64_t n = std::min(kBlock, HW - e);
+          load_block(xp, dt, (b * C + c) * HW + e, n, buf);
+          moments(buf, n, 0.0, cs, unused);
+        }
+        s1 += cs + add * static_cast<double>(HW);
+      }
+      const double mean = s1 / count;
+      // pass 2: biased variance, centred (no cancellation)
+      for (int64_t c = c0; c < c0 + Cg; ++c) {
+        const double add = temb_mode == TEMB_BEFORE_NORM ? temb_row[c] : 0.0;
+        double unused = 0.0;
+        for (int64_t e = 0; e < HW; e += kBlock) {
+          const int64_t n = std::min(kBlock, HW - e);
+          load_block(xp, dt, (b * C + c) * HW + e, n, buf);
+          moments(buf, n, mean - add, unused, s2);
+        }
+      }
+      const double rstd = 1.0 / std::sqrt(s2 / count + eps);
+      // pass 3: y = x * scale + shift (+ silu), per channel
+      for (int64_t c = c0; c < c0 + Cg; ++c) {
+        const double before = temb_mode == TEMB_BEFORE_NORM ? temb_row[c] : 0.0;
+        const double after = temb_mode == TEMB_AFTER_NORM ? temb_row[c] : 0.0;
+        const double sc = rstd * wp[c];
+        const float scale = static_cast<float>(sc);
+        const float shift = static_cast<float>((before - mean) * sc + bp[c] + after);
+        for (int64_t e = 0; e < HW; e += kBlock) {
+          const int64_t n = std::min(kBlock, HW - e);
+          load_block(xp, dt, (b * C + c) * HW + e, n, buf);
+          if (apply_silu) {
+            for (int64_t i = 0; i < n; ++i) buf[i] = silu_f32(buf[i] * scale + shift);
+          } else {
+            for (int64_t i = 0; i < n; ++i) buf[i] = buf[i] * scale + shift;
+          }
+          store_block(op_, dt, (b * C + c) * HW + e, n, buf);
+        }
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ddpm_fast, CPU, m) { m.impl("groupnorm_temb_silu", &groupnorm_temb_silu); }
+
+}  // namespace cpu
+}  // namespace ddpm_fast

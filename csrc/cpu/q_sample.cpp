@@ -1,0 +1,80 @@
+// CPU kernels of q_sample (given noise) and q_sample_seeded (noise from Philox stream 2, plus the
+// training target). Non-contiguous inputs are copied to contiguous; outputs are contiguous.
+#include <torch/library.h>
+
+#include "../op_checks.h"
+#include "cpu_common.h"
+#include "ddpm_fast/step_math.h"
+
+namespace ddpm_fast {
+namespace cpu {
+namespace {
+
+at::Tensor q_sample(const at::Tensor& x0_in, const at::Tensor& t, const at::Tensor& table_in,
+                    const at::Tensor& noise_in) {
+  const char* op = "q_sample";
+  check_data(op, "x0", x0_in, x0_in.device());
+  check_batched(op, "x0", x0_in, 1);
+  check_data(op, "noise", noise_in, x0_in.device());
+  check_same_shape(op, "noise", noise_in, x0_in);
+  const at::Tensor table = check_table(op, table_in, x0_in.device());
+  const int64_t B = x0_in.size(0), N = per_sample(x0_in), T = table.size(0);
+  const Timesteps ts(check_timestep(op, "t", t, B, T, x0_in.device()));
+  const at::Tensor x0 = x0_in.contiguous(), noise = noise_in.contiguous();
+  at::Tensor out = at::empty_like(x0, at::MemoryFormat::Contiguous);
+  const int dt = dtype_code(x0), ndt = dtype_code(noise);
+  const double* tab = table.data_ptr<double>();
+  for_each_block(B, N, [&](int64_t b, int64_t e0, int64_t n) {
+    alignas(64) float xb[kBlock], zb[kBlock];
+    const QCoefs c = q_coefs(tab, ts(b), T);
+    load_block(x0.data_ptr(), dt, b * N + e0, n, xb);
+    load_block(noise.data_ptr(), ndt, b * N + e0, n, zb);
+    for (int64_t i = 0; i < n; ++i) xb[i] = q_sample_elem(c, xb[i], zb[i]);
+    store_block(out.data_ptr(), dt, b * N + e0, n, xb);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> q_sample_seeded(const at::Tensor& x0_in, const at::Tensor& t,
+                                                   const at::Tensor& table_in, const at::Tensor& seed,
+                                                   int64_t sample_offset, int64_t target_type) {
+  const char* op = "q_sample_seeded";
+  check_data(op, "x0", x0_in, x0_in.device());
+  check_batched(op, "x0", x0_in, 1);
+  check_seed(op, seed, x0_in.device());
+  check_offset(op, sample_offset);
+  check_enum(op, "target_type", target_type, 3);
+  const at::Tensor table = check_table(op, table_in, x0_in.device());
+  const int64_t B = x0_in.size(0), N = per_sample(x0_in), T = table.size(0);
+  const Timesteps ts(check_timestep(op, "t", t, B, T, x0_in.device()));
+  const at::Tensor x0 = x0_in.contiguous();
+  at::Tensor x_t = at::empty_like(x0, at::MemoryFormat::Contiguous);
+  at::Tensor target = at::empty_like(x0, at::MemoryFormat::Contiguous);
+  const int dt = dtype_code(x0);
+  const double* tab = table.data_ptr<double>();
+  const PhiloxKey key = key_of(seed);
+  const int tt = static_cast<int>(target_type);
+  for_each_block(B, N, [&](int64_t b, int64_t e0, int64_t n) {
+    alignas(64) float xb[kBlock], zb[kBlock], ob[kBlock];
+    const int64_t tb = ts(b);
+    const QCoefs c = q_coefs(tab, tb, T);
+    load_block(x0.data_ptr(), dt, b * N + e0, n, xb);
+    fill_normal(key, e0, n, static_cast<uint32_t>(sample_offset + b), static_cast<uint32_t>(tb), STREAM_Q_SAMPLE,
+                zb);
+    for (int64_t i = 0; i < n; ++i) ob[i] = q_sample_elem(c, xb[i], zb[i]);
+    store_block(x_t.data_ptr(), dt, b * N + e0, n, ob);
+    for (int64_t i = 0; i < n; ++i) ob[i] = q_target_elem(c, xb[i], zb[i], tt);
+    store_block(target.data_ptr(), dt, b * N + e0, n, ob);
+  });
+  return {x_t, target};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ddpm_fast, CPU, m) {
+  m.impl("q_sample", &q_sample);
+  m.impl("q_sample_seeded", &q_sample_seeded);
+}
+
+}  // namespace cpu
+}  // namespace ddpm_fast

@@ -1,0 +1,121 @@
+// CPU kernels of reverse_step / reverse_step_out: one fused pass x_t, model_out (, noise) -> x_{t-1},
+// noise drawn in the kernel from Philox stream 1 unless given. Non-contiguous inputs are copied to
+// contiguous; reverse_step_out writes `out` directly when it is contiguous (it may be x_t itself:
+// every block is read before it is written), else through a contiguous temporary.
+#include <torch/library.h>
+
+#include "../op_checks.h"
+#include "cpu_common.h"
+#include "ddpm_fast/step_math.h"
+
+namespace ddpm_fast {
+namespace cpu {
+namespace {
+
+template <int kPrediction>
+void reverse_step_blocks(const at::Tensor& x, const at::Tensor& m, const NoiseSource& noise, const Timesteps& ts,
+                         const at::Tensor& table, int variance_type, bool clip, float clip_range, void* out) {
+  const int64_t B = x.size(0), N = per_sample(x), T = table.size(0);
+  const int xdt = dtype_code(x), mdt = dtype_code(m);
+  const double* tab = table.data_ptr<double>();
+  for_each_block(B, N, [&](int64_t b, int64_t e0, int64_t n) {
+    alignas(64) float xb[kBlock], mb[kBlock], zb[kBlock];
+    const int64_t tb = ts(b);
+    const ReverseCoefs c = reverse_coefs(tab, tb, T, kPrediction, variance_type);
+    load_block(x.data_ptr(), xdt, b * N + e0, n, xb);
+    load_block(m.data_ptr(), mdt, b * N + e0, n, mb);
+    if (c.sigma != 0.0f) {
+      noise.fill(b, tb, N, e0, n, zb);
+    } else {  // t = 0: sigma = 0 and Philox normals are finite, so sigma * z = 0 exactly
+      std::fill(zb, zb + n, 0.0f);
+    }
+    for (int64_t i = 0; i < n; ++i) xb[i] = reverse_step_elem<kPrediction>(c, xb[i], mb[i], zb[i], clip, clip_range);
+    store_block(out, xdt, b * N + e0, n, xb);
+  });
+}
+
+// Checks the inputs, then writes x_{t-1} into `out` (contiguous, x_t's dtype and shape).
+void reverse_step_into(const char* op, const at::Tensor& x_in, const at::Tensor& m_in, const at::Tensor& t,
+                       const at::Tensor& table_in, const c10::optional<at::Tensor>& noise_in,
+                       const c10::optional<at::Tensor>& seed, int64_t sample_offset, int64_t prediction_type,
+                       int64_t variance_type, bool clip, double clip_range, at::Tensor& out) {
+  const at::Tensor x = x_in.contiguous(), m = m_in.contiguous();
+  const at::Tensor table = check_table(op, table_in, x.device());
+  const Timesteps ts(check_timestep(op, "t", t, x.size(0), table.size(0), x.device()));
+  at::Tensor noise;
+  NoiseSource src;
+  if (noise_in.has_value()) {
+    noise = noise_in->contiguous();
+    src.noise = noise.data_ptr();
+    src.noise_dt = dtype_code(noise);
+  } else {
+    src.key = key_of(*seed);
+    src.sample_offset = sample_offset;
+  }
+  const float cr = static_cast<float>(clip_range);
+  switch (prediction_type) {
+    case PRED_EPSILON:
+      reverse_step_blocks<PRED_EPSILON>(x, m, src, ts, table, variance_type, clip, cr, out.data_ptr());
+      break;
+    case PRED_SAMPLE:
+      reverse_step_blocks<PRED_SAMPLE>(x, m, src, ts, table, variance_type, clip, cr, out.data_ptr());
+      break;
+    default:
+      reverse_step_blocks<PRED_V>(x, m, src, ts, table, variance_type, clip, cr, out.data_ptr());
+  }
+}
+
+void check_inputs(const char* op, const at::Tensor& x, const at::Tensor& m, const c10::optional<at::Tensor>& noise,
+                  const c10::optional<at::Tensor>& seed, int64_t sample_offset, int64_t prediction_type,
+                  int64_t variance_type) {
+  check_data(op, "x_t", x, x.device());
+  check_batched(op, "x_t", x, 1);
+  check_data(op, "model_out", m, x.device());
+  check_same_shape(op, "model_out", m, x);
+  check_noise(op, noise, seed, x, /*needed=*/true);
+  check_offset(op, sample_offset);
+  check_enum(op, "prediction_type", prediction_type, 3);
+  check_enum(op, "variance_type", variance_type, 2);
+}
+
+at::Tensor reverse_step(const at::Tensor& x_t, const at::Tensor& model_out, const at::Tensor& t,
+                        const at::Tensor& table, const c10::optional<at::Tensor>& noise,
+                        const c10::optional<at::Tensor>& seed, int64_t sample_offset, int64_t prediction_type,
+                        int64_t variance_type, bool clip, double clip_range) {
+  const char* op = "reverse_step";
+  check_inputs(op, x_t, model_out, noise, seed, sample_offset, prediction_type, variance_type);
+  at::Tensor out = at::empty_like(x_t, at::MemoryFormat::Contiguous);
+  reverse_step_into(op, x_t, model_out, t, table, noise, seed, sample_offset, prediction_type, variance_type, clip,
+                    clip_range, out);
+  return out;
+}
+
+void reverse_step_out(const at::Tensor& x_t, const at::Tensor& model_out, const at::Tensor& t,
+                      const at::Tensor& table, const c10::optional<at::Tensor>& noise,
+                      const c10::optional<at::Tensor>& seed, int64_t sample_offset, int64_t prediction_type,
+                      int64_t variance_type, bool clip, double clip_range, at::Tensor out) {
+  const char* op = "reverse_step_out";
+  check_inputs(op, x_t, model_out, noise, seed, sample_offset, prediction_type, variance_type);
+  TORCH_CHECK(out.scalar_type() == x_t.scalar_type() && out.sizes() == x_t.sizes() && out.device() == x_t.device(),
+              "ddpm_fast::", op, ": out must be ", x_t.scalar_type(), " ", x_t.sizes(), " on ", x_t.device(),
+              ", got ", out.scalar_type(), " ", out.sizes(), " on ", out.device());
+  if (out.is_contiguous()) {
+    reverse_step_into(op, x_t, model_out, t, table, noise, seed, sample_offset, prediction_type, variance_type, clip,
+                      clip_range, out);
+  } else {
+    at::Tensor tmp = at::empty_like(x_t, at::MemoryFormat::Contiguous);
+    reverse_step_into(op, x_t, model_out, t, table, noise, seed, sample_offset, prediction_type, variance_type, clip,
+                      clip_range, tmp);
+    out.copy_(tmp);
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ddpm_fast, CPU, m) {
+  m.impl("reverse_step", &reverse_step);
+  m.impl("reverse_step_out", &reverse_step_out);
+}
+
+}  // namespace cpu
+}  // namespace ddpm_fast

@@ -1,0 +1,66 @@
+// Launchers of the CUDA kernels (csrc/cuda/*.cu): raw pointers, sizes and a stream, no torch.
+// Data tensors are contiguous [B, N] (N = product of the non-batch dims) with storage dtype
+// codes from enums.h (DT_*); arithmetic is float32. The torch-facing side is csrc/cuda/bindings.cpp.
+// Timestep, seed and schedule table are device pointers: nothing is read on the host.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace ddpm_fast {
+namespace cuda {
+
+// A timestep tensor: int32 or int64, [] (stride 0) or [B] (stride 1).
+struct TimestepArg {
+  const void* ptr;
+  bool is_int64;
+  int64_t stride;
+};
+
+// The schedule table, float64 [T, 16] row-major.
+struct TableArg {
+  const double* ptr;
+  int64_t T;
+};
+
+// Counter-based noise: seed is a device int64 scalar; c1 = sample_offset + b.
+struct NoiseArg {
+  const void* noise;   // given noise [B, N], or nullptr to draw from Philox
+  int noise_dtype;
+  const int64_t* seed;
+  int64_t sample_offset;
+};
+
+cudaError_t launch_philox(float* out, bool normal, const int64_t* seed, TimestepArg t, int64_t batch,
+                          int64_t numel, int64_t sample_offset, int64_t stream_id, cudaStream_t stream);
+
+cudaError_t launch_q_sample(void* out, const void* x0, int dtype, const void* noise, int noise_dtype,
+                            TimestepArg t, TableArg table, int64_t B, int64_t N, cudaStream_t stream);
+
+cudaError_t launch_q_sample_seeded(void* x_t, void* target, const void* x0, int dtype, TimestepArg t,
+                                   TableArg table, const int64_t* seed, int64_t sample_offset,
+                                   int target_type, int64_t B, int64_t N, cudaStream_t stream);
+
+cudaError_t launch_reverse_step(void* out, const void* x_t, int dtype, const void* model_out, int m_dtype,
+                                NoiseArg noise, TimestepArg t, TableArg table, int prediction_type,
+                                int variance_type, bool clip, float clip_range, int64_t B, int64_t N,
+                                cudaStream_t stream);
+
+cudaError_t launch_ddim_step(void* out, const void* x_t, int dtype, const void* model_out, int m_dtype,
+                             NoiseArg noise, TimestepArg t, TimestepArg t_prev, TableArg table, float eta,
+                             int prediction_type, bool clip, float clip_range, float final_alpha_bar,
+                             int64_t B, int64_t N, cudaStream_t stream);
+
+// h [B, C, HW] + temb [B, C] broadcast over HW.
+cudaError_t launch_temb_add(void* out, const void* h, int dtype, const void* temb, int temb_dtype, int64_t B,
+                            int64_t C, int64_t HW, cudaStream_t stream);
+
+// x [B, C, HW]; weight, bias [C]; temb [B, C] or nullptr.
+cudaError_t launch_groupnorm_temb_silu(void* out, const void* x, int dtype, const void* weight, int w_dtype,
+                                       const void* bias, int b_dtype, const void* temb, int temb_dtype,
+                                       int64_t B, int64_t C, int64_t HW, int64_t num_groups, float eps,
+                                       int temb_mode, bool apply_silu, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace ddpm_fast
