@@ -1,0 +1,425 @@
+"""``ddpm_fast.train``: the DDPM training loop (Ho et al. 2020, Algorithm 1).
+
+Each step s is a pure function of (config, weights, optimizer state, s):
+- batch: data positions from :func:`ddpm_fast.data.batch_indices` (seed, s) — no loader to replay;
+- timesteps: uniform over [0, T) from the Philox stream keyed by mix(seed, s, 2), per global sample;
+- noise and target: the fused ``q_sample(..., seed=mix(seed, s), return_target=...)`` draws ε in the
+  kernel, counted by global sample index (so ranks split one global batch);
+- torch's RNG (dropout) is reseeded with mix(seed, s, 1, rank).
+So ``resume`` (weights, EMA, optimizer, grad scaler, step and loss log from the checkpoint)
+continues exactly where the interrupted run was, and its final weights equal an uninterrupted run's.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+
+from .. import ops
+from ..data import ImageData, batch_indices, load_dataset
+from ..data.indices import mix_seed
+from ..schedule import Col, NoiseSchedule
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .config import STRUCTURAL_KEYS, TrainConfig
+from .distributed import DistInfo, sample_sharded, setup_distributed
+
+__all__ = ["train", "TrainResult", "build_model", "load_for_sampling", "CHECKPOINT_NAME"]
+
+CHECKPOINT_NAME = "last.safetensors"
+_TARGET = {"epsilon": "epsilon", "eps": "epsilon", "sample": "sample", "x0": "sample",
+           "v_prediction": "v_prediction", "v": "v_prediction"}
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module            # raw weights after the last step (unwrapped from DDP)
+    ema: nn.Module              # EMA weights (what to sample from)
+    step: int
+    losses: list                # loss per step (mean over ranks), NaN for skipped steps
+    checkpoint: Optional[str]
+    config: TrainConfig
+    samples: Optional[torch.Tensor] = None   # the final grid's images, float [n, C, H, W]
+    quality: object = None                   # metrics.digits.QualityReport on digits data
+    images_per_second: float = 0.0
+    timings: dict = field(default_factory=dict)
+
+
+# -- model and data ------------------------------------------------------------------------------
+
+def build_model(config: TrainConfig, image_shape) -> nn.Module:
+    """The UNet preset named by ``config.model`` for images (C, H, W), with ``model_kwargs``."""
+    from ..models.unet import UNet
+    C, H, W = image_shape
+    kw = dict(config.model_kwargs)
+    if config.model == "tiny":
+        return UNet.tiny(in_channels=C, resolution=(H, W) if H != W else H, **kw)
+    if config.model == "ddpm_cifar10":
+        return UNet.ddpm_cifar10(**{"in_channels": C, "resolution": H, **kw})
+    if config.model == "unet":
+        return UNet(in_channels=C, resolution=H, **kw)
+    raise ValueError(f"unknown model {config.model!r}: use tiny | ddpm_cifar10 | unet, or pass model=")
+
+
+def _load_data(config: TrainConfig) -> ImageData:
+    return load_dataset(config.data, config.resolution, config.channels)
+
+
+def _is_digits(config_or_name) -> bool:
+    name = config_or_name if isinstance(config_or_name, str) else config_or_name.data
+    return name in ("digits", "sklearn-digits")
+
+
+# -- the schedule of the step ------------------------------------------------------------------
+
+def lr_at(step: int, c: TrainConfig) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then constant/cosine."""
+    if c.warmup_steps > 0 and step < c.warmup_steps:
+        return c.lr * (step + 1) / c.warmup_steps
+    if c.lr_schedule == "constant":
+        return c.lr
+    if c.lr_schedule == "cosine":
+        span = max(1, c.steps - c.warmup_steps)
+        p = min(1.0, (step - c.warmup_steps) / span)
+        return c.lr * (c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
+    raise ValueError(f"lr_schedule must be constant | cosine, got {c.lr_schedule!r}")
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """EMA decay after optimizer step ``step``: min(decay, (1 + n) / (10 + n)), n = step + 1, so
+    the average does not stay stuck near the random initialisation in short runs."""
+    n = step + 1
+    return min(decay, (1 + n) / (10 + n))
+
+
+def _loss_weight(t: torch.Tensor, table: torch.Tensor, target: str, gamma: Optional[float]):
+    """min-SNR-γ weights per sample (float32 [B]) for the chosen target, or None."""
+    if gamma is None:
+        return None
+    ab = table[:, Col.ALPHA_BAR].index_select(0, t)
+    snr = ab / (1 - ab).clamp_min(1e-20)
+    clipped = snr.clamp(max=gamma)
+    if target == "epsilon":
+        w = clipped / snr.clamp_min(1e-20)
+    elif target == "sample":
+        w = clipped
+    else:
+        w = clipped / (snr + 1)
+    return w.float()
+
+
+def _precision(precision: str, device: torch.device):
+    """(autocast dtype or None, use GradScaler)."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return (torch.bfloat16, False) if torch.cuda.is_bf16_supported() else (torch.float16, True)
+        return None, False
+    if precision == "fp32":
+        return None, False
+    if precision == "bf16":
+        return torch.bfloat16, False
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise ValueError("fp16 autocast needs a CUDA device; use precision='bf16' on the CPU")
+        return torch.float16, True
+    raise ValueError(f"precision must be auto | fp32 | bf16 | fp16, got {precision!r}")
+
+
+# -- checkpoint <-> state ------------------------------------------------------------------------
+
+def _state_from_checkpoint(ckpt: Checkpoint, model, ema, opt, scaler) -> None:
+    model.load_state_dict(ckpt.model)
+    ema.load_state_dict(ckpt.ema if ckpt.ema is not None else ckpt.model)
+    if ckpt.optimizer is not None:
+        opt.load_state_dict(ckpt.optimizer)
+    if scaler is not None and ckpt.scaler:
+        scaler.load_state_dict({k: (v.item() if isinstance(v, torch.Tensor) and v.dim() == 0 else v)
+                                for k, v in ckpt.scaler.items()})
+
+
+def _merge_resume_config(saved: dict, overrides: dict) -> TrainConfig:
+    cfg = TrainConfig.from_dict(saved)
+    changed = {k: v for k, v in overrides.items() if k in saved and _differs(saved[k], v)}
+    bad = sorted(k for k in changed if k in STRUCTURAL_KEYS)
+    if bad:
+        raise ValueError(f"cannot resume with different {bad}: the checkpoint was trained with "
+                         + ", ".join(f"{k}={saved[k]!r}" for k in bad))
+    return cfg.replace(**overrides)
+
+
+def _differs(a, b) -> bool:
+    import json
+    return json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True)   # tuples == lists
+
+
+def load_for_sampling(path: str, *, use_ema: bool = True, device=None,
+                      model: Optional[nn.Module] = None) -> tuple[nn.Module, TrainConfig, Checkpoint]:
+    """(model in eval mode with the EMA weights — or the raw ones —, its config, the checkpoint)."""
+    ckpt = load_checkpoint(path)
+    cfg = TrainConfig.from_dict(ckpt.config)
+    if model is None:
+        if cfg.model == "custom":
+            raise ValueError(f"{path} holds a custom model: pass model= to load its weights")
+        C, H, W = ckpt.extra["image_shape"]
+        model = build_model(cfg, (C, H, W))
+    weights = ckpt.ema if (use_ema and ckpt.ema is not None) else ckpt.model
+    model.load_state_dict(weights)
+    model.eval().requires_grad_(False)
+    if device is not None:
+        model.to(device)
+    return model, cfg, ckpt
+
+
+# -- the loop ------------------------------------------------------------------------------------
+
+def train(config: Optional[TrainConfig] = None, *, model: Optional[nn.Module] = None,
+          data: Optional[ImageData] = None, resume: bool | str = False,
+          callback: Optional[Callable[[int, dict], None]] = None, **overrides) -> TrainResult:
+    """Train a DDPM; returns a :class:`TrainResult` (the model, its EMA, the loss log, ...).
+
+    config: a :class:`TrainConfig` (fields may also be given as keyword ``overrides``).
+    model: your own ``nn.Module`` (``model(x_t, t) -> prediction``, x [B, C, H, W], t int64 [B]);
+      default: the UNet preset ``config.model`` sized for the data.
+    data: an :class:`ImageData` (default: ``load_dataset(config.data, ...)``).
+    resume: True continues from ``<out_dir>/last.safetensors`` when it exists (or a path);
+      structural options must match the checkpoint's, ``steps`` may grow.
+    callback: ``callback(step, info)`` after every completed step (``step`` = steps done).
+
+    Under torchrun, every process runs this with its slice of the global batch (DDP).
+    Timestep convention: t uniform in [0, T), ``q_sample`` at t gives x_t.
+    """
+    cfg = config or TrainConfig()
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError("config must be a TrainConfig")
+    ckpt_path = None
+    ckpt = None
+    if resume:
+        ckpt_path = resume if isinstance(resume, str) else os.path.join(
+            overrides.get("out_dir", cfg.out_dir), CHECKPOINT_NAME)
+        if os.path.isfile(ckpt_path):
+            ckpt = load_checkpoint(ckpt_path)
+            explicit = overrides if config is None else {**_explicit(cfg), **overrides}
+            cfg = _merge_resume_config(ckpt.config, explicit)
+        elif isinstance(resume, str):
+            raise FileNotFoundError(f"no checkpoint at {resume}")
+    if ckpt is None:
+        cfg = cfg.replace(**overrides) if overrides else cfg
+    if model is not None:
+        cfg = cfg.replace(model="custom")
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        return _train(cfg, model, data, ckpt, callback)
+
+
+def _explicit(cfg: TrainConfig) -> dict:
+    """Fields of cfg that differ from the defaults (what the caller asked for on resume)."""
+    default = TrainConfig().to_dict()
+    return {k: v for k, v in cfg.to_dict().items() if _differs(default[k], v)}
+
+
+def _train(cfg: TrainConfig, user_model, data, ckpt, callback) -> TrainResult:
+    timings = {}
+    t_start = time.perf_counter()
+    info, device = setup_distributed(cfg.device)
+    threads = torch.get_num_threads()
+    try:
+        return _train_inner(cfg, user_model, data, ckpt, callback, info, device, timings, t_start)
+    finally:
+        torch.set_num_threads(threads)
+        info.close()
+
+
+def _train_inner(cfg, user_model, data, ckpt, callback, info: DistInfo, device, timings, t_start):
+    import copy
+    if cfg.threads and device.type == "cpu":
+        torch.set_num_threads(cfg.threads)
+    target = _TARGET.get(cfg.prediction_type)
+    if target is None:
+        raise ValueError(f"prediction_type must be epsilon | sample | v_prediction, got {cfg.prediction_type!r}")
+    if cfg.steps < 0 or cfg.batch_size < 1:
+        raise ValueError("steps must be >= 0 and batch_size >= 1")
+    if cfg.sampler not in ("ddpm", "ddim"):
+        raise ValueError(f"sampler must be ddpm | ddim, got {cfg.sampler!r}")
+    data = data if data is not None else _load_data(cfg)
+    image_shape = data.shape
+    schedule = NoiseSchedule.make(cfg.schedule, cfg.T)
+    if target == "epsilon" and schedule.zero_terminal_snr:
+        raise ValueError("zero-terminal-SNR schedules need prediction_type='v_prediction'")
+    table = schedule.table(device)
+    amp_dtype, use_scaler = _precision(cfg.precision, device)
+
+    torch.manual_seed(mix_seed(cfg.seed, 0xC0FFEE))             # initial weights: same on all ranks
+    net = user_model if user_model is not None else build_model(cfg, image_shape)
+    net.to(device).train()
+    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
+                            weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler(device.type) if use_scaler else None
+    step, losses = 0, []
+    if ckpt is not None:
+        _state_from_checkpoint(ckpt, net, ema, opt, scaler)
+        step = ckpt.step
+        losses = ckpt.losses.tolist()[:step] if ckpt.losses is not None else [float("nan")] * step
+    ema_params = [p for p in ema.parameters()]
+    net_params = [p for p in net.parameters()]
+    ema_buffers = list(ema.buffers())
+    net_buffers = list(net.buffers())
+
+    if info.enabled:
+        ddp = nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None)
+    else:
+        ddp = net
+    fwd = torch.compile(ddp) if cfg.compile else ddp
+
+    out_dir = cfg.out_dir
+    if info.is_main:
+        os.makedirs(out_dir, exist_ok=True)
+    extra = {"image_shape": list(image_shape), "data_name": data.name, "world_size": info.world_size,
+             "n_params": sum(p.numel() for p in net.parameters())}
+    B, N, W = cfg.batch_size, len(data), info.world_size
+    offset = info.rank * B
+    bar = None
+    if cfg.progress and info.is_main:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
+                   file=sys.stderr)
+    saved_path = None
+    nonfinite_run = 0
+    smooth = None
+    t_loop = time.perf_counter()
+    start_step = step
+    imgs_done = 0
+    ckpt_file = os.path.join(out_dir, CHECKPOINT_NAME)
+
+    def write_checkpoint():
+        nonlocal saved_path
+        if info.is_main:
+            saved_path = save_checkpoint(ckpt_file, Checkpoint(
+                step=step, config=cfg.to_dict(), model=net.state_dict(), ema=ema.state_dict(),
+                optimizer=opt.state_dict(), scaler=scaler.state_dict() if scaler else None,
+                losses=torch.tensor(losses, dtype=torch.float32), extra=extra))
+        info.barrier()
+
+    while step < cfg.steps:
+        # 1. the step's randomness, all a function of (seed, step, global sample index)
+        torch.manual_seed(mix_seed(cfg.seed, step, 1, info.rank))
+        idx = batch_indices(step, N, B, cfg.seed, rank=info.rank, world_size=W)
+        x0 = data.batch(idx, device)                                           # (B, C, H, W)
+        u = ops.rand((B,), mix_seed(cfg.seed, step, 2), sample_offset=offset, device=device)
+        t = (u * cfg.T).long().clamp_(max=cfg.T - 1)                          # (B,) in [0, T)
+        x_t, tgt = ops.q_sample(x0, t, table, seed=mix_seed(cfg.seed, step), sample_offset=offset,
+                                return_target=target, backend=_q_backend(cfg.backend))
+        # 2. forward in the autocast dtype, loss in float32
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None), _model_ops(cfg):
+            pred = fwd(x_t, t)
+        per_sample = (pred.float() - tgt.float()).pow(2).flatten(1).mean(1)    # (B,)
+        w = _loss_weight(t, table, target, cfg.min_snr_gamma)
+        loss = (per_sample * w).mean() if w is not None else per_sample.mean()
+        opt.zero_grad(set_to_none=True)
+        (scaler.scale(loss) if scaler else loss).backward()
+        if scaler:
+            scaler.unscale_(opt)
+        gnorm = torch.nn.utils.clip_grad_norm_(net_params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        # 3. one host sync per step: is the loss finite (on every rank)?
+        stat = torch.stack([loss.detach().float(), gnorm.detach().float().to(loss.device)])
+        if info.enabled:
+            torch.distributed.all_reduce(stat)
+            stat /= W
+        loss_val, gnorm_val = stat.tolist()
+        bad = not math.isfinite(loss_val) or (scaler is None and not math.isfinite(gnorm_val))
+        if bad:
+            nonfinite_run += 1
+            opt.zero_grad(set_to_none=True)
+            warnings.warn(f"step {step}: non-finite loss ({loss_val}) or gradient norm ({gnorm_val}); "
+                          f"step skipped ({nonfinite_run} in a row)", RuntimeWarning, stacklevel=2)
+            if nonfinite_run >= cfg.max_nonfinite:
+                raise FloatingPointError(
+                    f"{nonfinite_run} non-finite losses in a row (last at step {step}); stopping. "
+                    "Try a lower lr, grad_clip, or precision='fp32'. The last good checkpoint is "
+                    f"{saved_path or 'not written yet'}.")
+            losses.append(float("nan"))
+        else:
+            nonfinite_run = 0
+            if scaler:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            # 4. EMA from the synchronised weights (identical on every rank after the DDP all-reduce)
+            d = ema_decay_at(step, cfg.ema_decay)
+            with torch.no_grad():
+                torch._foreach_lerp_(ema_params, net_params, 1.0 - d)
+                for eb, nb in zip(ema_buffers, net_buffers):
+                    eb.copy_(nb)
+            losses.append(loss_val)
+        step += 1
+        imgs_done += B * W
+        smooth = loss_val if smooth is None or not math.isfinite(smooth) else 0.98 * smooth + 0.02 * loss_val
+        if bar is not None and (step % cfg.log_every == 0 or step == cfg.steps):
+            dt = time.perf_counter() - t_loop
+            bar.set_postfix(loss=f"{smooth:.4f}", img_s=f"{imgs_done / max(dt, 1e-9):.0f}", refresh=False)
+            bar.update(step - bar.n)
+        if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
+            write_checkpoint()
+        if cfg.sample_every and step % cfg.sample_every == 0 and step < cfg.steps:
+            _grid(ema, cfg, image_shape, schedule, info, device, step)
+        if callback is not None:
+            callback(step, {"loss": loss_val, "lr": lr_at(step - 1, cfg), "grad_norm": gnorm_val})
+    if bar is not None:
+        bar.close()
+    train_time = time.perf_counter() - t_loop
+    timings["train_s"] = train_time
+    ips = imgs_done / train_time if imgs_done else 0.0
+    if step > start_step or saved_path is None:
+        write_checkpoint()
+    saved_path = ckpt_file
+    # final grid, loss curve, metric (rank 0 writes; every rank samples its slice)
+    samples, quality = None, None
+    if cfg.sample_n > 0:
+        t0 = time.perf_counter()
+        samples = _grid(ema, cfg, image_shape, schedule, info, device, step, final=True)
+        timings["sample_s"] = time.perf_counter() - t0
+    if info.is_main:
+        from ..utils.image import save_loss_curve
+        save_loss_curve(losses, os.path.join(out_dir, "loss.png"), title=f"training loss ({cfg.prediction_type})")
+        if samples is not None and cfg.metric and _is_digits(cfg) and tuple(image_shape) == (1, 16, 16):
+            t0 = time.perf_counter()
+            from ..metrics import DigitsMetric
+            quality = DigitsMetric(cache=os.path.join(out_dir, "digits_classifier.safetensors")).evaluate(samples)
+            timings["metric_s"] = time.perf_counter() - t0
+            print(str(quality), file=sys.stderr)
+    timings["total_s"] = time.perf_counter() - t_start
+    return TrainResult(model=net, ema=ema, step=step, losses=losses, checkpoint=saved_path, config=cfg,
+                       samples=samples, quality=quality, images_per_second=ips, timings=timings)
+
+
+def _model_ops(cfg: TrainConfig):
+    import contextlib
+    return ops.use_backend(cfg.model_backend) if cfg.model_backend not in (None, "auto") else contextlib.nullcontext()
+
+
+def _q_backend(backend: Optional[str]) -> Optional[str]:
+    return None if backend in (None, "auto") else backend
+
+
+def _grid(ema, cfg: TrainConfig, image_shape, schedule, info: DistInfo, device, step: int,
+          final: bool = False) -> Optional[torch.Tensor]:
+    """Sample cfg.sample_n images from the EMA model (sharded over ranks), write the PNG grid."""
+    x = sample_sharded(ema, cfg.sample_n, image_shape, info, schedule=schedule, sampler=cfg.sampler,
+                       steps=cfg.sample_steps if cfg.sampler == "ddim" else None, seed=cfg.seed,
+                       prediction_type=cfg.prediction_type if cfg.prediction_type in ("epsilon", "sample", "v_prediction")
+                       else _TARGET[cfg.prediction_type], backend=cfg.backend or "auto", device=device)
+    if info.is_main and x is not None:
+        from ..utils.image import save_grid
+        scale = max(1, 64 // max(image_shape[1:]))
+        name = "samples.png" if final else f"samples_{step:07d}.png"
+        save_grid(x, os.path.join(cfg.out_dir, name), scale=scale)
+    return x
