@@ -53,6 +53,8 @@ def test_sample_equals_the_manual_loop():
     m = ElementwiseEps()
     out = ddpm_fast.sample(m, (3, 2, 4, 4), schedule=SCHED, seed=11, backend="reference")
     torch.testing.assert_close(out, manual_loop(m, (3, 2, 4, 4), 11, SCHED), rtol=0, atol=0)
+    fused = ddpm_fast.sample(m, (3, 2, 4, 4), schedule=SCHED, seed=11)  # auto: fastest backend here
+    torch.testing.assert_close(fused, out, rtol=0, atol=1e-5)
     assert out.dtype == torch.float32 and out.abs().max() <= 1.5
 
 
