@@ -5,7 +5,9 @@
 
 #include <string>
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 
 #include "ddpm_fast/enums.h"
 #include "ddpm_fast/schedule_columns.h"

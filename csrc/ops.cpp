@@ -18,6 +18,9 @@ TORCH_LIBRARY(ddpm_fast, m) {
   // Counter-based noise (Philox4x32-10): float32 [batch, numel] on seed's device.
   m.def("philox_normal(Tensor seed, Tensor t, int batch, int numel, int sample_offset, int stream) -> Tensor");
   m.def("philox_uniform(Tensor seed, Tensor t, int batch, int numel, int sample_offset, int stream) -> Tensor");
+  // The raw generator, for known-answer tests: counters int64 [n, 4] and key int64 [2] holding
+  // uint32 values -> the output words, int64 [n, 4].
+  m.def("_philox4x32_10(Tensor counters, Tensor key) -> Tensor");
   // Forward noising: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise.
   m.def("q_sample(Tensor x0, Tensor t, Tensor table, Tensor noise) -> Tensor");
   m.def("q_sample_seeded(Tensor x0, Tensor t, Tensor table, Tensor seed, int sample_offset, "

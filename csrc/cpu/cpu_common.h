@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -137,11 +137,11 @@ inline float exp_f32(float x) {
   p = p * r + 5.0000001201e-1f;
   p = p * (r * r) + r + 1.0f;
   const int32_t k = static_cast<int32_t>(kf);
-  const int32_t k1 = k / 2;
+  const int32_t k1 = k >> 1;
   float y = p * pow2i_f32(k1) * pow2i_f32(k - k1);
   y = x > hi ? __builtin_inff() : y;
   y = x < lo ? 0.0f : y;
-  return x != x ? x : y;
+  return y;  // NaN propagates through p
 }
 
 // SiLU as torch computes it: x / (1 + exp(-x)).

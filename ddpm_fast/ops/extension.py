@@ -27,7 +27,7 @@ from .dispatch import register
 
 __all__ = ["OPS", "available", "build_info", "has_cuda_kernels", "unavailable_reason"]
 
-OPS = ("philox_normal", "philox_uniform", "q_sample", "q_sample_seeded", "reverse_step",
+OPS = ("_philox4x32_10", "philox_normal", "philox_uniform", "q_sample", "q_sample_seeded", "reverse_step",
        "reverse_step_out", "ddim_step", "temb_add", "groupnorm_temb_silu")
 _MARKER = b"ddpm_fast-build-info:torch="
 _BUILD_HINT = "build it with `pip install --no-build-isolation -e .` in the repository"
@@ -152,6 +152,10 @@ def _register_fakes() -> None:
 
     def philox_fake(seed, t, batch, numel, sample_offset, stream):
         return seed.new_empty((batch, numel), dtype=torch.float32)
+
+    @torch.library.register_fake(lib + "_philox4x32_10")
+    def _(counters, key):
+        return torch.empty_like(counters, memory_format=torch.contiguous_format)
 
     torch.library.register_fake(lib + "philox_normal")(philox_fake)
     torch.library.register_fake(lib + "philox_uniform")(philox_fake)
