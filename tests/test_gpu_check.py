@@ -65,9 +65,10 @@ def check_specs():
     ]
 
 
-def _run_check(tmp_path, provider, archs):
+def _run_check(tmp_path, provider, archs, cache):
     out = tmp_path / "gpu_check.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["DDPM_FAST_GPU_CHECK_CACHE"] = str(cache)
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO), env.get("PYTHONPATH", "")])
     p = subprocess.run([sys.executable, "-m", "ddpm_fast.tools.gpu_check", "--skip-cuda-build",
                         "--specs", provider, "--archs", archs, "--json", str(out)],
@@ -80,7 +81,17 @@ def _run_check(tmp_path, provider, archs):
 def check_run(tmp_path_factory):
     """One real run of the CLI over check_specs() for sm_80 (Triton's ptxas) and sm_90
     (ptxas-blackwell on Triton 3.9)."""
-    return _run_check(tmp_path_factory.mktemp("gpu_check"), "test_gpu_check:check_specs", "80,90")
+    tmp = tmp_path_factory.mktemp("gpu_check")
+    return (*_run_check(tmp, "test_gpu_check:check_specs", "80,90", tmp / "cache"), tmp)
+
+
+def test_unchanged_kernels_come_from_the_cache(check_run):
+    tmp = check_run[2]
+    (tmp / "again").mkdir()
+    p2, again = _run_check(tmp / "again", "test_gpu_check:check_specs", "90", tmp / "cache")
+    assert p2.returncode == gpu_check.FAIL
+    assert all(r.get("cached") for r in again["kernels"]), [r["name"] for r in again["kernels"]]
+    assert {r["kernel"] for r in again["failures"]} == {"add_scalar", "norm_spill", "add_bad_block"}
 
 
 def _by_name(report):
@@ -89,7 +100,7 @@ def _by_name(report):
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_gate_passes_a_vectorised_kernel(check_run, arch):
-    p, report = check_run
+    p, report, _ = check_run
     assert report is not None, p.stdout + p.stderr
     rec = _by_name(report)[("add_vec", arch)]
     assert rec["ok"] and rec["regs"] > 0 and rec["spill_stores"] == rec["spill_loads"] == 0
@@ -100,7 +111,7 @@ def test_gate_passes_a_vectorised_kernel(check_run, arch):
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_gate_fails_scalar_spilling_and_broken_kernels(check_run, arch):
-    p, report = check_run
+    p, report, _ = check_run
     assert p.returncode == gpu_check.FAIL, p.stdout + p.stderr
     assert report["status"] == "fail"
     recs = _by_name(report)

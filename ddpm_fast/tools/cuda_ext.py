@@ -33,7 +33,7 @@ def build(script: Path, out_dir: Path, log_path: Path, timeout: float = 3000) ->
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     fh = open(log_path, "w")
     return subprocess.Popen(["bash", str(script), str(out_dir)], stdout=fh, stderr=subprocess.STDOUT,
-                            env=env, cwd=script.parent.parent)
+                            env=env, cwd=Path(__file__).resolve().parents[2])
 
 
 def _template_args(name: str) -> str:

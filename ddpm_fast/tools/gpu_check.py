@@ -14,6 +14,9 @@
    (a piece to check is missing: no Triton specs, no build script, build produced nothing).
 
 ``--skip-cuda-build`` checks the Triton kernels only (quick runs; status "pass-triton-only").
+Triton results are cached per kernel specialisation (keyed by Triton's hash of the kernel source
+and of the functions it calls, the specialisation, options and target), so a re-run compiles only
+changed kernels; ``--no-cache`` compiles everything.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import time
 from pathlib import Path
 
 from . import cuda_ext
-from .triton_aot import ARCHS, DEFAULT_SPECS, run_workers
+from .triton_aot import ARCHS, DEFAULT_SPECS, default_cache_dir, run_workers
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_JSON = REPO / "benchmarks" / "results" / "gpu_check.json"
@@ -102,19 +105,22 @@ def run(args) -> tuple[int, dict]:
     work = None
     if args.skip_cuda_build:
         notes.append("CUDA extension build skipped (--skip-cuda-build)")
-    elif not BUILD_SCRIPT.exists():
-        incomplete.append(f"{BUILD_SCRIPT.relative_to(REPO)} is missing: CUDA extension not checked")
+    elif not Path(args.build_script).exists():
+        incomplete.append(f"{args.build_script} is missing: CUDA extension not checked")
     else:
         work = Path(args.cuda_out) if args.cuda_out else Path(tempfile.mkdtemp(prefix="ddpm_fast_cuda_"))
         build_log = work / "build_cuda_extension.out"
         work.mkdir(parents=True, exist_ok=True)
-        build_proc = cuda_ext.build(BUILD_SCRIPT, work / "out", build_log)
+        build_proc = cuda_ext.build(Path(args.build_script), work / "out", build_log)
         print(f"[gpu-check] building the CUDA extension in the background (log: {build_log})")
 
     t_tri = time.perf_counter()
     print(f"[gpu-check] compiling Triton kernels from {args.specs} for "
           f"{', '.join(f'sm_{a}' for a in archs)} with {args.jobs} workers")
-    records = [dict(r, source="triton") for r in run_workers(args.specs, archs, args.jobs)]
+    cache = None if args.no_cache else default_cache_dir()
+    records = [dict(r, source="triton")
+               for r in run_workers(args.specs, archs, args.jobs, cache_dir=cache)]
+    n_cached = sum(1 for r in records if r.get("cached"))
     triton_s = time.perf_counter() - t_tri
     if not records:
         incomplete.append(f"no Triton kernel specs from {args.specs}")
@@ -124,7 +130,9 @@ def run(args) -> tuple[int, dict]:
             incomplete.append(f"Triton kernel specs unavailable ({args.specs}): "
                               f"{err.strip().splitlines()[-1]}")
             records = []
-    print(f"[gpu-check] Triton: {len(records)} compiles in {triton_s:.1f} s")
+    print(f"[gpu-check] Triton: {len(records)} kernels in {triton_s:.1f} s "
+          f"({n_cached} unchanged, from the cache {cache})" if n_cached else
+          f"[gpu-check] Triton: {len(records)} compiles in {triton_s:.1f} s")
 
     cuda = {"built": False}
     if build_proc is not None:
@@ -206,9 +214,14 @@ def main(argv=None) -> int:
                     help="module:function returning the Triton kernel specs (default %(default)s)")
     ap.add_argument("--archs", default=",".join(map(str, ARCHS)))
     ap.add_argument("--jobs", type=int, default=max(1, min(os.cpu_count() or 1, 4)))
+    ap.add_argument("--build-script", default=str(BUILD_SCRIPT),
+                    help="builds the CUDA extension into its OUT_DIR argument (default %(default)s)")
     ap.add_argument("--cuda-out", default=None,
                     help="work folder for the CUDA build (default: a fresh temporary folder)")
     ap.add_argument("--build-timeout", type=float, default=2400)
+    ap.add_argument("--no-cache", action="store_true",
+                    help="compile every Triton kernel even if unchanged since the last run "
+                         "(cache: $DDPM_FAST_GPU_CHECK_CACHE or ~/.cache/ddpm_fast/gpu_check)")
     ap.add_argument("--json", default=str(DEFAULT_JSON), help="report path ('' for none)")
     args = ap.parse_args(argv)
 

@@ -86,6 +86,51 @@ def _ptxas_fallback(ptx: str, capability: int) -> str:
         os.unlink(f.name)
 
 
+def cache_key(spec, capability: int) -> str:
+    """Everything the compiled result depends on: Triton version, the kernel's source and that of
+    the functions it calls (JITFunction.cache_key), the specialisation, options and target."""
+    import hashlib
+
+    import triton
+    fn = _raw_fn(spec.fn)
+    parts = [triton.__version__, fn.cache_key, sorted(dict(spec.signature).items()),
+             sorted((k, repr(v)) for k, v in dict(spec.constexprs).items()),
+             sorted(spec.divisible_args), spec.num_warps, spec.num_stages, capability,
+             [os.environ.get(k, "") for k in ("TRITON_DEFAULT_FP_FUSION", "TRITON_PTXAS_PATH",
+                                              "TRITON_PTXAS_BLACKWELL_PATH")], _CACHE_VERSION]
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
+
+
+_CACHE_VERSION = 1  # bump when a record's fields or their meaning change
+
+
+def compile_cached(spec, capability: int, cache_dir: str | None) -> dict:
+    """``compile_one`` with its record kept in ``cache_dir`` (unchanged kernels: no compile)."""
+    if not cache_dir:
+        return compile_one(spec, capability)
+    try:
+        path = os.path.join(cache_dir, cache_key(spec, capability) + ".json")
+    except Exception:  # noqa: BLE001 — cannot key it: compile it (compile_one reports errors)
+        return compile_one(spec, capability)
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                rec = json.load(f)
+            rec.update(describe(spec), cached=True)  # names may change without the code changing
+            return rec
+        except (OSError, ValueError):
+            pass
+    rec = compile_one(spec, capability)
+    if rec["ok"] or rec["error"].startswith(("CompilationError", "CompileTimeAssertionFailure",
+                                              "AssertionError", "ValueError", "TypeError")):
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(rec, f)
+        os.replace(tmp, path)
+    return rec
+
+
 def compile_one(spec, capability: int) -> dict:
     """Compile one spec for sm_<capability>; the report record (never raises)."""
     import triton
@@ -138,15 +183,23 @@ def worker_env() -> dict:
     return env
 
 
-def run_workers(provider: str, archs=ARCHS, jobs: int = 2, timeout: float = 900) -> list[dict]:
+def default_cache_dir() -> str:
+    return os.environ.get("DDPM_FAST_GPU_CHECK_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "ddpm_fast", "gpu_check")
+
+
+def run_workers(provider: str, archs=ARCHS, jobs: int = 2, timeout: float = 900,
+                cache_dir: str | None = None) -> list[dict]:
     """Compile every spec of ``provider`` for every arch in ``jobs`` parallel subprocesses.
+    Records of unchanged kernels come from ``cache_dir`` (None: compile everything).
     Returns the records; a worker that dies yields one failed record saying why."""
     with tempfile.TemporaryDirectory(prefix="ddpm_fast_triton_cache_") as cache:
         env = worker_env()
         env["TRITON_CACHE_DIR"] = cache  # fresh cache: ptxas runs (and logs) for every kernel
         procs = [subprocess.Popen(
             [sys.executable, "-m", "ddpm_fast.tools.triton_aot", "--specs", provider,
-             "--archs", ",".join(map(str, archs)), "--shard", f"{i}/{jobs}"],
+             "--archs", ",".join(map(str, archs)), "--shard", f"{i}/{jobs}",
+             "--cache-dir", cache_dir or ""],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for i in range(jobs)]
         records = []
@@ -172,6 +225,7 @@ def main(argv=None) -> int:
     ap.add_argument("--specs", default=DEFAULT_SPECS)
     ap.add_argument("--archs", default="80,90")
     ap.add_argument("--shard", default="0/1", help="i/n: compile items i, i+n, ...")
+    ap.add_argument("--cache-dir", default="", help="keep/reuse records here ('' = no cache)")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("TRITON_INTERPRET=1 is set: kernels cannot be compiled", file=sys.stderr)
@@ -181,7 +235,7 @@ def main(argv=None) -> int:
     specs = load_specs(args.specs)
     items = [(s, int(a)) for s in specs for a in args.archs.split(",")]
     for spec, cap in items[i::n]:
-        print(json.dumps(compile_one(spec, cap)), flush=True)
+        print(json.dumps(compile_cached(spec, cap, args.cache_dir or None)), flush=True)
     return 0
 
 
