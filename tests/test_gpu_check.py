@@ -229,3 +229,53 @@ def test_cuda_kernel_names():
     assert short_name(name) == "reverse_step_kernel"
     assert _template_args(name) == "float, c10::Half"
     assert _template_args("temb_add_f32(float*, int)") == ""
+
+
+_EXT_LOG = """\
+ptxas info    : Compiling entry function '_ZN9ddpm_fast4cuda19reverse_step_kernelIfLi4EEEvPKT_S4_PKdl' for 'sm_80'
+ptxas info    : Function properties for _ZN9ddpm_fast4cuda19reverse_step_kernelIfLi4EEEvPKT_S4_PKdl
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 40 registers, used 0 barriers, 392 bytes cmem[0]
+ptxas info    : Compiling entry function '_ZN9ddpm_fast4cuda15temb_add_kernelIN3c104HalfEEEvPKT_S6_PS4_ll' for 'sm_90'
+ptxas info    : Function properties for _ZN9ddpm_fast4cuda15temb_add_kernelIN3c104HalfEEEvPKT_S6_PS4_ll
+    0 bytes stack frame, 4 bytes spill stores, 4 bytes spill loads
+ptxas info    : Used 18 registers, used 0 barriers
+"""
+
+
+def _fake_build(tmp_path, body):
+    script = tmp_path / "build_cuda_extension.sh"
+    script.write_text("#!/usr/bin/env bash\nset -e\nOUT=$1\nmkdir -p \"$OUT\"\n" + body)
+    return script
+
+
+def _run_cuda_part(monkeypatch, tmp_path, body):
+    monkeypatch.setattr(gpu_check, "run_workers", lambda *a, **k: [])
+    (tmp_path / "ptxas.log").write_text(_EXT_LOG)
+    script = _fake_build(tmp_path, body)
+    out = tmp_path / "r.json"
+    rc = gpu_check.main(["--build-script", str(script), "--cuda-out", str(tmp_path / "work"),
+                         "--specs", "none:none", "--json", str(out)])
+    return rc, json.loads(out.read_text())
+
+
+def test_cuda_build_log_is_parsed_and_gated(monkeypatch, tmp_path):
+    rc, report = _run_cuda_part(monkeypatch, tmp_path, f"cp {tmp_path}/ptxas.log \"$OUT\"/\n")
+    recs = {(r["kernel"], r["arch"]): r for r in report["kernels"] if r["source"] == "cuda"}
+    rs = recs[("reverse_step_kernel", "sm_80")]
+    assert rs["regs"] == 40 and rs["elementwise"] and rs["fp32"] and rs["problems"] == []
+    assert rs["config"] == "float, 4" and rs["load_bytes"] is None   # no library: width unknown
+    ta = recs[("temb_add_kernel", "sm_90")]
+    assert not ta["fp32"] and ta["problems"] == ["spills 4 B stores / 4 B loads"]
+    assert rc == gpu_check.FAIL and report["status"] == "fail"
+    assert any("no built library" in n for n in report["notes"] + report["incomplete"])
+
+
+def test_cuda_build_failure_or_missing_script(monkeypatch, tmp_path):
+    rc, report = _run_cuda_part(monkeypatch, tmp_path, "echo 'op temb_add has no CUDA kernel'\nexit 2\n")
+    assert rc == gpu_check.FAIL
+    build = [r for r in report["kernels"] if r["kernel"] == "<build>"][0]
+    assert "exited 2" in build["error"] and "no CUDA kernel" in build["error"]
+    monkeypatch.setattr(gpu_check, "run_workers", lambda *a, **k: [])
+    rc = gpu_check.main(["--build-script", str(tmp_path / "missing.sh"), "--json", ""])
+    assert rc == gpu_check.INCOMPLETE
