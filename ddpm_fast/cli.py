@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     dm = sub.add_parser("demo", help="train on the embedded digits for a few minutes, sample, report")
     dm.add_argument("--out-dir", default="out")
-    dm.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's)")
+    dm.add_argument("--steps", type=int, default=None,
+                    help="training steps (default: as many as fit in --train-minutes on this machine)")
+    dm.add_argument("--train-minutes", type=float, default=4.0)
     dm.add_argument("--threads", type=int, default=None)
     dm.add_argument("--seed", type=int, default=0)
     dm.add_argument("--no-reference", action="store_true", help="skip the reference-backend timing")
@@ -126,8 +128,10 @@ def _sample_cmd(args) -> int:
     print(f"sampled {args.n} images ({args.sampler}, {nsteps} steps, seed {args.seed}) in {dt:.2f} s "
           f"({args.n / dt:.1f} images/s, {dt / nsteps * 1e3:.1f} ms/step) -> {args.out}")
     if args.metric and cfg.data in ("digits", "sklearn-digits") and shape == (1, 16, 16) and args.n >= 2:
+        import os
         from .metrics import DigitsMetric
-        print(DigitsMetric().evaluate(x))
+        cache = os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "digits_classifier.safetensors")
+        print(DigitsMetric(cache=cache).evaluate(x))
     return 0
 
 
@@ -139,7 +143,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _sample_cmd(args)
     from .training.demo import run_demo
     return run_demo(out_dir=args.out_dir, steps=args.steps, threads=args.threads, seed=args.seed,
-                    reference=not args.no_reference)
+                    reference=not args.no_reference, train_minutes=args.train_minutes)
 
 
 if __name__ == "__main__":   # pragma: no cover

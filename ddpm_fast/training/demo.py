@@ -35,15 +35,37 @@ def _time_sample(model, n, shape, cfg, **kw):
     return x, time.perf_counter() - t0
 
 
+def calibrate_steps(cfg, budget_s: float, *, min_steps: int = 300, max_steps: int = 4000,
+                    probe: int = 10) -> tuple[int, float]:
+    """How many training steps of ``cfg`` fit in ``budget_s`` seconds on this machine:
+    times ``probe`` real steps (same code path, a throwaway directory), median of the last ones.
+    Returns (steps rounded down to a multiple of 50 within [min_steps, max_steps], s per step)."""
+    import tempfile
+    from . import train
+    stamps = []
+    with tempfile.TemporaryDirectory() as tmp:
+        train(cfg.replace(steps=probe, out_dir=tmp, sample_n=0, ckpt_every=0, progress=False, metric=False),
+              callback=lambda s, i: stamps.append(time.perf_counter()))
+    gaps = sorted(b - a for a, b in zip(stamps[2:], stamps[3:]))
+    per_step = gaps[len(gaps) // 2]
+    steps = int(budget_s / per_step) // 50 * 50
+    return max(min_steps, min(max_steps, steps)), per_step
+
+
 def run_demo(out_dir: str = "out", steps: Optional[int] = None, threads: Optional[int] = None,
-             seed: int = 0, reference: bool = True) -> int:
+             seed: int = 0, reference: bool = True, train_minutes: float = 4.0) -> int:
+    """Train for ``steps`` (default: as many as fit in ``train_minutes`` here), sample, report."""
     from . import TrainConfig, train
     from ..utils.image import save_grid
     t_all = time.perf_counter()
     if threads:
         torch.set_num_threads(threads)
-    cfg = TrainConfig(**{**DEMO_CONFIG, "out_dir": out_dir, "seed": seed,
-                         **({"steps": steps} if steps else {})})
+    cfg = TrainConfig(**{**DEMO_CONFIG, "out_dir": out_dir, "seed": seed})
+    if steps is None:
+        steps, per_step = calibrate_steps(cfg, train_minutes * 60)
+        print(f"demo: {per_step * 1e3:.0f} ms per training step here -> {steps} steps "
+              f"(~{train_minutes:g} min; --steps fixes the count)", file=sys.stderr)
+    cfg = cfg.replace(steps=steps)
     print(f"demo: training a {cfg.model_kwargs} UNet on the 16x16 digits for {cfg.steps} steps "
           f"(batch {cfg.batch_size}, T={cfg.T}, {torch.get_num_threads()} threads) -> {out_dir}/",
           file=sys.stderr)

@@ -186,7 +186,7 @@ def train(config: Optional[TrainConfig] = None, *, model: Optional[nn.Module] = 
     config: a :class:`TrainConfig` (fields may also be given as keyword ``overrides``).
     model: your own ``nn.Module`` (``model(x_t, t) -> prediction``, x [B, C, H, W], t int64 [B]);
       default: the UNet preset ``config.model`` sized for the data.
-    data: an :class:`ImageData` (default: ``load_dataset(config.data, ...)``).
+    data: an :class:`ImageData`, or a data spec for ``config.data`` ("digits", a folder, IDX files).
     resume: True continues from ``<out_dir>/last.safetensors`` when it exists (or a path);
       structural options must match the checkpoint's, ``steps`` may grow.
     callback: ``callback(step, info)`` after every completed step (``step`` = steps done).
@@ -194,6 +194,8 @@ def train(config: Optional[TrainConfig] = None, *, model: Optional[nn.Module] = 
     Under torchrun, every process runs this with its slice of the global batch (DDP).
     Timestep convention: t uniform in [0, T), ``q_sample`` at t gives x_t.
     """
+    if isinstance(data, (str, os.PathLike)):
+        overrides["data"], data = os.fspath(data), None
     cfg = config or TrainConfig()
     if not isinstance(cfg, TrainConfig):
         raise TypeError("config must be a TrainConfig")
