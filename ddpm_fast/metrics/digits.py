@@ -51,58 +51,79 @@ def _split(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return perm[k:], perm[:k]
 
 
+_TRAINED: dict = {}   # (resolution, epochs, seed) -> weights: train once per process
+
+
 def train_digits_classifier(resolution: int = 16, *, epochs: int = 10, seed: int = 0,
                             cache: Optional[str] = None, verbose: bool = False):
-    """Train (or load from ``cache``, a .safetensors path) the classifier.
-    Returns (model in eval mode, train images, held-out images, held-out labels, accuracy)."""
+    """Train (or load from ``cache``, a .safetensors path, or from this process's memory) the
+    classifier. Returns (model in eval mode, train images, held-out images, held-out labels,
+    accuracy)."""
     from ..data import digits
     data = digits(resolution)
     x, y = data.all(), data.labels
     tr, ho = _split(len(data), seed)
+    key = (resolution, epochs, seed)
+    meta = {"resolution": str(resolution), "epochs": str(epochs), "seed": str(seed)}
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = DigitsClassifier()
-        loaded = False
-        if cache and os.path.isfile(cache):
-            from safetensors.torch import load_file
-            try:
-                model.load_state_dict(load_file(cache))
-                loaded = True
-            except Exception:   # a stale or broken cache: retrain
-                loaded = False
-        threads = torch.get_num_threads()
-        if not loaded:
-            # one thread: this net is too small for intra-op parallelism to pay (2 shared cores:
-            # 35 ms per batch on 1 thread vs 220 ms on 2 while other processes ran)
-            torch.set_num_threads(1)
-            opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-            g = torch.Generator().manual_seed(seed + 1)
-            xt, yt = x[tr], y[tr]
-            for ep in range(epochs):
-                order = torch.randperm(len(tr), generator=g)
-                for i in range(0, len(tr), 64):
-                    idx = order[i:i + 64]
-                    xb = xt[idx]
-                    # light augmentation: random 1-pixel shifts, so features tolerate small offsets
-                    sh = torch.randint(-1, 2, (2,), generator=g).tolist()
-                    xb = torch.roll(xb, shifts=sh, dims=(2, 3))
-                    loss = F.cross_entropy(model(xb), yt[idx])
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-            torch.set_num_threads(threads)
-            if cache:
-                from safetensors.torch import save_file
-                os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
-                tmp = cache + ".tmp"
-                save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
-                os.replace(tmp, cache)
+        model = DigitsClassifier()            # weights come from _fit or a cache below
+    weights = _TRAINED.get(key) or _load_cache(cache, meta)
+    if weights is None:
+        weights = _fit(model, x[tr], y[tr], epochs, seed)
+        if cache:
+            from safetensors.torch import save_file
+            os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
+            tmp = f"{cache}.tmp-{os.getpid()}"
+            save_file(weights, tmp, metadata=meta)
+            os.replace(tmp, cache)
+    _TRAINED[key] = weights
+    model.load_state_dict(weights)
     model.eval()
     with torch.no_grad():
         acc = float((model(x[ho]).argmax(1) == y[ho]).float().mean())
     if verbose:
         print(f"digits classifier: held-out accuracy {acc:.3f}")
     return model, x[tr], x[ho], y[ho], acc
+
+
+def _load_cache(cache: Optional[str], meta: dict) -> Optional[dict]:
+    if not cache or not os.path.isfile(cache):
+        return None
+    from safetensors import safe_open
+    try:
+        with safe_open(cache, framework="pt") as f:
+            if f.metadata() != meta:
+                return None          # trained with other settings: retrain
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except Exception:                # a broken cache file: retrain
+        return None
+
+
+def _fit(model: DigitsClassifier, xt: torch.Tensor, yt: torch.Tensor, epochs: int, seed: int) -> dict:
+    """Adam, batches of 64, random 1-pixel shifts; seeded, leaving the global RNG untouched."""
+    threads = torch.get_num_threads()
+    # one thread: this net is too small for intra-op parallelism to pay (2 shared cores:
+    # 35 ms per batch on 1 thread vs 220 ms on 2 while other processes ran)
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model.load_state_dict(DigitsClassifier().state_dict())     # seeded initial weights
+            opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+            g = torch.Generator().manual_seed(seed + 1)
+            for _ in range(epochs):
+                order = torch.randperm(len(xt), generator=g)
+                for i in range(0, len(xt), 64):
+                    idx = order[i:i + 64]
+                    sh = torch.randint(-1, 2, (2,), generator=g).tolist()
+                    xb = torch.roll(xt[idx], shifts=sh, dims=(2, 3))
+                    loss = F.cross_entropy(model(xb), yt[idx])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
 
 
 @dataclass

@@ -417,8 +417,8 @@ def _grid(ema, cfg: TrainConfig, image_shape, schedule, info: DistInfo, device, 
     """Sample cfg.sample_n images from the EMA model (sharded over ranks), write the PNG grid."""
     x = sample_sharded(ema, cfg.sample_n, image_shape, info, schedule=schedule, sampler=cfg.sampler,
                        steps=cfg.sample_steps if cfg.sampler == "ddim" else None, seed=cfg.seed,
-                       prediction_type=cfg.prediction_type if cfg.prediction_type in ("epsilon", "sample", "v_prediction")
-                       else _TARGET[cfg.prediction_type], backend=cfg.backend or "auto", device=device)
+                       prediction_type=_TARGET[cfg.prediction_type], backend=cfg.backend or "auto",
+                       device=device)
     if info.is_main and x is not None:
         from ..utils.image import save_grid
         scale = max(1, 64 // max(image_shape[1:]))
