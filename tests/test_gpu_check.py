@@ -229,6 +229,8 @@ def test_cuda_kernel_names():
     assert short_name(name) == "reverse_step_kernel"
     assert _template_args(name) == "float, c10::Half"
     assert _template_args("temb_add_f32(float*, int)") == ""
+    anon = "void ddpm_fast::cuda::(anonymous namespace)::ddim_step_kernel<2>(void*, int)"
+    assert short_name(anon) == "ddim_step_kernel" and _template_args(anon) == "2"
 
 
 _EXT_LOG = """\

@@ -36,9 +36,14 @@ def build(script: Path, out_dir: Path, log_path: Path, timeout: float = 3000) ->
                             env=env, cwd=Path(__file__).resolve().parents[2])
 
 
+def _head(name: str) -> str:
+    """A demangled name up to its parameter list."""
+    return name.replace("(anonymous namespace)::", "").split("(", 1)[0]
+
+
 def _template_args(name: str) -> str:
     """'void ns::k<float, c10::Half>(float const*, ...)' -> 'float, c10::Half' ('' if none)."""
-    head = name.split("(", 1)[0]
+    head = _head(name)
     if "<" not in head:
         return ""
     return head[head.index("<") + 1: head.rindex(">")] if ">" in head else ""
@@ -46,8 +51,7 @@ def _template_args(name: str) -> str:
 
 def short_name(name: str) -> str:
     """Demangled name without return type, namespace-qualified params and template args."""
-    head = name.split("(", 1)[0]
-    head = head.split("<", 1)[0]
+    head = _head(name).split("<", 1)[0]
     return head.split()[-1].split("::")[-1] if head.split() else head
 
 
