@@ -281,3 +281,5 @@ def _register_backends() -> None:
 if _load_error is None:
     _register_fakes()
     _register_backends()
+    from .autograd import attach_reference_backwards
+    attach_reference_backwards("ddpm_fast")  # training through the kernels (ops/autograd.py)

@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 import triton  # noqa: F401 — absolute: the Triton package; failure makes this backend unavailable
 
+from ..autograd import attach_reference_backwards
 from ..dispatch import register
 from . import ddim_step as _ddim_step
 from . import groupnorm_temb_silu as _groupnorm
@@ -30,6 +31,7 @@ __all__ = ["unavailable_reason", "aot_specs", "AotSpec"]
 
 BACKEND = "triton"
 _ops = torch.ops.ddpm_fast_triton
+attach_reference_backwards("ddpm_fast_triton")  # training through the kernels (ops/autograd.py)
 
 
 def unavailable_reason(backend: str, device_type: str) -> Optional[str]:
