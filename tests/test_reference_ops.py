@@ -183,3 +183,17 @@ def test_front_traces_without_graph_breaks():
     t, seed = torch.tensor(7), torch.tensor(3)
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(x, m, t, seed), step(x, m, t, seed))
+
+
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_reverse_step_out_writes_in_place(backend):
+    x, m = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    want = reverse_step(x, m, 9, S, seed=4, backend=backend)
+    out = torch.empty_like(x)
+    assert reverse_step(x, m, 9, S, seed=4, out=out, backend=backend) is out
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+    x_copy = x.clone()
+    reverse_step(x_copy, m, 9, S, seed=4, out=x_copy, backend=backend)  # aliasing x_t
+    torch.testing.assert_close(x_copy, want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="out must be"):
+        reverse_step(x, m, 9, S, seed=4, out=torch.empty(2, 3, 4), backend=backend)

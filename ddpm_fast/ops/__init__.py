@@ -105,11 +105,16 @@ def reverse_step(x_t: torch.Tensor, model_out: torch.Tensor, t, schedule, *,
     Returns x_{t-1} in x_t's dtype (written into ``out`` if given).
     """
     table, t, seed_t = _step_inputs(x_t, model_out, t, schedule, noise, seed)
-    impl = implementation("reverse_step", backend, x_t.device)
-    res = impl(x_t, model_out, t, table, noise, seed_t, _offset(sample_offset),
-               prediction_code(prediction_type), variance_code(variance_type),
-               bool(clip_denoised), float(clip_range))
-    return _write_out(res, out)
+    args = (x_t, model_out, t, table, noise, seed_t, _offset(sample_offset),
+            prediction_code(prediction_type), variance_code(variance_type),
+            bool(clip_denoised), float(clip_range))
+    if out is None:
+        return implementation("reverse_step", backend, x_t.device)(*args)
+    if out.shape != x_t.shape or out.dtype != x_t.dtype or out.device != x_t.device:
+        raise ValueError(f"out must be {x_t.dtype} {tuple(x_t.shape)} on {x_t.device}, got "
+                         f"{out.dtype} {tuple(out.shape)} on {out.device}")
+    implementation("reverse_step_out", backend, x_t.device)(*args, out)  # one write, in place
+    return out
 
 
 def ddim_step(x_t: torch.Tensor, model_out: torch.Tensor, t, t_prev, schedule, *, eta: float = 0.0,

@@ -95,6 +95,15 @@ def reverse_step(x_t, model_out, t, table, noise: Optional[torch.Tensor], seed, 
     return (mean + sigma * z).to(x_t.dtype)                                   # 4. + sigma_t z, none at t=0
 
 
+@register("reverse_step_out", BACKEND)
+def reverse_step_out(x_t, model_out, t, table, noise, seed, sample_offset: int, prediction_type: int,
+                     variance_type: int, clip: bool, clip_range: float, out: torch.Tensor):
+    """reverse_step written into ``out`` (a static buffer; may be x_t itself)."""
+    out.copy_(reverse_step(x_t, model_out, t, table, noise, seed, sample_offset, prediction_type,
+                           variance_type, clip, clip_range))
+    return out
+
+
 def _coef_mask_positive(t: torch.Tensor, ndim: int, dtype) -> torch.Tensor:
     """1.0 where t > 0 else 0.0, shaped like _coef (a tensor op: no host sync)."""
     m = (t > 0).to(dtype)
