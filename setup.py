@@ -82,10 +82,11 @@ def _extensions():
     version = f'-DDDPM_FAST_TORCH_VERSION="{torch.__version__}"'
     # -fno-trapping-math lets GCC if-convert the clamps of exp_f32 so the SiLU loop vectorises;
     # neither flag changes a computed value (no reassociation, no fast-math).
-    cxx = ["-O3", "-std=c++17", "-fopenmp", "-fno-trapping-math", "-fno-math-errno", version]
+    # The C++ standard is left to torch.utils.cpp_extension (C++17 up to torch 2.13, C++20 from 2.14).
+    cxx = ["-O3", "-fopenmp", "-fno-trapping-math", "-fno-math-errno", version]
     if _env_flag("DDPM_FAST_NATIVE"):
         cxx.append("-march=native")
-    nvcc = ["-O3", "-std=c++17", "-lineinfo", version]
+    nvcc = ["-O3", "-lineinfo", version]
     if _env_flag("DDPM_FAST_PTXAS_VERBOSE"):
         nvcc += ["-Xptxas", "-v"]
     Ext = cpp_extension.CUDAExtension if cuda else cpp_extension.CppExtension

@@ -1,6 +1,6 @@
 // CPU kernel of groupnorm_temb_silu: per (sample, group), statistics of x (+ temb) over
-// (C/G, spatial) in double, then one pass y = silu(x * scale_c + shift_c) with the affine, the
-// normalisation and the temb add folded into a per-channel scale and shift. The group is read
+// (C/G, spatial) in double, then one pass y = silu((x - center_c) * scale_c + shift_c) with the affine, the
+// normalisation and the temb adds folded into per-channel constants. The group is read
 // three times (sum, centred sum of squares, output) while it sits in cache.
 // Non-contiguous x is copied to contiguous; weight, bias and temb are converted to float32.
 #include <cmath>
@@ -93,20 +93,21 @@ at::Tensor groupnorm_temb_silu(const at::Tensor& x_in, const at::Tensor& weight_
         }
       }
       const double rstd = 1.0 / std::sqrt(s2 / count + eps);
-      // pass 3: y = x * scale + shift (+ silu), per channel
+      // pass 3: y = (x - center_c) * scale_c + shift_c (+ silu); centring first keeps digits when
+      // |mean| >> std
       for (int64_t c = c0; c < c0 + Cg; ++c) {
         const double before = temb_mode == TEMB_BEFORE_NORM ? temb_row[c] : 0.0;
         const double after = temb_mode == TEMB_AFTER_NORM ? temb_row[c] : 0.0;
-        const double sc = rstd * wp[c];
-        const float scale = static_cast<float>(sc);
-        const float shift = static_cast<float>((before - mean) * sc + bp[c] + after);
+        const float center = static_cast<float>(mean - before);
+        const float scale = static_cast<float>(rstd * wp[c]);
+        const float shift = static_cast<float>(bp[c] + after);
         for (int64_t e = 0; e < HW; e += kBlock) {
           const int64_t n = std::min(kBlock, HW - e);
           load_block(xp, dt, (b * C + c) * HW + e, n, buf);
           if (apply_silu) {
-            for (int64_t i = 0; i < n; ++i) buf[i] = silu_f32(buf[i] * scale + shift);
+            for (int64_t i = 0; i < n; ++i) buf[i] = silu_f32((buf[i] - center) * scale + shift);
           } else {
-            for (int64_t i = 0; i < n; ++i) buf[i] = buf[i] * scale + shift;
+            for (int64_t i = 0; i < n; ++i) buf[i] = (buf[i] - center) * scale + shift;
           }
           store_block(op_, dt, (b * C + c) * HW + e, n, buf);
         }

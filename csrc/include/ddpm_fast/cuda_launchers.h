@@ -35,6 +35,10 @@ struct NoiseArg {
 cudaError_t launch_philox(float* out, bool normal, const int64_t* seed, TimestepArg t, int64_t batch,
                           int64_t numel, int64_t sample_offset, int64_t stream_id, cudaStream_t stream);
 
+// The raw generator (known-answer tests): counters int64 [n, 4], key int64 [2] -> words int64 [n, 4].
+cudaError_t launch_philox_words(const int64_t* counters, const int64_t* key, int64_t* out, int64_t n,
+                                cudaStream_t stream);
+
 cudaError_t launch_q_sample(void* out, const void* x0, int dtype, const void* noise, int noise_dtype,
                             TimestepArg t, TableArg table, int64_t B, int64_t N, cudaStream_t stream);
 

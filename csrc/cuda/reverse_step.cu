@@ -1,0 +1,60 @@
+// CUDA kernel of reverse_step: one thread per 4 consecutive elements of one sample (one Philox
+// counter); reads x_t and model_out once, writes x_{t-1} once. `out` may alias x_t (each element is
+// read by the thread that writes it, before writing).
+#include "common.cuh"
+
+namespace ddpm_fast {
+namespace cuda {
+namespace {
+
+template <int kPrediction>
+__global__ void reverse_step_kernel(void* out, const void* x_t, int dt, const void* model_out, int mdt,
+                                    NoiseArg noise, TimestepArg t, TableArg table, int variance_type, bool clip,
+                                    float clip_range, int64_t B, int64_t N, bool vec) {
+  const int64_t nq = (N + 3) / 4;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < B * nq;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = idx / nq, q = idx - b * nq;
+    const int64_t tb = timestep(t, b);
+    const ReverseCoefs c = reverse_coefs(table.ptr, tb, table.T, kPrediction, variance_type);
+    float z[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (noise.noise == nullptr && c.sigma != 0.0f) {  // sigma = 0 at t = 0: no noise to draw
+      philox_normals(noise.seed, q, noise.sample_offset + b, tb, STREAM_STEP, z);
+    }
+    const int64_t i = b * N + 4 * q;
+    const int n = static_cast<int>(N - 4 * q < 4 ? N - 4 * q : 4);
+    float x[4], m[4];
+    ld4(x_t, dt, i, n, vec, x);
+    ld4(model_out, mdt, i, n, vec, m);
+    if (noise.noise != nullptr) ld4(noise.noise, noise.noise_dtype, i, n, vec, z);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) x[j] = reverse_step_elem<kPrediction>(c, x[j], m[j], z[j], clip, clip_range);
+    st4(out, dt, i, n, vec, x);
+  }
+}
+
+}  // namespace
+
+cudaError_t launch_reverse_step(void* out, const void* x_t, int dtype, const void* model_out, int m_dtype,
+                                NoiseArg noise, TimestepArg t, TableArg table, int prediction_type, int variance_type,
+                                bool clip, float clip_range, int64_t B, int64_t N, cudaStream_t stream) {
+  const int64_t work = B * ((N + 3) / 4);
+  if (work == 0) return cudaSuccess;
+  const unsigned int grid = blocks_for(work);
+  const bool vec = N % 4 == 0 && quad_aligned(out, dtype) && quad_aligned(x_t, dtype) &&
+                   quad_aligned(model_out, m_dtype) && quad_aligned(noise.noise, noise.noise_dtype);
+  if (prediction_type == PRED_EPSILON) {
+    reverse_step_kernel<PRED_EPSILON><<<grid, kThreads, 0, stream>>>(out, x_t, dtype, model_out, m_dtype, noise, t,
+                                                                    table, variance_type, clip, clip_range, B, N, vec);
+  } else if (prediction_type == PRED_SAMPLE) {
+    reverse_step_kernel<PRED_SAMPLE><<<grid, kThreads, 0, stream>>>(out, x_t, dtype, model_out, m_dtype, noise, t,
+                                                                   table, variance_type, clip, clip_range, B, N, vec);
+  } else {
+    reverse_step_kernel<PRED_V><<<grid, kThreads, 0, stream>>>(out, x_t, dtype, model_out, m_dtype, noise, t, table,
+                                                              variance_type, clip, clip_range, B, N, vec);
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace cuda
+}  // namespace ddpm_fast

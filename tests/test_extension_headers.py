@@ -1,0 +1,110 @@
+"""The C++ headers mirror the Python enums; the loader refuses a library built for another torch;
+the build files glob the sources. None of these needs the extension to be built except where marked."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddpm_fast.ops import enums
+from ddpm_fast.schedule import TABLE_WIDTH, Col
+
+ROOT = Path(__file__).resolve().parents[1]
+INCLUDE = ROOT / "csrc" / "include" / "ddpm_fast"
+
+
+def _enum_values(text: str, name: str) -> dict[str, int]:
+    body = re.search(r"enum\s+" + name + r"\s*:\s*int\s*\{(.*?)\}", text, re.S).group(1)
+    return {k: int(v) for k, v in re.findall(r"(\w+)\s*=\s*(-?\d+)", body)}
+
+
+def test_schedule_columns_header_matches_col():
+    text = (INCLUDE / "schedule_columns.h").read_text()
+    assert _enum_values(text, "Col") == {c.name: int(c) for c in Col}
+    assert int(re.search(r"kTableWidth\s*=\s*(\d+)", text).group(1)) == TABLE_WIDTH
+
+
+def test_enums_header_matches_python():
+    text = (INCLUDE / "enums.h").read_text()
+    from ddpm_fast import noise
+    want = {
+        "Prediction": {"PRED_EPSILON": enums.PRED_EPSILON, "PRED_SAMPLE": enums.PRED_SAMPLE, "PRED_V": enums.PRED_V},
+        "Variance": {"VAR_FIXED_SMALL": enums.VAR_FIXED_SMALL, "VAR_FIXED_LARGE": enums.VAR_FIXED_LARGE},
+        "TembMode": {"TEMB_NONE": enums.TEMB_NONE, "TEMB_BEFORE_NORM": enums.TEMB_BEFORE_NORM,
+                     "TEMB_AFTER_NORM": enums.TEMB_AFTER_NORM},
+        "Stream": {"STREAM_INIT": noise.STREAM_INIT, "STREAM_STEP": noise.STREAM_STEP,
+                   "STREAM_Q_SAMPLE": noise.STREAM_Q_SAMPLE},
+    }
+    for name, values in want.items():
+        assert _enum_values(text, name) == values, name
+
+
+def test_philox_constants_match_reference():
+    from ddpm_fast import noise
+    text = (INCLUDE / "philox.h").read_text()
+    consts = {k: int(v, 16) for k, v in re.findall(r"(kPhilox\w+)\s*=\s*(0x[0-9A-Fa-f]+)u", text)}
+    assert consts == {"kPhiloxM0": noise._M0, "kPhiloxM1": noise._M1, "kPhiloxW0": noise._W0, "kPhiloxW1": noise._W1}
+    assert float(re.search(r"kTwoPiF32\s*=\s*([\d.]+)f", text).group(1)) == noise.TWO_PI_F32
+
+
+def test_every_schema_op_is_registered_in_python_and_has_cuda_binding():
+    from ddpm_fast.ops import extension
+    schemas = re.findall(r'm\.def\("(\w+)\(', (ROOT / "csrc" / "ops.cpp").read_text())
+    assert sorted(schemas) == sorted(extension.OPS)
+    bound = re.findall(r'm\.impl\("(\w+)"', (ROOT / "csrc" / "cuda" / "bindings.cpp").read_text())
+    assert sorted(bound) == sorted(schemas)
+    cpu = [op for f in (ROOT / "csrc" / "cpu").glob("*.cpp") for op in re.findall(r'm\.impl\("(\w+)"', f.read_text())]
+    assert sorted(cpu) == sorted(schemas)
+
+
+def test_cuda_sources_have_no_torch_headers():
+    for f in (ROOT / "csrc" / "cuda").glob("*.cu*"):
+        assert not re.search(r"#include\s*[<\"](torch|ATen|c10)/", f.read_text()), f
+
+
+@pytest.mark.extension
+def test_loader_refuses_a_library_built_for_another_torch(tmp_path):
+    from ddpm_fast.ops import extension
+    if not extension.available():
+        pytest.skip("C++ extension not built")
+    import importlib.util
+    so = importlib.util.find_spec("ddpm_fast._C").origin
+    data = Path(so).read_bytes()
+    old = b"ddpm_fast-build-info:torch=" + torch.__version__.encode()
+    assert data.count(old) == 1
+    fake_version = ("9" * len(torch.__version__)).encode()
+    patched = tmp_path / Path(so).name
+    patched.write_bytes(data.replace(old, b"ddpm_fast-build-info:torch=" + fake_version))
+    env = dict(os.environ, DDPM_FAST_EXTENSION=str(patched))
+    code = ("import warnings, ddpm_fast\nwarnings.simplefilter('always')\n"
+            "print(ddpm_fast.backends()['cpp'])")
+    res = subprocess.run([sys.executable, "-W", "always", "-c", code], env=env, capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert f"built for torch {fake_version.decode()}" in res.stdout
+    assert "rebuild it" in res.stderr   # the RuntimeWarning
+
+
+def test_pyproject_build_isolation_gets_no_torch():
+    """Plain `pip install -e .` must not build against a random torch: the backend requires only
+    setuptools/wheel, and setup.py stops with a message naming --no-build-isolation."""
+    text = (ROOT / "pyproject.toml").read_text()
+    requires = re.search(r"requires\s*=\s*\[(.*?)\]", text, re.S).group(1)
+    assert "torch" not in requires
+    assert "--no-build-isolation" in (ROOT / "setup.py").read_text()
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
+@pytest.mark.slow
+def test_cuda_sources_compile_for_sm80_sm90(tmp_path):
+    """`nvcc -c` of every .cu for sm_80/sm_90, with no torch headers (the CI check)."""
+    res = subprocess.run(["bash", str(ROOT / "scripts" / "check_cuda_sources.sh"), str(tmp_path)],
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "registers" in (tmp_path / "ptxas.log").read_text()
