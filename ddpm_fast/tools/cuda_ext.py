@@ -68,6 +68,17 @@ def _cuobjdump() -> str | None:
     return next((c for c in cands if c and os.path.isfile(c) and os.access(c, os.X_OK)), None)
 
 
+def built_libraries(out_dir: Path) -> list[str]:
+    """The built extension: OUT_DIR/*.so (the script's copy), else any *.so below OUT_DIR, one
+    per file name (a library loaded twice would register its TORCH_LIBRARY twice)."""
+    libs = sorted(glob.glob(str(out_dir / "*.so"))) or sorted(
+        glob.glob(str(out_dir / "**" / "*.so"), recursive=True))
+    by_name: dict[str, str] = {}
+    for lib in libs:
+        by_name.setdefault(os.path.basename(lib), lib)
+    return list(by_name.values())
+
+
 def sass_widths(libs: list[str]) -> tuple[dict, str]:
     """{(mangled, arch): widths} from the libraries' SASS, and a note if it could not be read."""
     tool = _cuobjdump()
@@ -95,7 +106,7 @@ def kernel_records(out_dir: Path) -> tuple[list[dict], list[str]]:
             stats.update(parse_ptxas_log(Path(lg).read_text(errors="replace")))
     if not stats:
         notes.append(f"no ptxas -v report found under {out_dir} (looked at {len(logs)} logs)")
-    libs = sorted(glob.glob(str(out_dir / "**" / "*.so"), recursive=True))
+    libs = built_libraries(out_dir)
     widths, note = sass_widths(libs) if libs else ({}, f"no built library (*.so) under {out_dir}")
     if note:
         notes.append(note)
@@ -140,7 +151,7 @@ print(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda,
 def registrations(out_dir: Path, python: Path | None = None) -> dict:
     """Load the built libraries in the CUDA venv's python: {"ops": {op: has CUDA kernel}, ...}
     or {"error": why}."""
-    libs = sorted(glob.glob(str(out_dir / "**" / "*.so"), recursive=True))
+    libs = built_libraries(out_dir)
     if not libs:
         return {"error": f"no built library (*.so) under {out_dir}"}
     python = python or cuda_venv() / "bin" / "python"
