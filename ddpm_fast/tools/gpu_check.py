@@ -94,6 +94,33 @@ def format_table(records: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def format_summary(records: list[dict]) -> str:
+    """One line per (source, op or kernel, arch): how many configs, register range, worst spill,
+    narrowest widest-load/store over the configs (fp32 configs, else all)."""
+    groups: dict = {}
+    for r in records:
+        if not r.get("ok") or r.get("regs") is None:
+            continue
+        key = (r.get("source", ""), r.get("op") or r["kernel"], r.get("arch", ""))
+        groups.setdefault(key, []).append(r)
+    head = f"{'source':6}  {'op / kernel':28}  {'arch':5}  {'cfgs':>4}  {'regs':>7}  {'max spill':>9}  " \
+           f"{'min ld B':>8}  {'min st B':>8}  fail"
+    rows = [head, "-" * len(head)]
+
+    def lo(vals):
+        vals = [v for v in vals if v is not None]
+        return str(min(vals)) if vals else "-"
+
+    for (src, name, arch), rs in sorted(groups.items()):
+        regs = [r["regs"] for r in rs]
+        spill = max(max(r.get("spill_stores", 0), r.get("spill_loads", 0)) for r in rs)
+        wide = [r for r in rs if r.get("fp32")] or rs
+        rows.append(f"{src:6}  {name[:28]:28}  {arch:5}  {len(rs):>4}  "
+                    f"{min(regs):>3}-{max(regs):<3}  {spill:>9}  {lo(r.get('load_bytes') for r in wide):>8}  "
+                    f"{lo(r.get('store_bytes') for r in wide):>8}  {sum(1 for r in rs if r['problems'])}")
+    return "\n".join(rows)
+
+
 def run(args) -> tuple[int, dict]:
     t0 = time.perf_counter()
     archs = tuple(int(a) for a in args.archs.split(","))
@@ -227,6 +254,9 @@ def main(argv=None) -> int:
 
     status, report = run(args)
     print(format_table(report["kernels"]))
+    print()
+    print("Summary (min ld/st B over the fp32 configurations):")
+    print(format_summary(report["kernels"]))
     for f in report["failures"]:
         print(f"FAIL {f['source']} {f['kernel']} [{f['config']}] {f['arch']}: {'; '.join(f['problems'])}")
     for n in report["incomplete"]:
