@@ -52,7 +52,7 @@ fi
 SO=$(ls "$OUT"/lib/ddpm_fast/_C*.so)
 cp "$SO" "$OUT/"
 SO="$OUT/$(basename "$SO")"
-grep -E "ptxas|Function properties|spill" "$OUT/build.log" > "$OUT/ptxas.log" || true
+grep -E "^ptxas|Function properties|bytes stack frame" "$OUT/build.log" > "$OUT/ptxas.log" || true
 echo "build_cuda_extension: built $(basename "$SO") in $(( $(date +%s) - start )) s; ptxas report: $OUT/ptxas.log"
 
 "$PY" - "$SO" "$ROOT/csrc/ops.cpp" "$OUT/registration.txt" <<'PYEOF'
