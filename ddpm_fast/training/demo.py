@@ -3,7 +3,6 @@ for a few minutes on the CPU, sample 64 digits with the fast sampler, write the 
 curve, print the quality metric and the sampler's speed against the reference backend."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -14,11 +13,14 @@ import torch
 
 __all__ = ["run_demo", "DEMO_CONFIG"]
 
-# Chosen by measurement on the 2-core CPU machine (see the report in the commit message):
-# a 16-channel UNet (1, 2, 2) with attention at 4x4 trains at ~0.2-0.4 s per batch of 64 there.
+# Chosen by measurement on the 2-core CPU machine (shared, load ~7): UNet.tiny itself (1.1 M
+# parameters) takes ~1 s per batch of 64 there, too slow for a few minutes; ch=16 (0.28 M) takes
+# ~0.4 s. After 600 steps, epsilon-prediction left ~15% of DDIM samples as noise (FD 23.2,
+# confidence 0.82), epsilon + min-SNR-5 ~10% (FD 18.1, 0.83), v-prediction + min-SNR-5 none
+# (FD 19.1, 0.83; every sample a clean stroke): v + min-SNR-5 it is.
 DEMO_CONFIG = dict(
     data="digits", model="tiny", model_kwargs={"ch": 16, "ch_mult": [1, 2, 2]},
-    schedule="linear", T=1000, prediction_type="epsilon", min_snr_gamma=None,
+    schedule="linear", T=1000, prediction_type="v_prediction", min_snr_gamma=5.0,
     steps=1000, batch_size=64, lr=2e-3, warmup_steps=100, lr_schedule="cosine", min_lr_ratio=0.1,
     grad_clip=1.0, ema_decay=0.995, ckpt_every=250, sample_every=0, sample_n=64,
     sampler="ddim", sample_steps=50, metric=True,
@@ -58,9 +60,20 @@ def run_demo(out_dir: str = "out", steps: Optional[int] = None, threads: Optiona
     from . import TrainConfig, train
     from ..utils.image import save_grid
     t_all = time.perf_counter()
+    cfg = TrainConfig(**{**DEMO_CONFIG, "out_dir": out_dir, "seed": seed})
     if threads:
         torch.set_num_threads(threads)
-    cfg = TrainConfig(**{**DEMO_CONFIG, "out_dir": out_dir, "seed": seed})
+    elif torch.get_num_threads() > 1:
+        # small convolutions may run faster on one thread when the cores are shared: measure
+        n = torch.get_num_threads()
+        timing = {}
+        for k in (n, 1):
+            torch.set_num_threads(k)
+            timing[k] = calibrate_steps(cfg, 60, probe=8)[1]
+        best = min(timing, key=timing.get)
+        torch.set_num_threads(best)
+        print(f"demo: {' vs '.join(f'{k} threads {v * 1e3:.0f} ms' for k, v in timing.items())} "
+              f"per step -> {best}", file=sys.stderr)
     if steps is None:
         steps, per_step = calibrate_steps(cfg, train_minutes * 60)
         print(f"demo: {per_step * 1e3:.0f} ms per training step here -> {steps} steps "
@@ -69,21 +82,24 @@ def run_demo(out_dir: str = "out", steps: Optional[int] = None, threads: Optiona
     print(f"demo: training a {cfg.model_kwargs} UNet on the 16x16 digits for {cfg.steps} steps "
           f"(batch {cfg.batch_size}, T={cfg.T}, {torch.get_num_threads()} threads) -> {out_dir}/",
           file=sys.stderr)
-    res = train(cfg)
+    res = train(cfg.replace(sample_n=0, metric=False))     # the demo samples and scores below
     shape = (1, 16, 16)
     lines = [f"trained {res.step} steps in {res.timings.get('train_s', 0):.0f} s "
              f"({res.images_per_second:.0f} images/s); final loss (mean of last 100 steps) "
              f"{_tail_mean(res.losses):.4f}"]
     # the sampler: fast path (fused backend, compiled loop where available) vs the reference ops
+    # eager with the fused ops: compile=True paid ~90 s of torch.compile on the 2-core CPU for a
+    # 50-step run that takes ~7 s eagerly, so the demo leaves it off (ddpm-fast sample --compile)
     fast_kw = {"backend": "auto"}
-    if importlib.util.find_spec("ddpm_fast.samplers.fast") is not None:
-        fast_kw["compile"] = True
     x_fast, t_fast = _time_sample(res.ema, 64, shape, cfg, **fast_kw)
     save_grid(x_fast, os.path.join(out_dir, "samples.png"), scale=4)
     steps_s = cfg.sample_steps
-    lines.append(f"sampled 64 digits ({cfg.sampler}, {steps_s} steps, {fast_kw}) in {t_fast:.2f} s")
+    lines.append(f"sampled 64 digits ({cfg.sampler}, {steps_s} steps, fused ops backend "
+                 f"{_backend_name()}) in {t_fast:.2f} s")
     if reference:
-        x_ref, t_ref = _time_sample(res.ema, 64, shape, cfg, backend="reference")
+        from .. import ops
+        with ops.use_backend("reference"):      # the UNet's norms and the sampler steps alike
+            x_ref, t_ref = _time_sample(res.ema, 64, shape, cfg, backend="reference")
         diff = float((x_fast - x_ref).abs().max())
         lines.append(f"reference backend: {t_ref:.2f} s -> fast sampler {t_ref / t_fast:.2f}x "
                      f"(max |fast - reference| = {diff:.2e})")
@@ -98,6 +114,13 @@ def run_demo(out_dir: str = "out", steps: Optional[int] = None, threads: Optiona
                    "quality": quality.as_dict(), "timings": res.timings}, f, indent=2)
     print("\n".join(lines))
     return 0
+
+
+def _backend_name(op: str = "ddim_step") -> str:
+    """Which backend "auto" picks for ``op`` on the CPU (the first available in the auto order)."""
+    from ..ops import dispatch
+    fn = dispatch.implementation(op, "auto", torch.device("cpu"))
+    return next((b for b, f in dispatch._registry.get(op, {}).items() if f is fn), "auto")
 
 
 def _tail_mean(losses, k: int = 100) -> float:

@@ -306,6 +306,9 @@ def _train_inner(cfg, user_model, data, ckpt, callback, info: DistInfo, device, 
                 step=step, config=cfg.to_dict(), model=net.state_dict(), ema=ema.state_dict(),
                 optimizer=opt.state_dict(), scaler=scaler.state_dict() if scaler else None,
                 losses=torch.tensor(losses, dtype=torch.float32), extra=extra))
+            from ..utils.image import save_loss_curve
+            save_loss_curve(losses, os.path.join(out_dir, "loss.png"),
+                            title=f"training loss ({cfg.prediction_type}), step {step}")
         info.barrier()
 
     while step < cfg.steps:
@@ -390,8 +393,6 @@ def _train_inner(cfg, user_model, data, ckpt, callback, info: DistInfo, device, 
         samples = _grid(ema, cfg, image_shape, schedule, info, device, step, final=True)
         timings["sample_s"] = time.perf_counter() - t0
     if info.is_main:
-        from ..utils.image import save_loss_curve
-        save_loss_curve(losses, os.path.join(out_dir, "loss.png"), title=f"training loss ({cfg.prediction_type})")
         if samples is not None and cfg.metric and _is_digits(cfg) and tuple(image_shape) == (1, 16, 16):
             t0 = time.perf_counter()
             from ..metrics import DigitsMetric
