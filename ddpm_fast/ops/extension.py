@@ -55,11 +55,20 @@ def _read_build_torch(path: str) -> Optional[str]:
     return data[i + len(_MARKER):j].decode("ascii", "replace")
 
 
+def _registered() -> bool:
+    """True when some library already defined the ddpm_fast ops in this process (e.g. the CMake
+    build loaded with torch.ops.load_library): loading a second one would abort the process."""
+    return torch._C._dispatch_has_kernel("ddpm_fast::reverse_step")
+
+
 def _load() -> Optional[str]:
     """Load the library; None on success, else why not."""
     global _build_info
     if os.environ.get("DDPM_FAST_EXTENSION") == "0":
         return "disabled by DDPM_FAST_EXTENSION=0"
+    if _registered():
+        _build_info = "preloaded"
+        return None
     path = _library_path()
     if path is None or not os.path.exists(path):
         return f"the compiled extension ddpm_fast._C is not built ({_BUILD_HINT})"
