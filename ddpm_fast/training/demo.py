@@ -28,9 +28,12 @@ DEMO_CONFIG = dict(
 
 
 def _time_sample(model, n, shape, cfg, **kw):
+    """(samples, seconds) for n samples, after a 2-step warm-up call (first-call costs excluded)."""
     from ..sampling import sample
     from ..schedule import NoiseSchedule
     schedule = NoiseSchedule.make(cfg.schedule, cfg.T)
+    sample(model, (2, *shape), schedule=schedule, sampler="ddim", steps=2, seed=cfg.seed,
+           prediction_type=cfg.prediction_type, **kw)
     t0 = time.perf_counter()
     x = sample(model, (n, *shape), schedule=schedule, sampler=cfg.sampler, steps=cfg.sample_steps,
                seed=cfg.seed, prediction_type=cfg.prediction_type, **kw)
@@ -69,7 +72,7 @@ def run_demo(out_dir: str = "out", steps: Optional[int] = None, threads: Optiona
         timing = {}
         for k in (n, 1):
             torch.set_num_threads(k)
-            timing[k] = calibrate_steps(cfg, 60, probe=8)[1]
+            timing[k] = calibrate_steps(cfg, 60, probe=6)[1]
         best = min(timing, key=timing.get)
         torch.set_num_threads(best)
         print(f"demo: {' vs '.join(f'{k} threads {v * 1e3:.0f} ms' for k, v in timing.items())} "

@@ -51,6 +51,8 @@ def setup_distributed(device: Optional[str]) -> tuple[DistInfo, torch.device]:
         device = f"cuda:{local_rank}" if torch.cuda.is_available() and world > 1 else (
             "cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
+    if world > 1 and dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local_rank)          # one GPU per process
     if world <= 1:
         return DistInfo(), dev
     created = False

@@ -208,8 +208,12 @@ def train(config: Optional[TrainConfig] = None, *, model: Optional[nn.Module] = 
             ckpt = load_checkpoint(ckpt_path)
             explicit = overrides if config is None else {**_explicit(cfg), **overrides}
             cfg = _merge_resume_config(ckpt.config, explicit)
+            if cfg.progress and os.environ.get("RANK", "0") == "0":
+                print(f"resuming from {ckpt_path} at step {ckpt.step}", file=sys.stderr)
         elif isinstance(resume, str):
             raise FileNotFoundError(f"no checkpoint at {resume}")
+        elif overrides.get("progress", cfg.progress) and os.environ.get("RANK", "0") == "0":
+            print(f"no checkpoint at {ckpt_path}: starting at step 0", file=sys.stderr)
     if ckpt is None:
         cfg = cfg.replace(**overrides) if overrides else cfg
     if model is not None:
