@@ -4,8 +4,8 @@ Loading the library registers the ops ``torch.ops.ddpm_fast.<op>`` (schemas in c
 CPU kernels in csrc/cpu/, CUDA kernels in csrc/cuda/). This module
 - refuses a library built for another torch (the version is read from the file before it is
   loaded) and warns, so the dispatcher falls back to the reference backend;
-- registers fake (meta) kernels, so ``torch.compile(fullgraph=True)`` traces the ops, and
-  autograd formulas for the UNet's ops (temb_add, groupnorm_temb_silu);
+- registers fake (meta) kernels, so ``torch.compile(fullgraph=True)`` traces the ops (backward
+  passes come from ops/autograd.py: the reference twin recomputed under autograd);
 - registers the ops with the dispatcher as backends "cpp" (CPU tensors) and "cuda" (CUDA tensors).
   Both call ``torch.ops.ddpm_fast.<op>``, which picks the kernel by device. float64 data, which
   the kernels do not take, is routed to the reference backend.
@@ -221,63 +221,6 @@ def _register_fakes() -> None:
         return _empty_like(x)
 
 
-# --- autograd: the UNet trains through temb_add and groupnorm_temb_silu ---------------------------
-# Backward formulas in plain torch ops (traceable by torch.compile), float32 math; the other ops
-# (noise, q_sample, the sampler steps) carry no gradient.
-
-def _register_autograd() -> None:
-    lib = "ddpm_fast::"
-
-    def temb_add_setup(ctx, inputs, output):
-        h, temb = inputs
-        ctx.h_dtype, ctx.temb_dtype, ctx.ndim = h.dtype, temb.dtype, h.dim()
-
-    def temb_add_backward(ctx, grad):
-        dtemb = grad.float().sum(dim=tuple(range(2, ctx.ndim))).to(ctx.temb_dtype)
-        return grad.to(ctx.h_dtype), dtemb
-
-    torch.library.register_autograd(lib + "temb_add", temb_add_backward, setup_context=temb_add_setup)
-
-    def gn_setup(ctx, inputs, output):
-        x, weight, bias, temb, num_groups, eps, temb_mode, apply_silu = inputs
-        ctx.save_for_backward(x, weight, bias, temb)
-        ctx.num_groups, ctx.eps, ctx.temb_mode, ctx.apply_silu = num_groups, eps, temb_mode, apply_silu
-
-    def gn_backward(ctx, grad):
-        x, weight, bias, temb = ctx.saved_tensors
-        G, mode = ctx.num_groups, ctx.temb_mode
-        B, C = x.shape[:2]
-        spatial = tuple(range(2, x.dim()))
-        bc = (B, C) + (1,) * (x.dim() - 2)
-        h = x.float()
-        if mode == 1:
-            h = h + temb.float().reshape(bc)
-        hg = h.reshape(B, G, -1)                                          # (B, G, C/G * HW)
-        mean = hg.mean(-1, keepdim=True)
-        rstd = torch.rsqrt(hg.var(-1, unbiased=False, keepdim=True) + ctx.eps)
-        xhat = ((hg - mean) * rstd).reshape(h.shape)
-        g = grad.float()
-        if ctx.apply_silu:
-            y0 = xhat * weight.float().reshape((1, C) + (1,) * (x.dim() - 2)) + bias.float().reshape(
-                (1, C) + (1,) * (x.dim() - 2))
-            if mode == 2:
-                y0 = y0 + temb.float().reshape(bc)
-            sig = torch.sigmoid(y0)
-            g = g * (sig * (1 + y0 * (1 - sig)))                          # silu'(y0)
-        dweight = (g * xhat).sum(dim=(0,) + spatial)
-        dbias = g.sum(dim=(0,) + spatial)
-        dxhat = (g * weight.float().reshape((1, C) + (1,) * (x.dim() - 2))).reshape(B, G, -1)
-        xh = xhat.reshape(B, G, -1)
-        dh = rstd * (dxhat - dxhat.mean(-1, keepdim=True) - xh * (dxhat * xh).mean(-1, keepdim=True))
-        dh = dh.reshape(h.shape)
-        dtemb = None
-        if temb is not None and mode in (1, 2):
-            dtemb = (dh if mode == 1 else g).sum(dim=spatial).to(temb.dtype)
-        return (dh.to(x.dtype), dweight.to(weight.dtype), dbias.to(bias.dtype), dtemb, None, None, None, None)
-
-    torch.library.register_autograd(lib + "groupnorm_temb_silu", gn_backward, setup_context=gn_setup)
-
-
 # --- dispatcher registration ------------------------------------------------------------------
 
 def _has_f64(*tensors) -> bool:
@@ -347,7 +290,6 @@ def _register_backends() -> None:
 
 if _load_error is None:
     _register_fakes()
-    _register_autograd()
     _register_backends()
     from .autograd import attach_reference_backwards
     attach_reference_backwards("ddpm_fast")  # training through the kernels (ops/autograd.py)
