@@ -209,3 +209,16 @@ def test_outputs_grid_loss_curve_and_sampling_from_the_checkpoint(data, tmp_path
         assert Image.open(tmp_path / name).size[0] > 0
     assert res.samples.shape == (4, 1, 16, 16)
     assert res.samples.min() >= -1 and res.samples.max() <= 1
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["fp16", "bf16", "auto"])
+def test_cuda_mixed_precision_trains_and_resumes(data, tmp_path, precision):
+    cfg = tiny_config(tmp_path, steps=4, precision=precision, device="cuda", ckpt_every=2, threads=None)
+    res = train(cfg, data=data)
+    assert res.step == 4 and all(math.isfinite(v) for v in res.losses)
+    assert next(res.model.parameters()).dtype == torch.float32
+    c = load_checkpoint(res.checkpoint)
+    assert (c.scaler is not None) == (precision == "fp16")
+    assert train(cfg.replace(steps=5), data=data, resume=True).step == 5

@@ -327,7 +327,7 @@ def _train_inner(cfg, user_model, data, ckpt, callback, info: DistInfo, device, 
         # 2. forward in the autocast dtype, loss in float32
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None), _model_ops(cfg):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None), _model_ops(cfg, device):
             pred = fwd(x_t, t)
         per_sample = (pred.float() - tgt.float()).pow(2).flatten(1).mean(1)    # (B,)
         w = _loss_weight(t, table, target, cfg.min_snr_gamma)
@@ -408,9 +408,10 @@ def _train_inner(cfg, user_model, data, ckpt, callback, info: DistInfo, device, 
                        samples=samples, quality=quality, images_per_second=ips, timings=timings)
 
 
-def _model_ops(cfg: TrainConfig):
+def _model_ops(cfg: TrainConfig, device: torch.device):
     import contextlib
-    return ops.use_backend(cfg.model_backend) if cfg.model_backend not in (None, "auto") else contextlib.nullcontext()
+    name = cfg.model_backend or ("reference" if device.type == "cpu" else "auto")
+    return ops.use_backend(name) if name != "auto" else contextlib.nullcontext()
 
 
 def _q_backend(backend: Optional[str]) -> Optional[str]:
