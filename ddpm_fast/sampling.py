@@ -49,7 +49,11 @@ def sample(model: Callable, shape: Sequence[int], *,
     x_T: start from this noise instead of the seeded one (float [B, ...]).
     check_nan: raise FloatingPointError if the model ever outputs NaN/inf (checked on the
       device, reported once after the loop: no per-step host sync).
-    compile / cuda_graph: the fast paths (issue 5); cuda_graph=None means "on for CUDA".
+    compile: torch.compile the model and the step (True, a mode name, or a dict of
+      torch.compile kwargs); on CPU too. Compiled once per (model weights, shape, dtype,
+      schedule, sampler settings) and cached (ddpm_fast/samplers/fast.py).
+    cuda_graph: None = on for CUDA devices; True / "step" replays one captured step T times,
+      "loop" captures the whole loop as one graph, False = off. Needs a CUDA device.
     Returns x_0 as float32 [B, ...] (dtype ``dtype``), or ``(x_0, intermediates)`` with
     ``return_intermediates`` (x_t every ``intermediate_every`` steps).
     """
@@ -60,12 +64,12 @@ def sample(model: Callable, shape: Sequence[int], *,
     spec = _make_spec(schedule, pred, shape, device, dtype, sampler, steps, eta, variance_type,
                       clip_denoised, clip_range, timestep_spacing, steps_offset, set_alpha_to_one,
                       sample_offset, backend, check_nan)
-    if compile or cuda_graph:
+    if compile or cuda_graph or (cuda_graph is None and device.type == "cuda"):
         from .samplers import fast  # the compiled / graph-captured loop (issue 5)
         return fast.sample_fast(spec, model, model_kwargs, seed, x_T, compile=compile,
                                 cuda_graph=cuda_graph, chunk_size=chunk_size, progress=progress,
                                 return_intermediates=return_intermediates,
-                                intermediate_every=intermediate_every)
+                                intermediate_every=intermediate_every, schedule=schedule)
     seed = _draw_seed() if seed is None else seed
     return _sample_chunks(spec, model, model_kwargs, seed, x_T, chunk_size, progress,
                           intermediate_every if return_intermediates else 0)

@@ -1,0 +1,131 @@
+"""The sampler's step as functions of device tensors, eager or ``torch.compile``d.
+
+Per step i (the counter ``i`` is an int64 [1] device tensor):
+
+    t = timesteps_b[i]                         # (B,) int64, read on the device
+    out = model(x, t)                          # the user's model, compiled or not
+    x, i, bad = advance(x, out, i, seed, bad)  # fused step + NaN record + i += 1
+
+``bad`` (int64 [1]) is the first timestep whose model output was not finite (-1 while all
+were), reported once after the loop. Nothing here synchronises with the host, so the same code
+runs eagerly, compiled, and inside a captured CUDA graph (PITFALLS.md, Speed).
+
+Timesteps go to the model and to the fused step as int64 [B] (the contract allows [] or [B]):
+indexing a table with a 0-dim *device* tensor (``table[t, col]``) makes PyTorch call ``.item()``
+and sync; a [B] index is a gather.
+
+Compiling: the model and the step are compiled separately, so one compiled model serves the
+DDPM and DDIM samplers and every batch chunk; the step closure gets a fresh code object per
+cache entry (see ``compile_fn``).
+"""
+from __future__ import annotations
+
+import types
+from typing import Any, Callable, Optional, Union
+
+import torch
+
+from ..ops.enums import VARIANCE_TYPES
+from .loop import SamplerSpec
+
+_counter = [0]
+
+
+def step_tables(spec: SamplerSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """(timesteps, prev) as int64 [steps, B] device tables: row i holds step i's t per sample."""
+    ts, ps = spec.plan.device_tensors(spec.device)
+    B = spec.shape[0]
+    return ts[:, None].expand(-1, B).contiguous(), ps[:, None].expand(-1, B).contiguous()
+
+
+def make_advance(spec: SamplerSpec, ts_b: torch.Tensor, ps_b: torch.Tensor) -> Callable:
+    """``advance(x, out, i, seed, bad) -> (x_prev, i + 1, bad)``, pure (no input is mutated)."""
+    B = spec.shape[0]
+    check_nan = spec.check_nan
+
+    def ddpm_fast_advance(x, model_out, i, seed, bad):
+        t = ts_b.index_select(0, i).reshape(B)
+        t_prev = ps_b.index_select(0, i).reshape(B)
+        if check_nan:
+            first = ~torch.isfinite(model_out).all() & (bad < 0)
+            bad = torch.where(first, t[:1], bad)
+        return spec.step(x, model_out, t, t_prev, seed), i + 1, bad
+
+    return ddpm_fast_advance
+
+
+def make_advance_inplace(spec: SamplerSpec, ts_b: torch.Tensor, ps_b: torch.Tensor,
+                         step_out: Optional[Callable] = None) -> Callable:
+    """``advance_(x, out, i, seed, bad)``: the same step writing into the static buffers x, i,
+    bad (what a CUDA graph records). ``step_out`` is a backend's ``reverse_step_out``: x_{t-1}
+    is then written straight into x (the contract allows out = x_t), saving a copy."""
+    B = spec.shape[0]
+    check_nan = spec.check_nan
+    var = VARIANCE_TYPES[spec.variance_type]
+
+    def ddpm_fast_advance_(x, model_out, i, seed, bad):
+        t = ts_b.index_select(0, i).reshape(B)
+        if check_nan:
+            first = ~torch.isfinite(model_out).all() & (bad < 0)
+            bad.copy_(torch.where(first, t[:1], bad))
+        if step_out is not None:
+            step_out(x, model_out, t, spec.table, None, seed, spec.sample_offset, spec.pred_code, var,
+                     spec.clip_denoised, spec.clip_range, x)
+        else:
+            t_prev = ps_b.index_select(0, i).reshape(B)
+            x.copy_(spec.step(x, model_out, t, t_prev, seed))
+        i.add_(1)
+
+    return ddpm_fast_advance_
+
+
+def step_out_impl(spec: SamplerSpec) -> Optional[Callable]:
+    """The ``reverse_step_out`` of the backend that runs this spec's reverse_step, if it has one."""
+    if spec.sampler != "ddpm":
+        return None
+    from ..ops import dispatch
+    impl = spec.impls.get("reverse_step")
+    for backend, fn in dispatch._registry.get("reverse_step", {}).items():
+        if fn is impl:
+            return dispatch._registry.get("reverse_step_out", {}).get(backend)
+    return None
+
+
+def compile_kwargs(compile: Union[bool, str, dict], capturing: bool) -> dict:
+    """torch.compile kwargs from ``compile=``: True (default mode), a mode name, or a dict.
+
+    When we capture the CUDA graph ourselves Inductor must not add its own cudagraphs:
+    "reduce-overhead" becomes "default" and "max-autotune" "max-autotune-no-cudagraphs"."""
+    if isinstance(compile, dict):
+        kwargs = dict(compile)
+    elif isinstance(compile, str):
+        kwargs = {"mode": compile}
+    else:
+        kwargs = {}
+    kwargs.setdefault("dynamic", False)   # one shape per cache entry: the key holds the shape
+    mode = kwargs.get("mode")
+    if capturing and mode in ("reduce-overhead", "max-autotune"):
+        kwargs["mode"] = "max-autotune-no-cudagraphs" if mode == "max-autotune" else "default"
+    return kwargs
+
+
+def compile_fn(fn: Callable, kwargs: dict) -> Callable:
+    """``torch.compile`` of a closure, with a fresh code object (``<name>_<n>``).
+
+    Dynamo keeps compiled variants on the function's code object, at most ``cache_size_limit``
+    (8) per object; our closures share one code object, so without this the ninth cache entry
+    (a new shape, seed-independent but spec-dependent) would silently run eagerly."""
+    _counter[0] += 1
+    name = f"{fn.__code__.co_name}_{_counter[0]}"
+    code = fn.__code__.replace(co_name=name, co_qualname=name)
+    fresh = types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+    return torch.compile(fresh, **kwargs)
+
+
+def compiled_model(model: Any, kwargs: dict) -> Callable:
+    """``torch.compile(model)``. A new wrapper per cache entry is cheap: Dynamo keeps the compiled
+    code on the model's forward, so the DDPM and DDIM samplers and every chunk share one compile
+    as long as Dynamo's own guards (shapes, dtypes, train/eval) pass."""
+    if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+        return model  # the user compiled it already
+    return torch.compile(model, **kwargs)

@@ -1,0 +1,160 @@
+"""The fast sampler behind ``ddpm_fast.sample(..., compile=, cuda_graph=)`` (DESIGN.md, "The
+fast sampler"; issue 5).
+
+- ``compile=True`` (or a mode name, or a dict of ``torch.compile`` kwargs): the model and the
+  step are compiled (Inductor; on CPU too). With the reference backend the step's Philox noise
+  and coefficient math become generated kernels; with a fused backend the step stays one op.
+- ``cuda_graph``: None = on for CUDA devices; True / "step" captures one step (model forward +
+  fused step + counter advance) and replays it T times; "loop" captures all T steps as one
+  graph; False = off. With ``compile`` as well, Inductor compiles without cudagraphs of its own.
+- No host-device sync inside the loop: the timestep is gathered on the device from a table by
+  a device step counter, the seed is a device tensor, the NaN check is recorded on the device and
+  read once after the last step (the only sync of a call, skipped with check_nan=False).
+- A small cache (samplers/cache.py) reuses the compiled step / captured graph on the next call
+  with the same model weights' storages, shape, dtype, schedule and sampler settings.
+
+Samples equal the eager sampler's (same ops, same counter-based noise): bit for bit with a
+captured eager step, to float rounding (≤ 1e-4 over 1000 steps, tests) when Inductor compiles.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Union
+
+import torch
+
+from . import cache
+from .graph import GRAPH_MODES, GraphSampler, LoopSampler
+from .loop import SamplerSpec
+
+__all__ = ["sample_fast", "graph_mode", "clear_cache"]
+
+clear_cache = cache.clear_cache
+
+
+def graph_mode(cuda_graph: Union[bool, str, None], device: torch.device) -> Optional[str]:
+    """None (no graph), "step" or "loop" from the user's ``cuda_graph`` and the device."""
+    if cuda_graph is None:
+        return "step" if device.type == "cuda" else None
+    if cuda_graph is False:
+        return None
+    mode = "step" if cuda_graph is True else cuda_graph
+    if mode not in GRAPH_MODES:
+        raise ValueError(f"cuda_graph must be None, True, False, 'step' or 'loop', got {cuda_graph!r}")
+    if device.type != "cuda":
+        raise ValueError(f"cuda_graph={cuda_graph!r} needs a CUDA device; sampling is on {device} "
+                         "(use compile=True for the fast CPU path)")
+    return mode
+
+
+def sample_fast(spec: SamplerSpec, model: Callable, model_kwargs: Optional[dict], seed: Any,
+                x_T: Optional[torch.Tensor], *, compile: Union[bool, str, dict] = False,
+                cuda_graph: Union[bool, str, None] = None, chunk_size: Optional[int] = None,
+                progress: bool = False, return_intermediates: bool = False,
+                intermediate_every: int = 100, schedule=None):
+    """Sample ``spec.shape`` with the compiled and/or graph-captured loop (see module docstring).
+
+    Same arguments and results as ``ddpm_fast.sample``'s eager path: x_0 in spec.dtype
+    [B, ...], or ``(x_0, intermediates)``; each chunk counts its noise from its global sample
+    offset, so chunking never changes a sample. Raises FloatingPointError after the loop if
+    the model produced NaN/inf (spec.check_nan)."""
+    from ..sampling import _check_x_T, _draw_seed, _sample_chunks, _slice_kwargs, _sub_spec
+    mode = graph_mode(cuda_graph, spec.device)
+    if not compile and mode is None:   # nothing to speed up: the plain eager loop
+        return _sample_chunks(spec, model, model_kwargs, _draw_seed() if seed is None else seed, x_T,
+                              chunk_size, progress, intermediate_every if return_intermediates else 0)
+    B = spec.shape[0]
+    chunk = B if not chunk_size else int(chunk_size)
+    if chunk <= 0:
+        raise ValueError(f"chunk_size must be > 0, got {chunk_size}")
+    every = intermediate_every if return_intermediates else 0
+    if return_intermediates and not (isinstance(intermediate_every, int) and intermediate_every > 0):
+        raise ValueError(f"intermediate_every must be an int > 0, got {intermediate_every!r}")
+    seed = _draw_seed() if seed is None else seed
+    x_T_ok = _check_start(x_T, spec, _check_x_T)
+    from .compiled import compile_kwargs
+    ckw = compile_kwargs(compile, capturing=mode is not None) if compile else None
+    digest = cache.schedule_fingerprint(schedule) if schedule is not None else _table_digest(spec)
+    mode_key = (repr(sorted(ckw.items())) if ckw else None, mode, every if mode == "loop" else 0)
+    what = _what(ckw, mode)
+
+    outs, inters, bads = [], [], []
+    for start in range(0, B, chunk):
+        n = min(chunk, B - start)
+        sub = spec if n == B else _sub_spec(spec, start, n)
+        kw = _slice_kwargs(model_kwargs, start, n, B)
+        key = cache.make_key(model, sub, digest, cache.kwargs_layout(kw), mode_key)
+        runner = cache.get_or_build(model, key, lambda: _build(sub, model, kw, ckw, mode, every,
+                                                               auto=cuda_graph is None),
+                                    what, announce=start == 0)
+        x, inter, bad = runner.run(seed, None if x_T is None else x_T[start:start + n], kw, progress, every)
+        outs.append(x)
+        inters.append(inter)
+        bads.append(bad)
+    _raise_if_bad(bads, x_T_ok, spec.check_nan)
+    x = outs[0] if len(outs) == 1 else torch.cat(outs)
+    if every:
+        return x, [torch.cat(parts) for parts in zip(*inters)]
+    return x
+
+
+def _build(spec, model, kwargs, ckw, mode, every, auto: bool):
+    if mode is None:
+        return LoopSampler(spec, model, kwargs, ckw)
+    try:
+        return GraphSampler(spec, model, kwargs, ckw, mode, every)
+    except Exception as e:  # noqa: BLE001 — default-on graphs fall back; an explicit request raises
+        if not auto:
+            raise
+        import warnings
+        warnings.warn(f"ddpm_fast: capturing the sampler as a CUDA graph failed ({type(e).__name__}: "
+                      f"{e}); sampling without a graph. Pass cuda_graph=False to skip the attempt.",
+                      RuntimeWarning, stacklevel=4)
+        torch.cuda.synchronize(spec.device)
+        return LoopSampler(spec, model, kwargs, ckw)
+
+
+def _what(ckw, mode) -> str:
+    if mode and ckw is not None:
+        return "compiling and capturing"
+    return "capturing" if mode else "compiling"
+
+
+def _check_start(x_T, spec: SamplerSpec, check_x_T) -> Optional[torch.Tensor]:
+    """Check x_T; on an accelerator its finiteness is checked on the device and read with the
+    NaN record after the loop (a host check here would sync). Returns that device flag."""
+    if x_T is None:
+        return None
+    if spec.device.type == "cpu" or not isinstance(x_T, torch.Tensor):
+        check_x_T(x_T, spec.shape)
+        return None
+    if tuple(x_T.shape) != spec.shape:
+        raise ValueError(f"x_T must be a tensor of shape {spec.shape}")
+    if not x_T.is_floating_point():
+        raise TypeError(f"x_T must be floating point, got {x_T.dtype}")
+    return torch.isfinite(x_T).all()
+
+
+def _raise_if_bad(bads: list, x_T_ok: Optional[torch.Tensor], check_nan: bool) -> None:
+    """The one host read of the call: the first non-finite timestep of every chunk (and x_T's
+    finiteness), fetched together after the last step."""
+    if not check_nan and x_T_ok is None:
+        return
+    flags = torch.cat([b.reshape(1) for b in bads] + ([] if x_T_ok is None else [x_T_ok.reshape(1).long()]))
+    vals = flags.tolist()
+    if x_T_ok is not None:
+        if not vals.pop():
+            raise ValueError("x_T contains NaN or inf")
+    if check_nan:
+        bad = [t for t in vals if t >= 0]
+        if bad:
+            raise FloatingPointError(
+                f"the model output was not finite (NaN/inf) at timestep {max(bad)}; the samples are "
+                "invalid (check the model's dtype/weights, or pass check_nan=False to skip this check)")
+
+
+def _table_digest(spec: SamplerSpec) -> Any:
+    """Without the schedule object: hash the table when it is on the CPU, else its storage."""
+    if spec.table.device.type == "cpu":
+        import hashlib
+        return hashlib.blake2b(spec.table.contiguous().numpy().tobytes(), digest_size=16).hexdigest()
+    return ("table", spec.table.data_ptr())

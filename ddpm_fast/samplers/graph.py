@@ -1,0 +1,208 @@
+"""The fast sampler's runners: a Python loop over an eager or compiled step (``LoopSampler``),
+and CUDA graphs (``GraphSampler``): one step captured once and replayed T times ("step"), or
+all T steps captured as one graph ("loop").
+
+GraphSampler's static buffers, allocated once per cache entry (ddpm_fast/samplers/cache.py):
+    x      (B, ...) spec.dtype   the state x_t, updated in place by every step
+    i      int64 [1]             step counter; step i reads plan.timesteps[i] on the device
+    seed   int64 []              filled before each run: a new seed draws fresh noise, no recapture
+    bad    int64 [1]             first timestep with a non-finite model output (-1: none)
+    kwargs                       static copies of the model's tensor kwargs (class labels, ...)
+A run fills seed, writes x_T into x (drawn on the device from the seed, or the user's x_T),
+resets i and bad, and replays; nothing waits for the host until the caller reads the result.
+
+Warm-up and capture never touch the user's RNG (``torch.random.fork_rng``, stable-fast #112).
+A graph keeps pointers to the model's parameters: the cache key holds their storages, so
+replacing a tensor recaptures, and updating one in place is seen by the next replay.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+
+from ..noise import seed_to_int64
+from .adapters import check_output, model_input_dtype, unwrap_output
+from .compiled import (compile_fn, compiled_model, make_advance, make_advance_inplace, step_out_impl,
+                       step_tables)
+from .loop import SamplerSpec
+
+WARMUP_STEPS = 2   # on a side stream before capture: lazy inits (cuBLAS handles, compilation)
+GRAPH_MODES = ("step", "loop")
+
+
+def seed_tensor(seed: Any, device: torch.device) -> torch.Tensor:
+    """The seed as an int64 [] device tensor, made by a fill kernel (torch.tensor(v, device=...)
+    copies from pageable host memory, which synchronises)."""
+    if isinstance(seed, torch.Tensor):
+        from ..ops.validate import as_seed
+        return as_seed(seed, device)
+    return torch.full((), seed_to_int64(seed), dtype=torch.int64, device=device)
+
+
+class _Model:
+    """``model(x, t) -> tensor`` over the user's model (compiled or not) with live kwargs."""
+
+    def __init__(self, model: Callable, compile_kwargs: Optional[dict], kwargs: dict):
+        self.net = compiled_model(model, compile_kwargs) if compile_kwargs is not None else model
+        self.dtype = model_input_dtype(model)
+        self.kwargs = kwargs
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return unwrap_output(self.net(x.to(self.dtype), t, **self.kwargs))
+
+
+class LoopSampler:
+    """T calls of (model, step) from Python, compiled when ``compile_kwargs`` is given.
+    Used on CPU, on CUDA with cuda_graph=False, and as the fallback when capture fails."""
+
+    def __init__(self, spec: SamplerSpec, model: Callable, model_kwargs: Optional[dict],
+                 compile_kwargs: Optional[dict]):
+        self.spec = spec
+        self.model = _Model(model, compile_kwargs, dict(model_kwargs or {}))
+        self.ts_b, ps_b = step_tables(spec)
+        advance = make_advance(spec, self.ts_b, ps_b)
+        self.advance = compile_fn(advance, compile_kwargs) if compile_kwargs is not None else advance
+        with torch.random.fork_rng(devices=_cuda_devices(spec.device)), torch.no_grad():
+            # compiles now (not inside the user's loop), and checks the model's output shape
+            x = torch.zeros(spec.shape, dtype=spec.dtype, device=spec.device)
+            self._step(x, _zeros(spec.device), seed_tensor(0, spec.device), _minus1(spec.device), check=True)
+
+    def _step(self, x, i, seed, bad, check: bool = False):
+        out = self.model(x, self.ts_b.index_select(0, i).reshape(x.shape[0]))
+        if check:
+            check_output(out, x)
+        return self.advance(x, out, i, seed, bad)
+
+    def run(self, seed: Any, x_T: Optional[torch.Tensor], model_kwargs: Optional[dict],
+            progress: bool = False, intermediate_every: int = 0):
+        """Sample once. Returns (x_0, intermediates, bad: device int64 [1])."""
+        spec = self.spec
+        self.model.kwargs.update(model_kwargs or {})
+        seed_t = seed_tensor(seed, spec.device)
+        x = spec.initial_noise(seed_t) if x_T is None else x_T.to(spec.device, spec.dtype)
+        i, bad = _zeros(spec.device), _minus1(spec.device)
+        inters = []
+        for k in _steps(len(spec.plan), progress, spec.sampler):
+            x, i, bad = self._step(x, i, seed_t, bad)
+            if intermediate_every and (k + 1) % intermediate_every == 0:
+                inters.append(x.clone())
+        return x, inters, bad
+
+
+class GraphSampler:
+    """A captured sampler for one (model, spec, kwargs layout); see the module docstring."""
+
+    def __init__(self, spec: SamplerSpec, model: Callable, model_kwargs: Optional[dict],
+                 compile_kwargs: Optional[dict], mode: str = "step", intermediate_every: int = 0):
+        if spec.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device, got {spec.device}")
+        if mode not in GRAPH_MODES:
+            raise ValueError(f"graph mode must be one of {GRAPH_MODES}, got {mode!r}")
+        self.spec, self.mode = spec, mode
+        self.n_steps = len(spec.plan)
+        self.every = intermediate_every if mode == "loop" else 0
+        dev = spec.device
+        self.x = torch.zeros(spec.shape, dtype=spec.dtype, device=dev)
+        self.i = _zeros(dev)
+        self.seed = torch.zeros((), dtype=torch.int64, device=dev)
+        self.bad = _minus1(dev)
+        static_kwargs = {k: (v.detach().clone() if isinstance(v, torch.Tensor) else v)
+                         for k, v in (model_kwargs or {}).items()}
+        self.model = _Model(model, compile_kwargs, static_kwargs)
+        n_inter = self.n_steps // self.every if self.every else 0
+        self.inter = torch.zeros((n_inter, *spec.shape), dtype=spec.dtype, device=dev) if n_inter else None
+        self.ts_b, ps_b = step_tables(spec)
+        if compile_kwargs is not None:   # Inductor writes the buffers; no out= variant needed
+            self.advance = compile_fn(make_advance_inplace(spec, self.ts_b, ps_b), compile_kwargs)
+        else:
+            self.advance = make_advance_inplace(spec, self.ts_b, ps_b, step_out_impl(spec))
+        self.graph = torch.cuda.CUDAGraph()
+        self._capture()
+
+    def _body(self) -> None:
+        """One step on the static buffers: what the graph records."""
+        out = self.model(self.x, self.ts_b.index_select(0, self.i).reshape(self.x.shape[0]))
+        self.advance(self.x, out, self.i, self.seed, self.bad)
+
+    def _capture(self) -> None:
+        dev = self.spec.device
+        with torch.random.fork_rng(devices=[dev]), torch.no_grad():
+            side = torch.cuda.Stream(dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):
+                for _ in range(WARMUP_STEPS):      # compiles, autotunes, creates cuBLAS handles
+                    self._reset()
+                    out = self.model(self.x, self.ts_b.index_select(0, self.i).reshape(self.x.shape[0]))
+                    check_output(out, self.x)
+                    self._body()
+            torch.cuda.current_stream(dev).wait_stream(side)
+            self._reset()
+            with torch.cuda.graph(self.graph):
+                if self.mode == "step":
+                    self._body()
+                else:
+                    for k in range(self.n_steps):
+                        self._body()
+                        if self.every and (k + 1) % self.every == 0:
+                            self.inter[(k + 1) // self.every - 1].copy_(self.x)
+
+    def _reset(self) -> None:
+        self.x.zero_()
+        self.i.zero_()
+        self.bad.fill_(-1)
+
+    def run(self, seed: Any, x_T: Optional[torch.Tensor], model_kwargs: Optional[dict],
+            progress: bool = False, intermediate_every: int = 0):
+        """Sample once. Returns (x_0: a fresh tensor, intermediates, bad: device int64 [1])."""
+        spec = self.spec
+        if isinstance(seed, torch.Tensor):
+            self.seed.copy_(seed.reshape(()))
+        else:
+            self.seed.fill_(seed_to_int64(seed))   # a fill kernel: no host copy, no sync
+        for k, v in (model_kwargs or {}).items():
+            if isinstance(v, torch.Tensor):
+                self.model.kwargs[k].copy_(v)
+        self.x.copy_(spec.initial_noise(self.seed) if x_T is None else x_T)
+        self.i.zero_()
+        self.bad.fill_(-1)
+        inters = []
+        if self.mode == "loop":
+            self.graph.replay()
+            if progress:
+                from tqdm.auto import tqdm
+                with tqdm(total=self.n_steps, desc=f"{spec.sampler} sampling (one CUDA graph)",
+                          unit="step") as bar:
+                    bar.update(self.n_steps)
+            if self.inter is not None and intermediate_every:
+                inters = [x.clone() for x in self.inter]
+        else:
+            for k in _steps(self.n_steps, progress, spec.sampler, " (CUDA graph)"):
+                self.graph.replay()
+                if intermediate_every and (k + 1) % intermediate_every == 0:
+                    inters.append(self.x.clone())
+        return self.x.clone(), inters, self.bad.clone()
+
+    def release(self) -> None:
+        """Free the graph and its buffers (the cache calls this when it evicts the entry)."""
+        self.graph.reset()
+        self.x = self.inter = self.advance = self.model = None
+
+
+def _zeros(device) -> torch.Tensor:
+    return torch.zeros(1, dtype=torch.int64, device=device)
+
+
+def _minus1(device) -> torch.Tensor:
+    return torch.full((1,), -1, dtype=torch.int64, device=device)
+
+
+def _cuda_devices(device: torch.device) -> list:
+    return [device] if device.type == "cuda" else []
+
+
+def _steps(n: int, progress: bool, sampler: str, what: str = ""):
+    if not progress:
+        return range(n)
+    from tqdm.auto import tqdm
+    return tqdm(range(n), desc=f"{sampler} sampling{what}", unit="step")
