@@ -9,6 +9,8 @@ Environment switches:
   DDPM_FAST_BUILD_EXT=0      skip the extension (pure Python; the reference backend only)
   DDPM_FAST_NATIVE=1         compile the CPU kernels for this machine's instruction set (-march=native)
   MAX_JOBS                   parallel compile jobs (ninja)
+  DDPM_FAST_BUILD_TEMP       object-file folder (default build/temp-<torch version>: kept between
+                             `pip install -e .` runs, so ninja recompiles only what changed)
 Sources are globbed: every csrc/**/*.cpp (CPU, schemas, Python module), plus csrc/cuda/*.cu and
 csrc/cuda/*.cpp when building CUDA.
 """
@@ -101,8 +103,17 @@ def _extensions():
     print(f"ddpm_fast: building the extension for torch {torch.__version__} "
           f"({'CPU + CUDA ' + os.environ['TORCH_CUDA_ARCH_LIST'] if cuda else 'CPU only'}), "
           f"{len(cpp)} C++ and {len(cu)} CUDA sources")
-    build_ext = cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)
-    return [ext], {"build_ext": build_ext}
+    base = cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)
+    temp = os.environ.get("DDPM_FAST_BUILD_TEMP") or os.path.join(ROOT, "build", f"temp-{torch.__version__}")
+
+    class BuildExt(base):
+        """pip builds in a fresh temporary folder each time; a fixed one makes rebuilds incremental."""
+
+        def finalize_options(self):
+            super().finalize_options()
+            self.build_temp = temp
+
+    return [ext], {"build_ext": BuildExt}
 
 
 ext_modules, cmdclass = _extensions()

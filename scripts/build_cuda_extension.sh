@@ -6,7 +6,9 @@
 # ddpm_fast/ (the CPU build's _C*.so there is left alone). Works on a machine without a GPU.
 # Writes:
 #   OUT_DIR/_C.<abi>.so        the built library
-#   OUT_DIR/ptxas.log          the `-Xptxas -v` lines of every kernel (registers, spills, smem)
+#   OUT_DIR/ptxas.log          the `-Xptxas -v` lines of every kernel (registers, spills, smem);
+#                              objects are kept in OUT_DIR/tmp, so reuse OUT_DIR only for quick
+#                              rebuilds: a fresh OUT_DIR gives the complete ptxas report
 #   OUT_DIR/build.log          the whole build log
 #   OUT_DIR/registration.txt   one line per op of csrc/ops.cpp: "<op> CPU=<0|1> CUDA=<0|1>"
 # Exits non-zero when the build fails or any op lacks a CPU or a CUDA kernel.
@@ -17,7 +19,7 @@
 #      TORCH_CUDA_ARCH_LIST default "8.0;9.0"
 #      MAX_JOBS             parallel compile jobs (default 2)
 set -euo pipefail
-if [ $# -ne 1 ]; then sed -n '2,21p' "$0" >&2; exit 2; fi
+if [ $# -ne 1 ]; then sed -n '2,23p' "$0" >&2; exit 2; fi
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$1"
 OUT=$(cd "$1" && pwd)
@@ -43,7 +45,8 @@ NV_INC=$("$PY" -c "import os, nvidia; print(os.path.join(list(nvidia.__path__)[0
 start=$(date +%s)
 echo "build_cuda_extension: torch $("$PY" -c 'import torch; print(torch.__version__)') (CUDA $TORCH_CUDA), archs $TORCH_CUDA_ARCH_LIST -> $OUT"
 cd "$ROOT"
-if ! DDPM_FAST_CUDA=1 DDPM_FAST_PTXAS_VERBOSE=1 "$PY" setup.py -q build_ext -b "$OUT/lib" -t "$OUT/tmp" \
+if ! DDPM_FAST_CUDA=1 DDPM_FAST_PTXAS_VERBOSE=1 DDPM_FAST_BUILD_TEMP="$OUT/tmp" \
+    "$PY" setup.py -q build_ext -b "$OUT/lib" \
     > "$OUT/build.log" 2>&1; then
   tail -40 "$OUT/build.log" >&2
   echo "build_cuda_extension: build failed (full log: $OUT/build.log)" >&2
