@@ -40,18 +40,32 @@ def _time_sample(model, n, shape, cfg, **kw):
     return x, time.perf_counter() - t0
 
 
+class _TooSlow(Exception):
+    pass
+
+
 def calibrate_steps(cfg, budget_s: float, *, min_steps: int = 300, max_steps: int = 4000,
-                    probe: int = 10) -> tuple[int, float]:
+                    probe: int = 10, max_s: float = float("inf")) -> tuple[int, float]:
     """How many training steps of ``cfg`` fit in ``budget_s`` seconds on this machine:
-    times ``probe`` real steps (same code path, a throwaway directory), median of the last ones.
+    times ``probe`` real steps (same code path, a throwaway directory), median of the last ones
+    (inf when the probe would take longer than ``max_s``).
     Returns (steps rounded down to a multiple of 50 within [min_steps, max_steps], s per step)."""
     import tempfile
     from . import train
-    stamps = []
-    with tempfile.TemporaryDirectory() as tmp:
-        train(cfg.replace(steps=probe, out_dir=tmp, sample_n=0, ckpt_every=0, progress=False, metric=False),
-              callback=lambda s, i: stamps.append(time.perf_counter()))
-    gaps = sorted(b - a for a, b in zip(stamps[2:], stamps[3:]))
+    stamps = [time.perf_counter()]
+
+    def tick(step, info):
+        stamps.append(time.perf_counter())
+        if stamps[-1] - stamps[0] > max_s:
+            raise _TooSlow
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            train(cfg.replace(steps=probe, out_dir=tmp, sample_n=0, ckpt_every=0, progress=False,
+                              metric=False), callback=tick)
+    except _TooSlow:
+        return min_steps, float("inf")
+    gaps = sorted(b - a for a, b in zip(stamps[3:], stamps[4:]))
     per_step = gaps[len(gaps) // 2]
     steps = int(budget_s / per_step) // 50 * 50
     return max(min_steps, min(max_steps, steps)), per_step
@@ -70,9 +84,10 @@ def run_demo(out_dir: str = "out", steps: Optional[int] = None, threads: Optiona
         # small convolutions may run faster on one thread when the cores are shared: measure
         n = torch.get_num_threads()
         timing = {}
-        for k in (n, 1):
+        for k in (1, n):   # one thread first: it bounds how long the n-thread probe may take
             torch.set_num_threads(k)
-            timing[k] = calibrate_steps(cfg, 60, probe=6)[1]
+            limit = max(5.0, 3 * 6 * timing[1]) if 1 in timing else float("inf")
+            timing[k] = calibrate_steps(cfg, 60, probe=6, max_s=limit)[1]
         best = min(timing, key=timing.get)
         torch.set_num_threads(best)
         print(f"demo: {' vs '.join(f'{k} threads {v * 1e3:.0f} ms' for k, v in timing.items())} "

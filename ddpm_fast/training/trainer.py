@@ -270,6 +270,10 @@ def _train_inner(cfg, user_model, data, ckpt, callback, info: DistInfo, device, 
     if ckpt is not None:
         _state_from_checkpoint(ckpt, net, ema, opt, scaler)
         step = ckpt.step
+        if ckpt.extra.get("world_size", 1) != info.world_size:
+            warnings.warn(f"resuming a {ckpt.extra.get('world_size', 1)}-process run with "
+                          f"{info.world_size} processes: the global batch changes, so the run will "
+                          "not equal an uninterrupted one", RuntimeWarning, stacklevel=3)
         losses = ckpt.losses.tolist()[:step] if ckpt.losses is not None else [float("nan")] * step
     ema_params = [p for p in ema.parameters()]
     net_params = [p for p in net.parameters()]
