@@ -8,6 +8,10 @@ c0, c1, c2, c3)`` with the int64 seed (hi word = k1, lo word = k0) is exactly Ph
 A program draws its BLOCK elements as BLOCK // 4 counters (one Philox evaluation per four
 elements, no redundant rounds), Box-Muller on word pairs (0,1) and (2,3), then interleaves the
 four word-blocks back into element order with joins and a reshape (see _philox_block).
+Box-Muller's cos/sin are sincos_0_2pi (θ in [0, 2π] only), not tl.cos/tl.sin: libdevice's
+Payne-Hanek slow path for huge arguments (never taken here) made the 16-elements-per-thread
+configs spill (up to 28 B, 80-108 registers); without it every config is spill-free with
+<= 86 registers on sm_80/sm_90 (gpu_check).
 """
 from __future__ import annotations
 
@@ -40,12 +44,51 @@ def uniform_from_word(w):
     return ((w >> 9).to(tl.int32).to(tl.float32) + 0.5) * TWO_POW_M23
 
 
+# sincos_0_2pi: θ - q π/2 with π/2 = PIO2_A + PIO2_B + PIO2_C (A, B short: q * A, q * B exact
+# for q <= 4, and so are both subtractions), then minimax polynomials on [-π/4, π/4] (fitted for
+# this file; float32 evaluation within 0.77 ulp for sin, 1.23 ulp for cos).
+TWO_OVER_PI: tl.constexpr = tl.constexpr(0.6366197466850281)
+PIO2_A: tl.constexpr = tl.constexpr(1.5703125)                 # 201 / 128
+PIO2_B: tl.constexpr = tl.constexpr(0.000484466552734375)      # 254 / 2**19
+PIO2_C: tl.constexpr = tl.constexpr(-6.397578431460715e-07)    # float32(π/2 - A - B)
+SIN_1: tl.constexpr = tl.constexpr(-0.16666655242443085)
+SIN_2: tl.constexpr = tl.constexpr(0.00833216030150652)
+SIN_3: tl.constexpr = tl.constexpr(-0.00019515282474458218)
+COS_2: tl.constexpr = tl.constexpr(0.04166664555668831)
+COS_3: tl.constexpr = tl.constexpr(-0.0013887316454201937)
+COS_4: tl.constexpr = tl.constexpr(2.44331567955669e-05)
+
+
+@triton.jit
+def sincos_0_2pi(th):
+    """(cos θ, sin θ) for float32 θ in [0, 2π] (Box-Muller's angles), within ~1.5 ulp.
+
+    tl.cos / tl.sin (libdevice) carry a Payne-Hanek slow path for |θ| > 105615 — a 28-byte
+    local array per call and ~20 more live registers at the call sites — that these angles never
+    take; a two-step exact reduction by the quadrant q = round(θ / (π/2)) in {0..4} suffices."""
+    q = tl.floor(th * TWO_OVER_PI + 0.5)
+    r = th - q * PIO2_A
+    r = r - q * PIO2_B
+    r = r - q * PIO2_C
+    z = r * r
+    s = r + r * z * (SIN_1 + z * (SIN_2 + z * SIN_3))
+    c = 1.0 - 0.5 * z + z * z * (COS_2 + z * (COS_3 + z * COS_4))
+    qi = q.to(tl.int32)
+    odd = (qi & 1) != 0
+    cos_v = tl.where(odd, s, c)
+    sin_v = tl.where(odd, c, s)
+    cos_v = tl.where(((qi + 1) & 2) != 0, -cos_v, cos_v)   # cos < 0 in quadrants 1, 2
+    sin_v = tl.where((qi & 2) != 0, -sin_v, sin_v)         # sin < 0 in quadrants 2, 3
+    return cos_v, sin_v
+
+
 @triton.jit
 def box_muller(wa, wb):
     """(r cos θ, r sin θ), r = sqrt(-2 log u_a), θ = 2π u_b (float32)."""
     r = tl.sqrt_rn(-2.0 * tl.log(uniform_from_word(wa)))
     th = uniform_from_word(wb) * TWO_PI_F32
-    return r * tl.cos(th), r * tl.sin(th)
+    c, s = sincos_0_2pi(th)
+    return r * c, r * s
 
 
 @triton.jit
