@@ -15,6 +15,8 @@ import torch
 import ddpm_fast
 from ddpm_fast import NoiseSchedule, UNet
 from ddpm_fast.samplers import cache, fast
+from ddpm_fast.samplers.compiled import compile_kwargs
+from ddpm_fast.samplers.graph import GraphSampler
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -70,9 +72,20 @@ def unet():
     return small_unet()
 
 
+@pytest.fixture
+def one_thread():
+    """Inductor's CPU kernels open an OpenMP region per kernel; on a shared 2-core machine a
+    descheduled second thread makes every region spin for milliseconds (measured: a 3072-element
+    step 17 ms at 2 threads, 0.2 ms at 1). One thread keeps these tests' time predictable."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sampler,steps,eta", [("ddpm", None, 0.0), ("ddim", 50, 0.5)])
-def test_compiled_equals_reference_and_fused_eager(unet, sampler, steps, eta, record_property):
+def test_compiled_equals_reference_and_fused_eager(unet, sampler, steps, eta, record_property, one_thread):
     """T = 1000 DDPM and a 50-step DDIM (eta 0.5: noise every step), one seed, fp32.
 
     reference: every op on the reference backend (the UNet's norms and the step); fused eager:
@@ -199,6 +212,59 @@ def test_bad_fast_path_arguments():
     assert fast.graph_mode(None, torch.device("cpu")) is None
     assert fast.graph_mode(None, torch.device("cuda")) == "step"
     assert fast.graph_mode("loop", torch.device("cuda")) == "loop"
+
+
+# --- the graph runner's bookkeeping, on CPU: the "graph" replays the recorded Python function --
+
+class EagerReplay(GraphSampler):
+    """GraphSampler whose capture records the function itself: static buffers, seed refill,
+    counter reset, kwargs copy, intermediates and the in-place step (reverse_step_out writing
+    into x_t) run as on a GPU, minus the CUDA graph."""
+    needs_cuda = False
+
+    def _record(self, fn):
+        return fn
+
+
+def _spec(shape, backend, sampler="ddpm", steps=None, eta=0.0):
+    from ddpm_fast.sampling import _make_spec, _resolve_schedule
+    sched, pred = _resolve_schedule(SCHED, None)
+    return _make_spec(sched, pred, shape, torch.device("cpu"), torch.float32, sampler, steps, eta,
+                      "fixed_small", True, 1.0, "leading", 0, True, 0, backend, True)
+
+
+_CPP = pytest.mark.skipif(not _has_cpp(), reason="no cpp backend")
+DDPM, DDIM = ("ddpm", None, 0.0), ("ddim", 10, 1.0)
+RUNNER_CASES = [  # backend, mode, (sampler, steps, eta), compiled; cpp + ddpm = reverse_step_out into x
+    ("reference", "step", DDPM, False), ("reference", "loop", DDIM, False),
+    pytest.param("cpp", "step", DDPM, False, marks=_CPP), pytest.param("cpp", "loop", DDIM, False, marks=_CPP),
+    ("reference", "loop", DDPM, True), pytest.param("cpp", "step", DDIM, True, marks=_CPP),
+]
+
+
+@pytest.mark.parametrize("backend,mode,case,compiled", RUNNER_CASES)
+def test_graph_runner_replays_like_the_eager_sampler(backend, mode, case, compiled):
+    sampler, steps, eta = case
+    m = ClassConditional()
+    shape, y = (3, 2, 3, 3), torch.tensor([1, 2, 3])
+    ckw = compile_kwargs(DYNAMO_EAGER, capturing=True) if compiled else None
+    runner = EagerReplay(_spec(shape, backend, sampler, steps, eta), m, {"y": y}, ckw, mode, intermediate_every=5)
+    kw = dict(sampler=sampler, steps=steps, eta=eta, backend=backend, return_intermediates=True,
+              intermediate_every=5)
+    for seed, labels in ((3, [1, 2, 3]), (4, [0, 0, 9]), (3, [1, 2, 3])):   # new seed / labels: no rebuild
+        y = torch.tensor(labels)
+        x, inter, bad = runner.run(seed, None, {"y": y}, False, 5)
+        want, want_inter = ddpm_fast.sample(m, shape, schedule=SCHED, seed=seed, model_kwargs={"y": y}, **kw)
+        torch.testing.assert_close(x, want, rtol=0, atol=1e-6)
+        assert len(inter) == len(want_inter) and all(
+            torch.allclose(a, b, rtol=0, atol=1e-6) for a, b in zip(inter, want_inter))
+        assert int(bad) == -1
+    with torch.no_grad():
+        m.emb.weight.mul_(2)                      # in place: the "graph" must see it
+    x, _, _ = runner.run(3, None, {"y": y}, False, 0)
+    want = ddpm_fast.sample(m, shape, schedule=SCHED, seed=3, model_kwargs={"y": y}, sampler=sampler,
+                            steps=steps, eta=eta, backend=backend)
+    torch.testing.assert_close(x, want, rtol=0, atol=1e-6)
 
 
 # --- CUDA graphs (skipped without a GPU) ------------------------------------------------------

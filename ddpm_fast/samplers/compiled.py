@@ -79,16 +79,23 @@ def make_advance_inplace(spec: SamplerSpec, ts_b: torch.Tensor, ps_b: torch.Tens
     return ddpm_fast_advance_
 
 
+def step_backend(spec: SamplerSpec) -> Optional[str]:
+    """The backend whose implementation runs this spec's step ("reference", "cpp", ...)."""
+    from ..ops import dispatch
+    op = "reverse_step" if spec.sampler == "ddpm" else "ddim_step"
+    impl = spec.impls.get(op)
+    for backend, fn in dispatch._registry.get(op, {}).items():
+        if fn is impl:
+            return backend
+    return None
+
+
 def step_out_impl(spec: SamplerSpec) -> Optional[Callable]:
     """The ``reverse_step_out`` of the backend that runs this spec's reverse_step, if it has one."""
     if spec.sampler != "ddpm":
         return None
     from ..ops import dispatch
-    impl = spec.impls.get("reverse_step")
-    for backend, fn in dispatch._registry.get("reverse_step", {}).items():
-        if fn is impl:
-            return dispatch._registry.get("reverse_step_out", {}).get(backend)
-    return None
+    return dispatch._registry.get("reverse_step_out", {}).get(step_backend(spec))
 
 
 def compile_kwargs(compile: Union[bool, str, dict], capturing: bool) -> dict:
