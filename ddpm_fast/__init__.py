@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 __all__ = ["NoiseSchedule", "q_sample", "reverse_step", "ddim_step", "temb_add",
            "groupnorm_temb_silu", "sinusoidal_embedding", "backends", "set_backend",
-           "get_backend", "use_backend", "sample", "UNet", "__version__"]
+           "get_backend", "use_backend", "sample", "UNet", "train", "__version__"]
 
 
 def __getattr__(name):
