@@ -67,15 +67,12 @@ def train_digits_classifier(resolution: int = 16, *, epochs: int = 10, seed: int
     meta = {"resolution": str(resolution), "epochs": str(epochs), "seed": str(seed)}
     with torch.random.fork_rng(devices=[]):
         model = DigitsClassifier()            # weights come from _fit or a cache below
-    weights = _TRAINED.get(key) or _load_cache(cache, meta)
+    cached = _load_cache(cache, meta)
+    weights = _TRAINED.get(key) or cached
     if weights is None:
         weights = _fit(model, x[tr], y[tr], epochs, seed)
-        if cache:
-            from safetensors.torch import save_file
-            os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
-            tmp = f"{cache}.tmp-{os.getpid()}"
-            save_file(weights, tmp, metadata=meta)
-            os.replace(tmp, cache)
+    if cache and cached is None:  # also when the weights came from memory: the file was asked for
+        _save_cache(cache, weights, meta)
     _TRAINED[key] = weights
     model.load_state_dict(weights)
     model.eval()
@@ -84,6 +81,15 @@ def train_digits_classifier(resolution: int = 16, *, epochs: int = 10, seed: int
     if verbose:
         print(f"digits classifier: held-out accuracy {acc:.3f}")
     return model, x[tr], x[ho], y[ho], acc
+
+
+def _save_cache(cache: str, weights: dict, meta: dict) -> None:
+    """Atomic write (temporary file, then rename): a killed run never leaves a broken cache."""
+    from safetensors.torch import save_file
+    os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
+    tmp = f"{cache}.tmp-{os.getpid()}"
+    save_file(weights, tmp, metadata=meta)
+    os.replace(tmp, cache)
 
 
 def _load_cache(cache: Optional[str], meta: dict) -> Optional[dict]:
