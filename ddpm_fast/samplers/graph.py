@@ -17,6 +17,7 @@ replacing a tensor recaptures, and updating one in place is seen by the next rep
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Optional
 
 import torch
@@ -77,6 +78,7 @@ class LoopSampler:
     def __init__(self, spec: SamplerSpec, model: Callable, model_kwargs: Optional[dict],
                  compile_kwargs: Optional[dict]):
         self.spec = spec
+        self.compiled = compile_kwargs is not None
         self.model = _Model(model, compile_kwargs, dict(model_kwargs or {}), spec.device)
         self.ts_b, ps_b = step_tables(spec)
         advance = make_advance(spec, self.ts_b, ps_b)
@@ -104,11 +106,28 @@ class LoopSampler:
         x = spec.initial_noise(seed_t) if x_T is None else x_T.to(spec.device, spec.dtype)
         i, bad = _zeros(spec.device), _minus1(spec.device)
         inters = []
-        for k in _steps(len(spec.plan), progress, spec.sampler):
-            x, i, bad = self._step(x, i, seed_t, bad)
-            if intermediate_every and (k + 1) % intermediate_every == 0:
-                inters.append(x.clone())
+        with contextlib.ExitStack() as stack:
+            for k in _steps(len(spec.plan), progress, spec.sampler):
+                x, i, bad = self._step(x, i, seed_t, bad)
+                if k == 0 and self.compiled:
+                    stack.enter_context(_skip_guard_eval())
+                if intermediate_every and (k + 1) % intermediate_every == 0:
+                    inters.append(x.clone())
         return x, inters, bad
+
+
+def _skip_guard_eval():
+    """Steps 2..T of one run call the compiled model and step with inputs of the first step's
+    shapes, dtypes and strides, the same parameters and kwargs (our cache key holds what the
+    compile depends on), so Dynamo's per-call guard checks can be skipped: ~0.5 ms of a 5 ms
+    UNet.tiny batch-1 CPU step (measured, 1 thread). Needs torch >= 2.6; a no-op before."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    if set_stance is None:
+        return contextlib.nullcontext()
+    try:
+        return set_stance("default", skip_guard_eval_unsafe=True)
+    except TypeError:
+        return contextlib.nullcontext()
 
 
 class GraphSampler:
@@ -165,7 +184,7 @@ class GraphSampler:
             side = torch.cuda.Stream(dev) if dev.type == "cuda" else None
             if side is not None:
                 side.wait_stream(torch.cuda.current_stream(dev))
-            with torch.cuda.stream(side) if side is not None else _nullcontext():
+            with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
                 for _ in range(WARMUP_STEPS):      # compiles, autotunes, creates cuBLAS handles
                     self._reset()
                     out = self.model(self.x, self.ts_b.index_select(0, self.i).reshape(self.x.shape[0]))
@@ -233,11 +252,6 @@ def _zeros(device) -> torch.Tensor:
 
 def _minus1(device) -> torch.Tensor:
     return torch.full((1,), -1, dtype=torch.int64, device=device)
-
-
-def _nullcontext():
-    import contextlib
-    return contextlib.nullcontext()
 
 
 def _cuda_devices(device: torch.device) -> list:
