@@ -43,8 +43,9 @@ def seed_tensor(seed: Any, device: torch.device) -> torch.Tensor:
 
 # Backend for the fused ops *inside a compiled model*, where the global default is "auto".
 # On CPU Inductor's own code for the reference GroupNorm+SiLU (fused with its neighbours) beats
-# calling the C++ op from compiled code; measured on the 2-core dev machine, 1 thread, UNet.tiny
-# 16x16 forward: batch 1 5.4 ms vs 7.3 ms, batch 64 120 ms vs 149 ms (eager C++: 8.9 / 162 ms).
+# calling the C++ op from compiled code. Measured on the 2-core dev machine (quiet), UNet.tiny
+# 16x16 forward, compiled with reference vs C++ norms: 1 thread, batch 1 5.1 vs 6.1 ms, batch 64
+# 116 vs 133 ms; 2 threads 4.4 vs 7.0 ms, 58 vs 69 ms (eager C++: 7.5 ms, 85 ms).
 # On CUDA the question is open (a GPU session measures it), so the default stands there.
 COMPILED_MODEL_BACKEND = {"cpu": "reference"}
 
