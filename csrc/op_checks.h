@@ -3,6 +3,7 @@
 // only for CPU tensors; on CUDA an out-of-range timestep yields NaN instead (no host sync).
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include <ATen/core/Tensor.h>
@@ -110,6 +111,144 @@ inline void check_temb(const char* op, const at::Tensor& temb, const at::Tensor&
   check_data(op, "temb", temb, h.device());
   TORCH_CHECK(temb.dim() == 2 && temb.size(0) == h.size(0) && temb.size(1) == h.size(1), "ddpm_fast::", op,
               ": temb must have shape [B, C] = [", h.size(0), ", ", h.size(1), "], got ", temb.sizes());
+}
+
+// ---- One check function per op, called by the CPU kernel and the CUDA binding alike. They check
+// in the order the messages are documented (data, shapes, scalars, then table and timesteps) and
+// return what the kernels need, validated and contiguous.
+
+// The schedule inputs of a step op once checked: table float64 [T, kTableWidth] and timestep(s)
+// int32/int64 [] or [B], contiguous, on the data's device.
+struct ScheduleArgs {
+  at::Tensor table;
+  at::Tensor t;
+  at::Tensor t_prev;  // ddim_step only
+};
+
+inline ScheduleArgs check_schedule(const char* op, const at::Tensor& x, const at::Tensor& t, const at::Tensor& table) {
+  ScheduleArgs a;
+  a.table = check_table(op, table, x.device());
+  a.t = check_timestep(op, "t", t, x.size(0), a.table.size(0), x.device());
+  return a;
+}
+
+// Timesteps and streams of the raw noise ops are Philox counter words: [0, 2**32).
+constexpr int64_t kCounterWordEnd = int64_t(1) << 32;
+
+// philox_normal / philox_uniform. Returns t contiguous.
+inline at::Tensor check_philox_args(const char* op, const at::Tensor& seed, const at::Tensor& t, int64_t batch,
+                                    int64_t numel, int64_t sample_offset, int64_t stream) {
+  TORCH_CHECK(batch >= 0 && numel >= 0, "ddpm_fast::", op, ": batch and numel must be >= 0, got ", batch, ", ",
+              numel);
+  TORCH_CHECK(stream >= 0 && stream < kCounterWordEnd, "ddpm_fast::", op, ": stream must be in [0, 2**32), got ",
+              stream);
+  check_offset(op, sample_offset);
+  check_seed(op, seed, seed.device());
+  return check_timestep(op, "t", t, batch, kCounterWordEnd, seed.device());
+}
+
+// _philox4x32_10: counters int64 [n, 4], key int64 [2] on the counters' device.
+inline void check_philox_words_args(const char* op, const at::Tensor& counters, const at::Tensor& key) {
+  TORCH_CHECK(counters.scalar_type() == at::kLong && counters.dim() == 2 && counters.size(1) == 4, "ddpm_fast::", op,
+              ": counters must be int64 [n, 4], got ", counters.scalar_type(), " ", counters.sizes());
+  TORCH_CHECK(key.scalar_type() == at::kLong && key.numel() == 2, "ddpm_fast::", op, ": key must be int64 [2], got ",
+              key.scalar_type(), " ", key.sizes());
+  TORCH_CHECK(key.device() == counters.device(), "ddpm_fast::", op, ": key must be int64 [2] on the counters' device");
+}
+
+inline ScheduleArgs check_q_sample_args(const char* op, const at::Tensor& x0, const at::Tensor& t,
+                                        const at::Tensor& table, const at::Tensor& noise) {
+  check_data(op, "x0", x0, x0.device());
+  check_batched(op, "x0", x0, 1);
+  check_data(op, "noise", noise, x0.device());
+  check_same_shape(op, "noise", noise, x0);
+  return check_schedule(op, x0, t, table);
+}
+
+inline ScheduleArgs check_q_sample_seeded_args(const char* op, const at::Tensor& x0, const at::Tensor& t,
+                                               const at::Tensor& table, const at::Tensor& seed, int64_t sample_offset,
+                                               int64_t target_type) {
+  check_data(op, "x0", x0, x0.device());
+  check_batched(op, "x0", x0, 1);
+  check_seed(op, seed, x0.device());
+  check_offset(op, sample_offset);
+  check_enum(op, "target_type", target_type, 3);
+  return check_schedule(op, x0, t, table);
+}
+
+// reverse_step and reverse_step_out (`out`: its output tensor, x_t's dtype, shape and device).
+inline ScheduleArgs check_reverse_step_args(const char* op, const at::Tensor& x, const at::Tensor& m,
+                                            const at::Tensor& t, const at::Tensor& table,
+                                            const c10::optional<at::Tensor>& noise,
+                                            const c10::optional<at::Tensor>& seed, int64_t sample_offset,
+                                            int64_t prediction_type, int64_t variance_type,
+                                            const at::Tensor* out = nullptr) {
+  check_data(op, "x_t", x, x.device());
+  check_batched(op, "x_t", x, 1);
+  check_data(op, "model_out", m, x.device());
+  check_same_shape(op, "model_out", m, x);
+  check_noise(op, noise, seed, x, /*needed=*/true);
+  check_offset(op, sample_offset);
+  check_enum(op, "prediction_type", prediction_type, 3);
+  check_enum(op, "variance_type", variance_type, 2);
+  if (out != nullptr) {
+    TORCH_CHECK(out->scalar_type() == x.scalar_type() && out->sizes() == x.sizes() && out->device() == x.device(),
+                "ddpm_fast::", op, ": out must be ", x.scalar_type(), " ", x.sizes(), " on ", x.device(), ", got ",
+                out->scalar_type(), " ", out->sizes(), " on ", out->device());
+  }
+  return check_schedule(op, x, t, table);
+}
+
+// ddim_step; t_prev may be negative (the final step), so only its upper bound is checked.
+inline ScheduleArgs check_ddim_step_args(const char* op, const at::Tensor& x, const at::Tensor& m,
+                                         const at::Tensor& t, const at::Tensor& t_prev, const at::Tensor& table,
+                                         const c10::optional<at::Tensor>& noise,
+                                         const c10::optional<at::Tensor>& seed, int64_t sample_offset, double eta,
+                                         int64_t prediction_type) {
+  check_data(op, "x_t", x, x.device());
+  check_batched(op, "x_t", x, 1);
+  check_data(op, "model_out", m, x.device());
+  check_same_shape(op, "model_out", m, x);
+  TORCH_CHECK(eta >= 0.0, "ddpm_fast::", op, ": eta must be >= 0, got ", eta);
+  check_noise(op, noise, seed, x, /*needed=*/eta > 0.0);
+  check_offset(op, sample_offset);
+  check_enum(op, "prediction_type", prediction_type, 3);
+  ScheduleArgs a = check_schedule(op, x, t, table);
+  a.t_prev = check_timestep(op, "t_prev", t_prev, x.size(0), a.table.size(0), x.device(), /*lo=*/INT64_MIN);
+  return a;
+}
+
+inline void check_temb_add_args(const char* op, const at::Tensor& h, const at::Tensor& temb) {
+  check_data(op, "h", h, h.device());
+  check_batched(op, "h", h, 3);
+  check_temb(op, temb, h);
+}
+
+// groupnorm_temb_silu: x [B, C, *spatial] viewed as [B, C, HW].
+struct GroupNormSizes {
+  int64_t B, C, HW;
+};
+
+inline GroupNormSizes check_groupnorm_temb_silu_args(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                                                     const at::Tensor& bias, const c10::optional<at::Tensor>& temb,
+                                                     int64_t num_groups, double eps, int64_t temb_mode) {
+  check_data(op, "x", x, x.device());
+  check_batched(op, "x", x, 3);
+  const int64_t B = x.size(0), C = x.size(1);
+  TORCH_CHECK(num_groups > 0 && C % num_groups == 0, "ddpm_fast::", op, ": num_groups must be a positive divisor of C=",
+              C, ", got ", num_groups);
+  check_data(op, "weight", weight, x.device());
+  check_data(op, "bias", bias, x.device());
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == C, "ddpm_fast::", op, ": weight must have shape [", C, "], got ",
+              weight.sizes());
+  TORCH_CHECK(bias.dim() == 1 && bias.size(0) == C, "ddpm_fast::", op, ": bias must have shape [", C, "], got ",
+              bias.sizes());
+  check_enum(op, "temb_mode", temb_mode, 3);
+  TORCH_CHECK(temb_mode == TEMB_NONE || temb.has_value(), "ddpm_fast::", op, ": temb_mode ", temb_mode,
+              " needs a temb tensor");
+  if (temb.has_value()) check_temb(op, *temb, x);
+  TORCH_CHECK(eps >= 0.0, "ddpm_fast::", op, ": eps must be >= 0, got ", eps);
+  return GroupNormSizes{B, C, B * C == 0 ? 0 : x.numel() / (B * C)};
 }
 
 inline int64_t numel_per_sample(const at::Tensor& x) { return x.dim() == 0 || x.size(0) == 0 ? 0 : x.numel() / x.size(0); }

@@ -12,6 +12,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include "../op_checks.h"
 #include "ddpm_fast/enums.h"
 #include "ddpm_fast/philox.h"
 
@@ -201,6 +202,22 @@ struct NoiseSource {
     }
   }
 };
+
+// The noise source of a checked step (check_noise): the given noise, made contiguous in `holder`
+// (which must outlive the source), else the seed's Philox stream, else none (a deterministic step).
+inline NoiseSource noise_source(const c10::optional<at::Tensor>& noise, const c10::optional<at::Tensor>& seed,
+                                int64_t sample_offset, at::Tensor& holder) {
+  NoiseSource src;
+  if (noise.has_value()) {
+    holder = noise->contiguous();
+    src.noise = holder.data_ptr();
+    src.noise_dt = dtype_code(holder);
+  } else if (seed.has_value()) {
+    src.key = key_of(*seed);
+    src.sample_offset = sample_offset;
+  }
+  return src;
+}
 
 }  // namespace cpu
 }  // namespace ddpm_fast

@@ -37,29 +37,13 @@ at::Tensor ddim_step(const at::Tensor& x_in, const at::Tensor& m_in, const at::T
                      const c10::optional<at::Tensor>& seed, int64_t sample_offset, double eta,
                      int64_t prediction_type, bool clip, double clip_range, double final_alpha_bar) {
   const char* op = "ddim_step";
-  check_data(op, "x_t", x_in, x_in.device());
-  check_batched(op, "x_t", x_in, 1);
-  check_data(op, "model_out", m_in, x_in.device());
-  check_same_shape(op, "model_out", m_in, x_in);
-  TORCH_CHECK(eta >= 0.0, "ddpm_fast::", op, ": eta must be >= 0, got ", eta);
-  check_noise(op, noise_in, seed, x_in, /*needed=*/eta > 0.0);
-  check_offset(op, sample_offset);
-  check_enum(op, "prediction_type", prediction_type, 3);
-  const at::Tensor table = check_table(op, table_in, x_in.device());
-  const int64_t B = x_in.size(0), T = table.size(0);
-  const Timesteps ts(check_timestep(op, "t", t, B, T, x_in.device()));
-  const Timesteps tps(check_timestep(op, "t_prev", t_prev, B, T, x_in.device(), /*lo=*/INT64_MIN));
+  const ScheduleArgs a =
+      check_ddim_step_args(op, x_in, m_in, t, t_prev, table_in, noise_in, seed, sample_offset, eta, prediction_type);
+  const at::Tensor& table = a.table;
+  const Timesteps ts(a.t), tps(a.t_prev);
   const at::Tensor x = x_in.contiguous(), m = m_in.contiguous();
   at::Tensor noise;
-  NoiseSource src;
-  if (noise_in.has_value()) {
-    noise = noise_in->contiguous();
-    src.noise = noise.data_ptr();
-    src.noise_dt = dtype_code(noise);
-  } else if (seed.has_value()) {
-    src.key = key_of(*seed);
-    src.sample_offset = sample_offset;
-  }
+  const NoiseSource src = noise_source(noise_in, seed, sample_offset, noise);
   at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
   const float e = static_cast<float>(eta), cr = static_cast<float>(clip_range), fa = static_cast<float>(final_alpha_bar);
   switch (prediction_type) {

@@ -59,29 +59,15 @@ at::Tensor groupnorm_temb_silu(const at::Tensor& x_in, const at::Tensor& weight_
                                const c10::optional<at::Tensor>& temb_in, int64_t num_groups, double eps,
                                int64_t temb_mode, bool apply_silu) {
   const char* op = "groupnorm_temb_silu";
-  check_data(op, "x", x_in, x_in.device());
-  check_batched(op, "x", x_in, 3);
-  const int64_t B = x_in.size(0), C = x_in.size(1);
-  TORCH_CHECK(num_groups > 0 && C % num_groups == 0, "ddpm_fast::", op, ": num_groups must be a positive divisor of C=",
-              C, ", got ", num_groups);
-  check_data(op, "weight", weight_in, x_in.device());
-  check_data(op, "bias", bias_in, x_in.device());
-  TORCH_CHECK(weight_in.dim() == 1 && weight_in.size(0) == C, "ddpm_fast::", op, ": weight must have shape [", C,
-              "], got ", weight_in.sizes());
-  TORCH_CHECK(bias_in.dim() == 1 && bias_in.size(0) == C, "ddpm_fast::", op, ": bias must have shape [", C,
-              "], got ", bias_in.sizes());
-  check_enum(op, "temb_mode", temb_mode, 3);
-  TORCH_CHECK(temb_mode == TEMB_NONE || temb_in.has_value(), "ddpm_fast::", op, ": temb_mode ", temb_mode,
-              " needs a temb tensor");
-  if (temb_in.has_value()) check_temb(op, *temb_in, x_in);
-  TORCH_CHECK(eps >= 0.0, "ddpm_fast::", op, ": eps must be >= 0, got ", eps);
-
+  const GroupNormSizes s = check_groupnorm_temb_silu_args(op, x_in, weight_in, bias_in, temb_in, num_groups, eps,
+                                                          temb_mode);
+  const int64_t B = s.B, C = s.C, HW = s.HW;
   const at::Tensor x = x_in.contiguous();
   const at::Tensor w = weight_in.to(at::kFloat).contiguous(), bs = bias_in.to(at::kFloat).contiguous();
   at::Tensor temb;
   if (temb_mode != TEMB_NONE) temb = temb_in->to(at::kFloat).contiguous();
   at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
-  const int64_t G = num_groups, Cg = C / G, HW = x.numel() / std::max<int64_t>(B * C, 1);
+  const int64_t G = num_groups, Cg = C / G;
   const int dt = dtype_code(x);
   const float* wp = w.data_ptr<float>();
   const float* bp = bs.data_ptr<float>();

@@ -13,13 +13,10 @@ namespace {
 at::Tensor q_sample(const at::Tensor& x0_in, const at::Tensor& t, const at::Tensor& table_in,
                     const at::Tensor& noise_in) {
   const char* op = "q_sample";
-  check_data(op, "x0", x0_in, x0_in.device());
-  check_batched(op, "x0", x0_in, 1);
-  check_data(op, "noise", noise_in, x0_in.device());
-  check_same_shape(op, "noise", noise_in, x0_in);
-  const at::Tensor table = check_table(op, table_in, x0_in.device());
+  const ScheduleArgs a = check_q_sample_args(op, x0_in, t, table_in, noise_in);
+  const at::Tensor& table = a.table;
   const int64_t B = x0_in.size(0), N = per_sample(x0_in), T = table.size(0);
-  const Timesteps ts(check_timestep(op, "t", t, B, T, x0_in.device()));
+  const Timesteps ts(a.t);
   const at::Tensor x0 = x0_in.contiguous(), noise = noise_in.contiguous();
   at::Tensor out = at::empty_like(x0, at::MemoryFormat::Contiguous);
   const int dt = dtype_code(x0), ndt = dtype_code(noise);
@@ -39,14 +36,10 @@ std::tuple<at::Tensor, at::Tensor> q_sample_seeded(const at::Tensor& x0_in, cons
                                                    const at::Tensor& table_in, const at::Tensor& seed,
                                                    int64_t sample_offset, int64_t target_type) {
   const char* op = "q_sample_seeded";
-  check_data(op, "x0", x0_in, x0_in.device());
-  check_batched(op, "x0", x0_in, 1);
-  check_seed(op, seed, x0_in.device());
-  check_offset(op, sample_offset);
-  check_enum(op, "target_type", target_type, 3);
-  const at::Tensor table = check_table(op, table_in, x0_in.device());
+  const ScheduleArgs a = check_q_sample_seeded_args(op, x0_in, t, table_in, seed, sample_offset, target_type);
+  const at::Tensor& table = a.table;
   const int64_t B = x0_in.size(0), N = per_sample(x0_in), T = table.size(0);
-  const Timesteps ts(check_timestep(op, "t", t, B, T, x0_in.device()));
+  const Timesteps ts(a.t);
   const at::Tensor x0 = x0_in.contiguous();
   at::Tensor x_t = at::empty_like(x0, at::MemoryFormat::Contiguous);
   at::Tensor target = at::empty_like(x0, at::MemoryFormat::Contiguous);

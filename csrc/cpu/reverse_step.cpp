@@ -34,24 +34,16 @@ void reverse_step_blocks(const at::Tensor& x, const at::Tensor& m, const NoiseSo
   });
 }
 
-// Checks the inputs, then writes x_{t-1} into `out` (contiguous, x_t's dtype and shape).
-void reverse_step_into(const char* op, const at::Tensor& x_in, const at::Tensor& m_in, const at::Tensor& t,
-                       const at::Tensor& table_in, const c10::optional<at::Tensor>& noise_in,
-                       const c10::optional<at::Tensor>& seed, int64_t sample_offset, int64_t prediction_type,
-                       int64_t variance_type, bool clip, double clip_range, at::Tensor& out) {
+// Writes x_{t-1} of checked inputs into `out` (contiguous, x_t's dtype and shape).
+void reverse_step_into(const at::Tensor& x_in, const at::Tensor& m_in, const ScheduleArgs& a,
+                       const c10::optional<at::Tensor>& noise_in, const c10::optional<at::Tensor>& seed,
+                       int64_t sample_offset, int64_t prediction_type, int64_t variance_type, bool clip,
+                       double clip_range, at::Tensor& out) {
   const at::Tensor x = x_in.contiguous(), m = m_in.contiguous();
-  const at::Tensor table = check_table(op, table_in, x.device());
-  const Timesteps ts(check_timestep(op, "t", t, x.size(0), table.size(0), x.device()));
+  const at::Tensor& table = a.table;
+  const Timesteps ts(a.t);
   at::Tensor noise;
-  NoiseSource src;
-  if (noise_in.has_value()) {
-    noise = noise_in->contiguous();
-    src.noise = noise.data_ptr();
-    src.noise_dt = dtype_code(noise);
-  } else {
-    src.key = key_of(*seed);
-    src.sample_offset = sample_offset;
-  }
+  const NoiseSource src = noise_source(noise_in, seed, sample_offset, noise);
   const float cr = static_cast<float>(clip_range);
   switch (prediction_type) {
     case PRED_EPSILON:
@@ -65,28 +57,15 @@ void reverse_step_into(const char* op, const at::Tensor& x_in, const at::Tensor&
   }
 }
 
-void check_inputs(const char* op, const at::Tensor& x, const at::Tensor& m, const c10::optional<at::Tensor>& noise,
-                  const c10::optional<at::Tensor>& seed, int64_t sample_offset, int64_t prediction_type,
-                  int64_t variance_type) {
-  check_data(op, "x_t", x, x.device());
-  check_batched(op, "x_t", x, 1);
-  check_data(op, "model_out", m, x.device());
-  check_same_shape(op, "model_out", m, x);
-  check_noise(op, noise, seed, x, /*needed=*/true);
-  check_offset(op, sample_offset);
-  check_enum(op, "prediction_type", prediction_type, 3);
-  check_enum(op, "variance_type", variance_type, 2);
-}
-
 at::Tensor reverse_step(const at::Tensor& x_t, const at::Tensor& model_out, const at::Tensor& t,
                         const at::Tensor& table, const c10::optional<at::Tensor>& noise,
                         const c10::optional<at::Tensor>& seed, int64_t sample_offset, int64_t prediction_type,
                         int64_t variance_type, bool clip, double clip_range) {
-  const char* op = "reverse_step";
-  check_inputs(op, x_t, model_out, noise, seed, sample_offset, prediction_type, variance_type);
+  const ScheduleArgs a = check_reverse_step_args("reverse_step", x_t, model_out, t, table, noise, seed, sample_offset,
+                                                 prediction_type, variance_type);
   at::Tensor out = at::empty_like(x_t, at::MemoryFormat::Contiguous);
-  reverse_step_into(op, x_t, model_out, t, table, noise, seed, sample_offset, prediction_type, variance_type, clip,
-                    clip_range, out);
+  reverse_step_into(x_t, model_out, a, noise, seed, sample_offset, prediction_type, variance_type, clip, clip_range,
+                    out);
   return out;
 }
 
@@ -94,18 +73,15 @@ void reverse_step_out(const at::Tensor& x_t, const at::Tensor& model_out, const 
                       const at::Tensor& table, const c10::optional<at::Tensor>& noise,
                       const c10::optional<at::Tensor>& seed, int64_t sample_offset, int64_t prediction_type,
                       int64_t variance_type, bool clip, double clip_range, at::Tensor out) {
-  const char* op = "reverse_step_out";
-  check_inputs(op, x_t, model_out, noise, seed, sample_offset, prediction_type, variance_type);
-  TORCH_CHECK(out.scalar_type() == x_t.scalar_type() && out.sizes() == x_t.sizes() && out.device() == x_t.device(),
-              "ddpm_fast::", op, ": out must be ", x_t.scalar_type(), " ", x_t.sizes(), " on ", x_t.device(),
-              ", got ", out.scalar_type(), " ", out.sizes(), " on ", out.device());
+  const ScheduleArgs a = check_reverse_step_args("reverse_step_out", x_t, model_out, t, table, noise, seed,
+                                                 sample_offset, prediction_type, variance_type, &out);
   if (out.is_contiguous()) {
-    reverse_step_into(op, x_t, model_out, t, table, noise, seed, sample_offset, prediction_type, variance_type, clip,
-                      clip_range, out);
+    reverse_step_into(x_t, model_out, a, noise, seed, sample_offset, prediction_type, variance_type, clip, clip_range,
+                      out);
   } else {
     at::Tensor tmp = at::empty_like(x_t, at::MemoryFormat::Contiguous);
-    reverse_step_into(op, x_t, model_out, t, table, noise, seed, sample_offset, prediction_type, variance_type, clip,
-                      clip_range, tmp);
+    reverse_step_into(x_t, model_out, a, noise, seed, sample_offset, prediction_type, variance_type, clip, clip_range,
+                      tmp);
     out.copy_(tmp);
   }
 }

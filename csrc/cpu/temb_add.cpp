@@ -11,9 +11,7 @@ namespace {
 
 at::Tensor temb_add(const at::Tensor& h_in, const at::Tensor& temb_in) {
   const char* op = "temb_add";
-  check_data(op, "h", h_in, h_in.device());
-  check_batched(op, "h", h_in, 3);
-  check_temb(op, temb_in, h_in);
+  check_temb_add_args(op, h_in, temb_in);
   const at::Tensor h = h_in.contiguous();
   const at::Tensor temb = temb_in.to(at::kFloat).contiguous();  // [B, C], tiny
   at::Tensor out = at::empty_like(h, at::MemoryFormat::Contiguous);

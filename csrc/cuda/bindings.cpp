@@ -29,14 +29,9 @@ int64_t per_sample(const at::Tensor& x) {
   return n;
 }
 
-constexpr int64_t kNoUpperBound = int64_t(1) << 32;
-
 at::Tensor philox4x32_10_words(const at::Tensor& counters, const at::Tensor& key) {
   const char* op = "_philox4x32_10";
-  TORCH_CHECK(counters.scalar_type() == at::kLong && counters.dim() == 2 && counters.size(1) == 4, "ddpm_fast::", op,
-              ": counters must be int64 [n, 4], got ", counters.scalar_type(), " ", counters.sizes());
-  TORCH_CHECK(key.scalar_type() == at::kLong && key.numel() == 2 && key.device() == counters.device(), "ddpm_fast::",
-              op, ": key must be int64 [2] on the counters' device");
+  check_philox_words_args(op, counters, key);
   const c10::cuda::CUDAGuard guard(counters.device());
   const at::Tensor c = counters.contiguous(), k = key.contiguous();
   at::Tensor out = at::empty_like(c, at::MemoryFormat::Contiguous);
@@ -45,44 +40,28 @@ at::Tensor philox4x32_10_words(const at::Tensor& counters, const at::Tensor& key
   return out;
 }
 
-at::Tensor philox(const char* op, bool normal, const at::Tensor& seed, const at::Tensor& t, int64_t batch,
-                  int64_t numel, int64_t sample_offset, int64_t stream) {
-  TORCH_CHECK(batch >= 0 && numel >= 0, "ddpm_fast::", op, ": batch and numel must be >= 0");
-  TORCH_CHECK(stream >= 0 && stream < kNoUpperBound, "ddpm_fast::", op, ": stream must be in [0, 2**32), got ", stream);
-  check_offset(op, sample_offset);
-  check_seed(op, seed, seed.device());
+// philox_normal (kNormal) / philox_uniform.
+template <bool kNormal>
+at::Tensor philox(const at::Tensor& seed, const at::Tensor& t, int64_t batch, int64_t numel, int64_t sample_offset,
+                  int64_t stream) {
+  const char* op = kNormal ? "philox_normal" : "philox_uniform";
+  const at::Tensor tc = check_philox_args(op, seed, t, batch, numel, sample_offset, stream);
   const c10::cuda::CUDAGuard guard(seed.device());
-  const at::Tensor tc = check_timestep(op, "t", t, batch, kNoUpperBound, seed.device());
   at::Tensor out = at::empty({batch, numel}, seed.options().dtype(at::kFloat));
-  check_launch(op, launch_philox(out.data_ptr<float>(), normal, seed.data_ptr<int64_t>(), timestep_arg(tc), batch,
+  check_launch(op, launch_philox(out.data_ptr<float>(), kNormal, seed.data_ptr<int64_t>(), timestep_arg(tc), batch,
                                  numel, sample_offset, stream, at::cuda::getCurrentCUDAStream()));
   return out;
-}
-
-at::Tensor philox_normal(const at::Tensor& seed, const at::Tensor& t, int64_t batch, int64_t numel,
-                         int64_t sample_offset, int64_t stream) {
-  return philox("philox_normal", true, seed, t, batch, numel, sample_offset, stream);
-}
-
-at::Tensor philox_uniform(const at::Tensor& seed, const at::Tensor& t, int64_t batch, int64_t numel,
-                          int64_t sample_offset, int64_t stream) {
-  return philox("philox_uniform", false, seed, t, batch, numel, sample_offset, stream);
 }
 
 at::Tensor q_sample(const at::Tensor& x0_in, const at::Tensor& t, const at::Tensor& table_in,
                     const at::Tensor& noise_in) {
   const char* op = "q_sample";
-  check_data(op, "x0", x0_in, x0_in.device());
-  check_batched(op, "x0", x0_in, 1);
-  check_data(op, "noise", noise_in, x0_in.device());
-  check_same_shape(op, "noise", noise_in, x0_in);
+  const ScheduleArgs a = check_q_sample_args(op, x0_in, t, table_in, noise_in);
   const c10::cuda::CUDAGuard guard(x0_in.device());
-  const at::Tensor table = check_table(op, table_in, x0_in.device());
-  const at::Tensor tc = check_timestep(op, "t", t, x0_in.size(0), table.size(0), x0_in.device());
   const at::Tensor x0 = x0_in.contiguous(), noise = noise_in.contiguous();
   at::Tensor out = at::empty_like(x0, at::MemoryFormat::Contiguous);
   check_launch(op, launch_q_sample(out.data_ptr(), x0.data_ptr(), dtype_code(x0), noise.data_ptr(), dtype_code(noise),
-                                   timestep_arg(tc), table_arg(table), x0.size(0), per_sample(x0),
+                                   timestep_arg(a.t), table_arg(a.table), x0.size(0), per_sample(x0),
                                    at::cuda::getCurrentCUDAStream()));
   return out;
 }
@@ -91,25 +70,19 @@ std::tuple<at::Tensor, at::Tensor> q_sample_seeded(const at::Tensor& x0_in, cons
                                                    const at::Tensor& table_in, const at::Tensor& seed,
                                                    int64_t sample_offset, int64_t target_type) {
   const char* op = "q_sample_seeded";
-  check_data(op, "x0", x0_in, x0_in.device());
-  check_batched(op, "x0", x0_in, 1);
-  check_seed(op, seed, x0_in.device());
-  check_offset(op, sample_offset);
-  check_enum(op, "target_type", target_type, 3);
+  const ScheduleArgs a = check_q_sample_seeded_args(op, x0_in, t, table_in, seed, sample_offset, target_type);
   const c10::cuda::CUDAGuard guard(x0_in.device());
-  const at::Tensor table = check_table(op, table_in, x0_in.device());
-  const at::Tensor tc = check_timestep(op, "t", t, x0_in.size(0), table.size(0), x0_in.device());
   const at::Tensor x0 = x0_in.contiguous();
   at::Tensor x_t = at::empty_like(x0, at::MemoryFormat::Contiguous);
   at::Tensor target = at::empty_like(x0, at::MemoryFormat::Contiguous);
   check_launch(op, launch_q_sample_seeded(x_t.data_ptr(), target.data_ptr(), x0.data_ptr(), dtype_code(x0),
-                                          timestep_arg(tc), table_arg(table), seed.data_ptr<int64_t>(), sample_offset,
-                                          static_cast<int>(target_type), x0.size(0), per_sample(x0),
+                                          timestep_arg(a.t), table_arg(a.table), seed.data_ptr<int64_t>(),
+                                          sample_offset, static_cast<int>(target_type), x0.size(0), per_sample(x0),
                                           at::cuda::getCurrentCUDAStream()));
   return {x_t, target};
 }
 
-// Checks shared by reverse_step and ddim_step; returns the noise source (noise kept alive in `holder`).
+// The noise source of a checked reverse_step / ddim_step (noise kept alive in `holder`).
 NoiseArg noise_arg(const c10::optional<at::Tensor>& noise, const c10::optional<at::Tensor>& seed,
                    int64_t sample_offset, at::Tensor& holder) {
   NoiseArg arg{nullptr, DT_FLOAT32, nullptr, sample_offset};
@@ -123,25 +96,16 @@ NoiseArg noise_arg(const c10::optional<at::Tensor>& noise, const c10::optional<a
   return arg;
 }
 
-void reverse_step_into(const char* op, const at::Tensor& x_in, const at::Tensor& m_in, const at::Tensor& t,
-                       const at::Tensor& table_in, const c10::optional<at::Tensor>& noise,
-                       const c10::optional<at::Tensor>& seed, int64_t sample_offset, int64_t prediction_type,
-                       int64_t variance_type, bool clip, double clip_range, at::Tensor& out) {
-  check_data(op, "x_t", x_in, x_in.device());
-  check_batched(op, "x_t", x_in, 1);
-  check_data(op, "model_out", m_in, x_in.device());
-  check_same_shape(op, "model_out", m_in, x_in);
-  check_noise(op, noise, seed, x_in, /*needed=*/true);
-  check_offset(op, sample_offset);
-  check_enum(op, "prediction_type", prediction_type, 3);
-  check_enum(op, "variance_type", variance_type, 2);
-  const at::Tensor table = check_table(op, table_in, x_in.device());
-  const at::Tensor tc = check_timestep(op, "t", t, x_in.size(0), table.size(0), x_in.device());
+// Writes x_{t-1} of checked inputs into `out` (contiguous, x_t's dtype and shape).
+void reverse_step_into(const char* op, const at::Tensor& x_in, const at::Tensor& m_in, const ScheduleArgs& a,
+                       const c10::optional<at::Tensor>& noise, const c10::optional<at::Tensor>& seed,
+                       int64_t sample_offset, int64_t prediction_type, int64_t variance_type, bool clip,
+                       double clip_range, at::Tensor& out) {
   const at::Tensor x = x_in.contiguous(), m = m_in.contiguous();
   at::Tensor holder;
   const NoiseArg na = noise_arg(noise, seed, sample_offset, holder);
   check_launch(op, launch_reverse_step(out.data_ptr(), x.data_ptr(), dtype_code(x), m.data_ptr(), dtype_code(m), na,
-                                       timestep_arg(tc), table_arg(table), static_cast<int>(prediction_type),
+                                       timestep_arg(a.t), table_arg(a.table), static_cast<int>(prediction_type),
                                        static_cast<int>(variance_type), clip, static_cast<float>(clip_range),
                                        x.size(0), per_sample(x), at::cuda::getCurrentCUDAStream()));
 }
@@ -150,10 +114,13 @@ at::Tensor reverse_step(const at::Tensor& x_t, const at::Tensor& model_out, cons
                         const at::Tensor& table, const c10::optional<at::Tensor>& noise,
                         const c10::optional<at::Tensor>& seed, int64_t sample_offset, int64_t prediction_type,
                         int64_t variance_type, bool clip, double clip_range) {
+  const char* op = "reverse_step";
+  const ScheduleArgs a = check_reverse_step_args(op, x_t, model_out, t, table, noise, seed, sample_offset,
+                                                 prediction_type, variance_type);
   const c10::cuda::CUDAGuard guard(x_t.device());
   at::Tensor out = at::empty_like(x_t, at::MemoryFormat::Contiguous);
-  reverse_step_into("reverse_step", x_t, model_out, t, table, noise, seed, sample_offset, prediction_type,
-                    variance_type, clip, clip_range, out);
+  reverse_step_into(op, x_t, model_out, a, noise, seed, sample_offset, prediction_type, variance_type, clip,
+                    clip_range, out);
   return out;
 }
 
@@ -162,16 +129,15 @@ void reverse_step_out(const at::Tensor& x_t, const at::Tensor& model_out, const 
                       const c10::optional<at::Tensor>& seed, int64_t sample_offset, int64_t prediction_type,
                       int64_t variance_type, bool clip, double clip_range, at::Tensor out) {
   const char* op = "reverse_step_out";
-  TORCH_CHECK(out.scalar_type() == x_t.scalar_type() && out.sizes() == x_t.sizes() && out.device() == x_t.device(),
-              "ddpm_fast::", op, ": out must be ", x_t.scalar_type(), " ", x_t.sizes(), " on ", x_t.device(),
-              ", got ", out.scalar_type(), " ", out.sizes(), " on ", out.device());
+  const ScheduleArgs a = check_reverse_step_args(op, x_t, model_out, t, table, noise, seed, sample_offset,
+                                                 prediction_type, variance_type, &out);
   const c10::cuda::CUDAGuard guard(x_t.device());
   if (out.is_contiguous()) {
-    reverse_step_into(op, x_t, model_out, t, table, noise, seed, sample_offset, prediction_type, variance_type, clip,
+    reverse_step_into(op, x_t, model_out, a, noise, seed, sample_offset, prediction_type, variance_type, clip,
                       clip_range, out);
   } else {
     at::Tensor tmp = at::empty_like(x_t, at::MemoryFormat::Contiguous);
-    reverse_step_into(op, x_t, model_out, t, table, noise, seed, sample_offset, prediction_type, variance_type, clip,
+    reverse_step_into(op, x_t, model_out, a, noise, seed, sample_offset, prediction_type, variance_type, clip,
                       clip_range, tmp);
     out.copy_(tmp);
   }
@@ -182,36 +148,24 @@ at::Tensor ddim_step(const at::Tensor& x_in, const at::Tensor& m_in, const at::T
                      const c10::optional<at::Tensor>& seed, int64_t sample_offset, double eta, int64_t prediction_type,
                      bool clip, double clip_range, double final_alpha_bar) {
   const char* op = "ddim_step";
-  check_data(op, "x_t", x_in, x_in.device());
-  check_batched(op, "x_t", x_in, 1);
-  check_data(op, "model_out", m_in, x_in.device());
-  check_same_shape(op, "model_out", m_in, x_in);
-  TORCH_CHECK(eta >= 0.0, "ddpm_fast::", op, ": eta must be >= 0, got ", eta);
-  check_noise(op, noise, seed, x_in, /*needed=*/eta > 0.0);
-  check_offset(op, sample_offset);
-  check_enum(op, "prediction_type", prediction_type, 3);
+  const ScheduleArgs a =
+      check_ddim_step_args(op, x_in, m_in, t, t_prev, table_in, noise, seed, sample_offset, eta, prediction_type);
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor table = check_table(op, table_in, x_in.device());
-  const int64_t B = x_in.size(0), T = table.size(0);
-  const at::Tensor tc = check_timestep(op, "t", t, B, T, x_in.device());
-  const at::Tensor tpc = check_timestep(op, "t_prev", t_prev, B, T, x_in.device(), INT64_MIN);
   const at::Tensor x = x_in.contiguous(), m = m_in.contiguous();
   at::Tensor holder;
   const NoiseArg na = noise_arg(noise, seed, sample_offset, holder);
   at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
   check_launch(op, launch_ddim_step(out.data_ptr(), x.data_ptr(), dtype_code(x), m.data_ptr(), dtype_code(m), na,
-                                    timestep_arg(tc), timestep_arg(tpc), table_arg(table), static_cast<float>(eta),
-                                    static_cast<int>(prediction_type), clip, static_cast<float>(clip_range),
-                                    static_cast<float>(final_alpha_bar), B, per_sample(x),
-                                    at::cuda::getCurrentCUDAStream()));
+                                    timestep_arg(a.t), timestep_arg(a.t_prev), table_arg(a.table),
+                                    static_cast<float>(eta), static_cast<int>(prediction_type), clip,
+                                    static_cast<float>(clip_range), static_cast<float>(final_alpha_bar), x.size(0),
+                                    per_sample(x), at::cuda::getCurrentCUDAStream()));
   return out;
 }
 
 at::Tensor temb_add(const at::Tensor& h_in, const at::Tensor& temb_in) {
   const char* op = "temb_add";
-  check_data(op, "h", h_in, h_in.device());
-  check_batched(op, "h", h_in, 3);
-  check_temb(op, temb_in, h_in);
+  check_temb_add_args(op, h_in, temb_in);
   const c10::cuda::CUDAGuard guard(h_in.device());
   const at::Tensor h = h_in.contiguous(), temb = temb_in.contiguous();
   at::Tensor out = at::empty_like(h, at::MemoryFormat::Contiguous);
@@ -225,32 +179,17 @@ at::Tensor groupnorm_temb_silu(const at::Tensor& x_in, const at::Tensor& weight_
                                const c10::optional<at::Tensor>& temb_in, int64_t num_groups, double eps,
                                int64_t temb_mode, bool apply_silu) {
   const char* op = "groupnorm_temb_silu";
-  check_data(op, "x", x_in, x_in.device());
-  check_batched(op, "x", x_in, 3);
-  const int64_t B = x_in.size(0), C = x_in.size(1);
-  TORCH_CHECK(num_groups > 0 && C % num_groups == 0, "ddpm_fast::", op, ": num_groups must be a positive divisor of C=",
-              C, ", got ", num_groups);
-  check_data(op, "weight", weight_in, x_in.device());
-  check_data(op, "bias", bias_in, x_in.device());
-  TORCH_CHECK(weight_in.dim() == 1 && weight_in.size(0) == C, "ddpm_fast::", op, ": weight must have shape [", C,
-              "], got ", weight_in.sizes());
-  TORCH_CHECK(bias_in.dim() == 1 && bias_in.size(0) == C, "ddpm_fast::", op, ": bias must have shape [", C, "], got ",
-              bias_in.sizes());
-  check_enum(op, "temb_mode", temb_mode, 3);
-  TORCH_CHECK(temb_mode == TEMB_NONE || temb_in.has_value(), "ddpm_fast::", op, ": temb_mode ", temb_mode,
-              " needs a temb tensor");
-  if (temb_in.has_value()) check_temb(op, *temb_in, x_in);
-  TORCH_CHECK(eps >= 0.0, "ddpm_fast::", op, ": eps must be >= 0, got ", eps);
+  const GroupNormSizes s = check_groupnorm_temb_silu_args(op, x_in, weight_in, bias_in, temb_in, num_groups, eps,
+                                                          temb_mode);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), w = weight_in.contiguous(), b = bias_in.contiguous();
   at::Tensor temb;
   if (temb_mode != TEMB_NONE) temb = temb_in->contiguous();
   at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
-  const int64_t HW = B * C == 0 ? 0 : x.numel() / (B * C);
   check_launch(op, launch_groupnorm_temb_silu(
                        out.data_ptr(), x.data_ptr(), dtype_code(x), w.data_ptr(), dtype_code(w), b.data_ptr(),
                        dtype_code(b), temb_mode != TEMB_NONE ? temb.data_ptr() : nullptr,
-                       temb_mode != TEMB_NONE ? dtype_code(temb) : DT_FLOAT32, B, C, HW, num_groups,
+                       temb_mode != TEMB_NONE ? dtype_code(temb) : DT_FLOAT32, s.B, s.C, s.HW, num_groups,
                        static_cast<float>(eps), static_cast<int>(temb_mode), apply_silu,
                        at::cuda::getCurrentCUDAStream()));
   return out;
@@ -260,8 +199,8 @@ at::Tensor groupnorm_temb_silu(const at::Tensor& x_in, const at::Tensor& weight_
 
 TORCH_LIBRARY_IMPL(ddpm_fast, CUDA, m) {
   m.impl("_philox4x32_10", &philox4x32_10_words);
-  m.impl("philox_normal", &philox_normal);
-  m.impl("philox_uniform", &philox_uniform);
+  m.impl("philox_normal", &philox<true>);
+  m.impl("philox_uniform", &philox<false>);
   m.impl("q_sample", &q_sample);
   m.impl("q_sample_seeded", &q_sample_seeded);
   m.impl("reverse_step", &reverse_step);

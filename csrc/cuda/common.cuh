@@ -89,6 +89,15 @@ inline bool quad_aligned(const void* p, int dt) {
   return p == nullptr || reinterpret_cast<uintptr_t>(p) % bytes == 0;
 }
 
+// Whether a step kernel (reverse_step, ddim_step) over samples of N elements may use vector
+// accesses: quads never straddle samples and every quad of out, x_t, model_out and the given
+// noise is one aligned access.
+inline bool step_quads_aligned(int64_t N, const void* out, const void* x_t, int dtype, const void* model_out,
+                               int m_dtype, const NoiseArg& noise) {
+  return N % 4 == 0 && quad_aligned(out, dtype) && quad_aligned(x_t, dtype) && quad_aligned(model_out, m_dtype) &&
+         quad_aligned(noise.noise, noise.noise_dtype);
+}
+
 __device__ __forceinline__ int64_t timestep(const TimestepArg& t, int64_t b) {
   return load_timestep(t.ptr, t.is_int64, t.stride, b);
 }

@@ -41,8 +41,7 @@ cudaError_t launch_reverse_step(void* out, const void* x_t, int dtype, const voi
   const int64_t work = B * ((N + 3) / 4);
   if (work == 0) return cudaSuccess;
   const unsigned int grid = blocks_for(work);
-  const bool vec = N % 4 == 0 && quad_aligned(out, dtype) && quad_aligned(x_t, dtype) &&
-                   quad_aligned(model_out, m_dtype) && quad_aligned(noise.noise, noise.noise_dtype);
+  const bool vec = step_quads_aligned(N, out, x_t, dtype, model_out, m_dtype, noise);
   if (prediction_type == PRED_EPSILON) {
     reverse_step_kernel<PRED_EPSILON><<<grid, kThreads, 0, stream>>>(out, x_t, dtype, model_out, m_dtype, noise, t,
                                                                     table, variance_type, clip, clip_range, B, N, vec);
