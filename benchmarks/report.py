@@ -172,6 +172,9 @@ def main(argv=None) -> int:
         print("no JSON given and none under .benchmarks/; run pytest benchmarks/ --benchmark-only "
               "--benchmark-json=bench.json first", file=sys.stderr)
         return 2
+    if not os.path.isfile(path):
+        print(f"{path}: no such file", file=sys.stderr)
+        return 2
     with open(path) as f:
         rows = rows_from_json(json.load(f))
     if not rows:
