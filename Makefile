@@ -20,7 +20,9 @@ demo: install
 	$(PYTHON) -m ddpm_fast demo
 
 bench: install
-	$(PYTHON) -m pytest benchmarks/ --benchmark-only -q
+	mkdir -p .benchmarks
+	$(PYTHON) -m pytest benchmarks/ --benchmark-only -q --benchmark-json=.benchmarks/latest.json
+	$(PYTHON) -m benchmarks.report .benchmarks/latest.json
 
 clean:
 	rm -rf build *.egg-info ddpm_fast/*.so .pytest_cache

@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 __all__ = ["NoiseSchedule", "q_sample", "reverse_step", "ddim_step", "temb_add",
            "groupnorm_temb_silu", "sinusoidal_embedding", "backends", "set_backend",
-           "get_backend", "use_backend", "sample", "UNet", "train", "__version__"]
+           "get_backend", "use_backend", "sample", "UNet", "train", "clear_cache", "__version__"]
 
 
 def __getattr__(name):
@@ -24,6 +24,9 @@ def __getattr__(name):
     if name == "UNet":
         from .models.unet import UNet
         return UNet
+    if name == "clear_cache":
+        from .samplers.fast import clear_cache
+        return clear_cache
     if name == "train":
         from .training.trainer import train
         return train

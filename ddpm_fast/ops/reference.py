@@ -21,8 +21,9 @@ BACKEND = "reference"
 
 def _coef(table: torch.Tensor, t: torch.Tensor, col: int, ndim: int, dtype=torch.float32) -> torch.Tensor:
     """table[t, col] as float32 shaped to broadcast over a [B, ...] tensor of rank ndim."""
-    c = table[t.long(), col].to(dtype)
-    return c.reshape(-1, *([1] * (ndim - 1))) if c.dim() > 0 else c
+    # index_select, not table[t, col]: indexing with a 0-dim device tensor is an .item() (a sync)
+    c = table.index_select(0, t.reshape(-1).long())[:, col].to(dtype)
+    return c.reshape(-1, *([1] * (ndim - 1))) if t.dim() > 0 else c.reshape(())
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
