@@ -15,13 +15,9 @@ from ddpm_fast.schedule import NoiseSchedule
 
 pytestmark = pytest.mark.triton
 
-HAS_CUDA = torch.cuda.is_available()
-DEV = torch.device("cuda" if HAS_CUDA else "cpu")
-_why = dispatch._unavailable_reason("triton", DEV.type)
-if _why:
-    pytest.skip(f"triton backend unavailable: {_why}", allow_module_level=True)
+from triton_env import DEV, HAS_CUDA, triton_ops_or_skip  # noqa: E402
 
-ops = torch.ops.ddpm_fast_triton
+ops = triton_ops_or_skip()
 SEED = torch.tensor(42, dtype=torch.int64, device=DEV)
 
 

@@ -14,13 +14,9 @@ from ddpm_fast.schedule import NoiseSchedule
 
 pytestmark = pytest.mark.triton
 
-HAS_CUDA = torch.cuda.is_available()
-DEV = torch.device("cuda" if HAS_CUDA else "cpu")
-_why = dispatch._unavailable_reason("triton", DEV.type)
-if _why:
-    pytest.skip(f"triton backend unavailable: {_why}", allow_module_level=True)
+from triton_env import DEV, HAS_CUDA, triton_ops_or_skip  # noqa: E402
 
-ops = torch.ops.ddpm_fast_triton
+ops = triton_ops_or_skip()
 FLOOR = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 SHAPES = [(1, 1, 1, 1), (3, 5, 7, 9), (1, 4, 6), (2, 3, 8, 8)]

@@ -6,22 +6,17 @@ import pytest
 import torch
 
 from ddpm_fast import noise
-from ddpm_fast.ops import dispatch
 
 pytestmark = pytest.mark.triton
 
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 
-if dispatch._unavailable_reason("triton", "cuda" if torch.cuda.is_available() else "cpu"):
-    pytest.skip("triton backend unavailable: "
-                + str(dispatch._unavailable_reason("triton", "cuda" if torch.cuda.is_available() else "cpu")),
-                allow_module_level=True)
+from triton_env import DEV, triton_ops_or_skip  # noqa: E402
+
+ops = triton_ops_or_skip()
 
 from ddpm_fast.ops.triton.philox import philox_words, sincos_0_2pi  # noqa: E402
-
-DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-ops = torch.ops.ddpm_fast_triton
 KAT = Path(__file__).parent / "data" / "philox4x32_10_kat.txt"
 
 
