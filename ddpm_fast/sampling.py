@@ -58,6 +58,8 @@ def sample(model: Callable, shape: Sequence[int], *,
     ``return_intermediates`` (x_t every ``intermediate_every`` steps).
     """
     reject_wrapped_diffusion(model)
+    if return_intermediates and not (isinstance(intermediate_every, int) and intermediate_every > 0):
+        raise ValueError(f"intermediate_every must be an int > 0, got {intermediate_every!r}")
     schedule, pred = _resolve_schedule(schedule, prediction_type)
     shape = _check_shape(shape)
     device = torch.device(device) if device is not None else (model_device(model) or torch.device("cpu"))
@@ -78,22 +80,32 @@ def sample(model: Callable, shape: Sequence[int], *,
 def _sample_chunks(spec: SamplerSpec, model, model_kwargs, seed: int, x_T, chunk_size, progress, every):
     """Sample in chunks of ``chunk_size``; each chunk counts its noise from its global offset."""
     B = spec.shape[0]
-    chunk = B if not chunk_size else int(chunk_size)
-    if chunk <= 0:
-        raise ValueError(f"chunk_size must be > 0, got {chunk_size}")
+    ranges = chunk_ranges(B, chunk_size)
     dtype = model_input_dtype(model)
     seed_t = as_seed(seed, spec.device)
     if x_T is not None:
         _check_x_T(x_T, spec.shape)
     outs, inters = [], []
-    for start in range(0, B, chunk):
-        n = min(chunk, B - start)
+    for start, n in ranges:
         sub = spec if n == B else _sub_spec(spec, start, n)
         call = make_caller(model, _slice_kwargs(model_kwargs, start, n, B), dtype)
         x = _start_noise(sub, seed_t, None if x_T is None else x_T[start:start + n])
         x, inter = run_eager(sub, call, x, seed_t, progress, every)
         outs.append(x)
         inters.append(inter)
+    return join_chunks(outs, inters, every)
+
+
+def chunk_ranges(B: int, chunk_size: Optional[int]) -> list[tuple[int, int]]:
+    """(start, n) of each chunk of at most ``chunk_size`` samples (None: one chunk)."""
+    chunk = B if not chunk_size else int(chunk_size)
+    if chunk <= 0:
+        raise ValueError(f"chunk_size must be > 0, got {chunk_size}")
+    return [(start, min(chunk, B - start)) for start in range(0, B, chunk)]
+
+
+def join_chunks(outs: list, inters: list, every: int):
+    """The chunks' results as sample() returns them: x_0, or (x_0, intermediates)."""
     x = outs[0] if len(outs) == 1 else torch.cat(outs)
     if every:
         return x, [torch.cat(parts) for parts in zip(*inters)]
@@ -121,12 +133,13 @@ def _start_noise(spec: SamplerSpec, seed_t: torch.Tensor, x_T: Optional[torch.Te
     return x_T.to(spec.device, spec.dtype)
 
 
-def _check_x_T(x_T, shape) -> None:
+def _check_x_T(x_T, shape, *, finite: bool = True) -> None:
+    """Shape and dtype of a user's x_T; with ``finite`` also its values (a host read)."""
     if not isinstance(x_T, torch.Tensor) or tuple(x_T.shape) != shape:
         raise ValueError(f"x_T must be a tensor of shape {shape}")
     if not x_T.is_floating_point():
         raise TypeError(f"x_T must be floating point, got {x_T.dtype}")
-    if not torch.isfinite(x_T).all():
+    if finite and not torch.isfinite(x_T).all():
         raise ValueError("x_T contains NaN or inf")
 
 

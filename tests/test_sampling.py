@@ -200,3 +200,9 @@ def test_backends_report():
     assert b["reference"] == "available"
     assert set(b) == {"reference", "cpp", "cuda", "triton"}
     assert all(v == "available" or v.startswith("unavailable: ") for v in b.values())
+
+
+def test_intermediates_need_a_positive_interval():
+    with pytest.raises(ValueError, match="intermediate_every"):
+        ddpm_fast.sample(ElementwiseEps(), (1, 1, 2, 2), schedule=SCHED, seed=0,
+                         return_intermediates=True, intermediate_every=0)

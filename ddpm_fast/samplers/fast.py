@@ -24,7 +24,7 @@ import torch
 
 from . import cache
 from .graph import GRAPH_MODES, GraphSampler, LoopSampler
-from .loop import SamplerSpec
+from .loop import SamplerSpec, nonfinite_error
 
 __all__ = ["sample_fast", "graph_mode", "clear_cache"]
 
@@ -57,18 +57,15 @@ def sample_fast(spec: SamplerSpec, model: Callable, model_kwargs: Optional[dict]
     [B, ...], or ``(x_0, intermediates)``; each chunk counts its noise from its global sample
     offset, so chunking never changes a sample. Raises FloatingPointError after the loop if
     the model produced NaN/inf (spec.check_nan)."""
-    from ..sampling import _check_x_T, _draw_seed, _sample_chunks, _slice_kwargs, _sub_spec
+    from ..sampling import (_check_x_T, _draw_seed, _sample_chunks, _slice_kwargs, _sub_spec,
+                            chunk_ranges, join_chunks)
     mode = graph_mode(cuda_graph, spec.device)
     if not compile and mode is None:   # nothing to speed up: the plain eager loop
         return _sample_chunks(spec, model, model_kwargs, _draw_seed() if seed is None else seed, x_T,
                               chunk_size, progress, intermediate_every if return_intermediates else 0)
     B = spec.shape[0]
-    chunk = B if not chunk_size else int(chunk_size)
-    if chunk <= 0:
-        raise ValueError(f"chunk_size must be > 0, got {chunk_size}")
-    every = intermediate_every if return_intermediates else 0
-    if return_intermediates and not (isinstance(intermediate_every, int) and intermediate_every > 0):
-        raise ValueError(f"intermediate_every must be an int > 0, got {intermediate_every!r}")
+    ranges = chunk_ranges(B, chunk_size)
+    every = intermediate_every if return_intermediates else 0  # validated by sample()
     seed = _draw_seed() if seed is None else seed
     x_T_ok = _check_start(x_T, spec, _check_x_T)
     from .compiled import compile_kwargs
@@ -78,8 +75,7 @@ def sample_fast(spec: SamplerSpec, model: Callable, model_kwargs: Optional[dict]
     what = _what(ckw, mode)
 
     outs, inters, bads = [], [], []
-    for start in range(0, B, chunk):
-        n = min(chunk, B - start)
+    for start, n in ranges:
         sub = spec if n == B else _sub_spec(spec, start, n)
         kw = _slice_kwargs(model_kwargs, start, n, B)
         key = cache.make_key(model, sub, digest, cache.kwargs_layout(kw), mode_key)
@@ -91,10 +87,7 @@ def sample_fast(spec: SamplerSpec, model: Callable, model_kwargs: Optional[dict]
         inters.append(inter)
         bads.append(bad)
     _raise_if_bad(bads, x_T_ok, spec.check_nan)
-    x = outs[0] if len(outs) == 1 else torch.cat(outs)
-    if every:
-        return x, [torch.cat(parts) for parts in zip(*inters)]
-    return x
+    return join_chunks(outs, inters, every)
 
 
 def _build(spec, model, kwargs, ckw, mode, every, auto: bool):
@@ -124,14 +117,9 @@ def _check_start(x_T, spec: SamplerSpec, check_x_T) -> Optional[torch.Tensor]:
     NaN record after the loop (a host check here would sync). Returns that device flag."""
     if x_T is None:
         return None
-    if spec.device.type == "cpu" or not isinstance(x_T, torch.Tensor):
-        check_x_T(x_T, spec.shape)
-        return None
-    if tuple(x_T.shape) != spec.shape:
-        raise ValueError(f"x_T must be a tensor of shape {spec.shape}")
-    if not x_T.is_floating_point():
-        raise TypeError(f"x_T must be floating point, got {x_T.dtype}")
-    return torch.isfinite(x_T).all()
+    on_host = spec.device.type == "cpu" or not isinstance(x_T, torch.Tensor)
+    check_x_T(x_T, spec.shape, finite=on_host)
+    return None if on_host else torch.isfinite(x_T).all()
 
 
 def _raise_if_bad(bads: list, x_T_ok: Optional[torch.Tensor], check_nan: bool) -> None:
@@ -147,9 +135,7 @@ def _raise_if_bad(bads: list, x_T_ok: Optional[torch.Tensor], check_nan: bool) -
     if check_nan:
         bad = [t for t in vals if t >= 0]
         if bad:
-            raise FloatingPointError(
-                f"the model output was not finite (NaN/inf) at timestep {max(bad)}; the samples are "
-                "invalid (check the model's dtype/weights, or pass check_nan=False to skip this check)")
+            raise nonfinite_error(max(bad))
 
 
 def _table_digest(spec: SamplerSpec) -> Any:

@@ -15,7 +15,7 @@ import torch
 
 from ..noise import STREAM_INIT
 from ..ops import implementation
-from ..ops.enums import PRED_EPSILON, PREDICTION_TYPES, VARIANCE_TYPES
+from ..ops.enums import PREDICTION_TYPES, VARIANCE_TYPES
 from .plan import Plan
 
 
@@ -71,6 +71,13 @@ class SamplerSpec:
             self.pred_code, self.clip_denoised, self.clip_range, self.final_alpha_bar)
 
 
+def nonfinite_error(t: int) -> FloatingPointError:
+    """The error for a model output with NaN/inf first seen at timestep ``t`` (every loop)."""
+    return FloatingPointError(
+        f"the model output was not finite (NaN/inf) at timestep {t}; the samples are invalid "
+        "(check the model's dtype/weights, or pass check_nan=False to skip this check)")
+
+
 class NonFiniteTracker:
     """Records, on the device, the first timestep whose model output was not finite."""
 
@@ -87,9 +94,7 @@ class NonFiniteTracker:
         if self.enabled:
             t = int(self.first_bad)  # the loop's one host sync, after the last step
             if t >= 0:
-                raise FloatingPointError(
-                    f"the model output was not finite (NaN/inf) at timestep {t}; the samples are "
-                    "invalid (check the model's dtype/weights, or pass check_nan=False to skip this check)")
+                raise nonfinite_error(t)
 
 
 def run_eager(spec: SamplerSpec, call: Callable, x: torch.Tensor, seed: torch.Tensor,
