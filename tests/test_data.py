@@ -1,6 +1,5 @@
 """Data: the embedded digits, image folders, IDX files (plain and gzip), batch positions."""
 import gzip
-import os
 
 import numpy as np
 import pytest

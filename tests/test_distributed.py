@@ -1,7 +1,6 @@
 """Two gloo processes on the CPU (torchrun, localhost only): DDP training keeps the ranks'
 weights identical and matches one process with the same global batch; sharded sampling gives
 exactly the single-process samples for the same seed."""
-import json
 import os
 import subprocess
 import sys

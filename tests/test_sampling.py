@@ -4,7 +4,7 @@ import torch
 
 import ddpm_fast
 from ddpm_fast import NoiseSchedule, reverse_step
-from ddpm_fast.noise import STREAM_INIT, STREAM_STEP, philox_normal
+from ddpm_fast.noise import STREAM_INIT, philox_normal
 
 SCHED = NoiseSchedule.linear(20)
 

@@ -13,7 +13,7 @@ import torch
 from . import reference as _reference  # noqa: F401 — registers the reference backend
 from .dispatch import (BACKENDS, BackendUnavailableError, backends, get_backend, implementation,
                        set_backend, use_backend)
-from .enums import PRED_EPSILON, TEMB_MODES, prediction_code, variance_code
+from .enums import TEMB_MODES, prediction_code, variance_code
 from .validate import (as_seed, as_table, as_timestep, check_float, check_rank, check_same_device,
                        check_same_shape)
 from .dispatch import preload as _preload

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ..noise import STREAM_Q_SAMPLE, STREAM_STEP, philox_normal, philox_uniform
 from ..schedule import Col
 from .dispatch import register
-from .enums import PRED_EPSILON, PRED_SAMPLE, PRED_V, TEMB_AFTER_NORM, TEMB_BEFORE_NORM, VAR_FIXED_SMALL
+from .enums import PRED_EPSILON, PRED_SAMPLE, TEMB_AFTER_NORM, TEMB_BEFORE_NORM, VAR_FIXED_SMALL
 
 BACKEND = "reference"
 

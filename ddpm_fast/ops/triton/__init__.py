@@ -11,7 +11,6 @@ Every op copies non-contiguous inputs to contiguous and returns contiguous outpu
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (AOT_DTYPES, ELEMENTWISE_CONFIGS, autotuned, check_seed, check_timestep, define_op,
+from ._common import (ELEMENTWISE_CONFIGS, autotuned, check_seed, check_timestep, define_op,
                       elementwise_grid, launch, load_timestep, make_spec)
 
 TWO_PI_F32: tl.constexpr = tl.constexpr(6.2831854820251465)   # float32(2*pi), as ddpm_fast.noise

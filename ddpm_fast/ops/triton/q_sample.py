@@ -6,7 +6,6 @@ not. Coefficients read from the schedule table at t[b] on the device (no host sy
 """
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 import triton
