@@ -82,10 +82,15 @@ def _ptx_bytes(quals: str) -> int:
 def ptx_access_widths(ptx: str) -> dict:
     """Widest global load / store (bytes per thread per instruction) in PTX text, and how many
     of each there are: {"load": 16, "store": 16, "n_load": 4, "n_store": 2}. 0 when none."""
+    return _tally_accesses(_PTX_ACCESS.finditer(ptx), "ld", _ptx_bytes)
+
+
+def _tally_accesses(matches, load_op: str, width_of) -> dict:
+    """Widest load/store and their counts from regex matches (group 1 = op, group 2 = modifiers)."""
     res = {"load": 0, "store": 0, "n_load": 0, "n_store": 0}
-    for m in _PTX_ACCESS.finditer(ptx):
-        kind = "load" if m.group(1) == "ld" else "store"
-        res[kind] = max(res[kind], _ptx_bytes(m.group(2)))
+    for m in matches:
+        kind = "load" if m.group(1) == load_op else "store"
+        res[kind] = max(res[kind], width_of(m.group(2)))
         res["n_" + kind] += 1
     return res
 
@@ -104,12 +109,7 @@ def _sass_bytes(mods: str) -> int:
 
 def sass_access_widths(sass: str) -> dict:
     """Like ``ptx_access_widths`` for ``cuobjdump -sass`` text of one function."""
-    res = {"load": 0, "store": 0, "n_load": 0, "n_store": 0}
-    for m in _SASS_ACCESS.finditer(sass):
-        kind = "load" if m.group(1) == "LDG" else "store"
-        res[kind] = max(res[kind], _sass_bytes(m.group(2)))
-        res["n_" + kind] += 1
-    return res
+    return _tally_accesses(_SASS_ACCESS.finditer(sass), "LDG", _sass_bytes)
 
 
 _SASS_ARCH = re.compile(r"arch = (sm_\d+a?)")
