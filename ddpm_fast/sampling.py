@@ -6,10 +6,11 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 
 from .ops.enums import VARIANCE_TYPES
-from .ops.validate import as_seed
-from .samplers.adapters import (canonical_prediction, make_caller, model_device,
-                                model_input_dtype, reject_wrapped_diffusion)
-from .samplers.loop import SamplerSpec, run_eager
+from .samplers.adapters import canonical_prediction, model_device, reject_wrapped_diffusion
+from .samplers.chunks import draw_seed
+from .samplers.eager import sample_eager
+from .samplers.fast import graph_mode, sample_fast
+from .samplers.loop import SamplerSpec
 from .samplers.plan import ddim_plan, ddpm_plan
 from .schedule import Col, NoiseSchedule
 
@@ -66,81 +67,14 @@ def sample(model: Callable, shape: Sequence[int], *,
     spec = _make_spec(schedule, pred, shape, device, dtype, sampler, steps, eta, variance_type,
                       clip_denoised, clip_range, timestep_spacing, steps_offset, set_alpha_to_one,
                       sample_offset, backend, check_nan)
-    if compile or cuda_graph or (cuda_graph is None and device.type == "cuda"):
-        from .samplers import fast  # the compiled / graph-captured loop (issue 5)
-        return fast.sample_fast(spec, model, model_kwargs, seed, x_T, compile=compile,
-                                cuda_graph=cuda_graph, chunk_size=chunk_size, progress=progress,
-                                return_intermediates=return_intermediates,
-                                intermediate_every=intermediate_every, schedule=schedule)
-    seed = _draw_seed() if seed is None else seed
-    return _sample_chunks(spec, model, model_kwargs, seed, x_T, chunk_size, progress,
-                          intermediate_every if return_intermediates else 0)
-
-
-def _sample_chunks(spec: SamplerSpec, model, model_kwargs, seed: int, x_T, chunk_size, progress, every):
-    """Sample in chunks of ``chunk_size``; each chunk counts its noise from its global offset."""
-    B = spec.shape[0]
-    ranges = chunk_ranges(B, chunk_size)
-    dtype = model_input_dtype(model)
-    seed_t = as_seed(seed, spec.device)
-    if x_T is not None:
-        _check_x_T(x_T, spec.shape)
-    outs, inters = [], []
-    for start, n in ranges:
-        sub = spec if n == B else _sub_spec(spec, start, n)
-        call = make_caller(model, _slice_kwargs(model_kwargs, start, n, B), dtype)
-        x = _start_noise(sub, seed_t, None if x_T is None else x_T[start:start + n])
-        x, inter = run_eager(sub, call, x, seed_t, progress, every)
-        outs.append(x)
-        inters.append(inter)
-    return join_chunks(outs, inters, every)
-
-
-def chunk_ranges(B: int, chunk_size: Optional[int]) -> list[tuple[int, int]]:
-    """(start, n) of each chunk of at most ``chunk_size`` samples (None: one chunk)."""
-    chunk = B if not chunk_size else int(chunk_size)
-    if chunk <= 0:
-        raise ValueError(f"chunk_size must be > 0, got {chunk_size}")
-    return [(start, min(chunk, B - start)) for start in range(0, B, chunk)]
-
-
-def join_chunks(outs: list, inters: list, every: int):
-    """The chunks' results as sample() returns them: x_0, or (x_0, intermediates)."""
-    x = outs[0] if len(outs) == 1 else torch.cat(outs)
-    if every:
-        return x, [torch.cat(parts) for parts in zip(*inters)]
-    return x
-
-
-def _slice_kwargs(model_kwargs, start: int, n: int, B: int):
-    """Per-sample model kwargs (class labels: a tensor with B rows) follow the chunk."""
-    if not model_kwargs or n == B:
-        return model_kwargs
-    return {k: (v[start:start + n] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == B else v)
-            for k, v in model_kwargs.items()}
-
-
-def _sub_spec(spec: SamplerSpec, start: int, n: int) -> SamplerSpec:
-    import dataclasses
-    sub = dataclasses.replace(spec, shape=(n, *spec.shape[1:]), sample_offset=spec.sample_offset + start)
-    sub.impls = spec.impls
-    return sub
-
-
-def _start_noise(spec: SamplerSpec, seed_t: torch.Tensor, x_T: Optional[torch.Tensor]) -> torch.Tensor:
-    if x_T is None:
-        return spec.initial_noise(seed_t)
-    return x_T.to(spec.device, spec.dtype)
-
-
-def _check_x_T(x_T, shape, *, finite: bool = True) -> None:
-    """Shape and dtype of a user's x_T; with ``finite`` also its values (a host read)."""
-    if not isinstance(x_T, torch.Tensor) or tuple(x_T.shape) != shape:
-        raise ValueError(f"x_T must be a tensor of shape {shape}")
-    if not x_T.is_floating_point():
-        raise TypeError(f"x_T must be floating point, got {x_T.dtype}")
-    if finite and not torch.isfinite(x_T).all():
-        raise ValueError("x_T contains NaN or inf")
+    every = intermediate_every if return_intermediates else 0
+    mode = graph_mode(cuda_graph, device)
+    if compile or mode is not None:
+        return sample_fast(spec, model, model_kwargs, seed, x_T, compile=compile, mode=mode,
+                           auto_graph=cuda_graph is None, chunk_size=chunk_size, progress=progress,
+                           every=every, schedule=schedule)
+    return sample_eager(spec, model, model_kwargs, draw_seed() if seed is None else seed, x_T,
+                        chunk_size, progress, every)
 
 
 def _make_spec(schedule, pred, shape, device, dtype, sampler, steps, eta, variance_type,
@@ -207,7 +141,3 @@ def _check_shape(shape) -> tuple[int, ...]:
     if len(shape) < 2 or any(s <= 0 for s in shape):
         raise ValueError(f"shape must be (B, ...) with positive sizes, got {shape}")
     return shape
-
-
-def _draw_seed() -> int:
-    return int(torch.randint(0, 2 ** 62, (1,)).item())

@@ -1,6 +1,6 @@
 """The fast sampler (ddpm_fast/samplers/fast.py): compiled and CUDA-graph-captured loops give
 the eager sampler's samples, reuse their compile/capture, rebuild when weights are replaced,
-never sync inside the loop and never touch the user's RNG (PITFALLS.md, Speed and
+never sync inside the loop and never touch the user's RNG (docs/pitfalls.md, Speed and
 Reproducibility).
 
 On CPU the Inductor tests compile a small UNet once (shared by the DDPM and DDIM runs); the

@@ -18,7 +18,7 @@ _LUCIDRAINS_OBJECTIVES = {"pred_noise": "epsilon", "pred_x0": "sample", "pred_v"
 def reject_wrapped_diffusion(model: Any) -> None:
     """lucidrains' GaussianDiffusion holds the network in ``.model`` and its own schedule and
     objective (v-prediction + sigmoid schedule by default): sampling it as an eps-model would give
-    wrong images silently, so say what to pass instead (PITFALLS.md)."""
+    wrong images silently, so say what to pass instead (docs/pitfalls.md, Scheduler math)."""
     if hasattr(model, "objective") and hasattr(model, "model") and hasattr(model, "betas"):
         pred = _LUCIDRAINS_OBJECTIVES.get(getattr(model, "objective", ""), "?")
         raise TypeError(

@@ -8,7 +8,7 @@ Per step i (the counter ``i`` is an int64 [1] device tensor):
 
 ``bad`` (int64 [1]) is the first timestep whose model output was not finite (-1 while all
 were), reported once after the loop. Nothing here synchronises with the host, so the same code
-runs eagerly, compiled, and inside a captured CUDA graph (PITFALLS.md, Speed).
+runs eagerly, compiled, and inside a captured CUDA graph (docs/pitfalls.md, Speed).
 
 Timesteps go to the model and to the fused step as int64 [B] (the contract allows [] or [B]):
 indexing a table with a 0-dim *device* tensor (``table[t, col]``) makes PyTorch call ``.item()``

@@ -1,5 +1,5 @@
-"""The fast sampler behind ``ddpm_fast.sample(..., compile=, cuda_graph=)`` (DESIGN.md, "The
-fast sampler"; issue 5).
+"""The fast sampler behind ``ddpm_fast.sample(..., compile=, cuda_graph=)`` (the eager
+one is samplers/eager.py).
 
 - ``compile=True`` (or a mode name, or a dict of ``torch.compile`` kwargs): the model and the
   step are compiled (Inductor; on CPU too). With the reference backend the step's Philox noise
@@ -23,6 +23,8 @@ from typing import Any, Callable, Optional, Union
 import torch
 
 from . import cache
+from .chunks import check_x_T, chunk_ranges, draw_seed, join_chunks, slice_kwargs, sub_spec
+from .compiled import compile_kwargs
 from .graph import GRAPH_MODES, GraphSampler, LoopSampler
 from .loop import SamplerSpec, nonfinite_error
 
@@ -47,28 +49,20 @@ def graph_mode(cuda_graph: Union[bool, str, None], device: torch.device) -> Opti
 
 
 def sample_fast(spec: SamplerSpec, model: Callable, model_kwargs: Optional[dict], seed: Any,
-                x_T: Optional[torch.Tensor], *, compile: Union[bool, str, dict] = False,
-                cuda_graph: Union[bool, str, None] = None, chunk_size: Optional[int] = None,
-                progress: bool = False, return_intermediates: bool = False,
-                intermediate_every: int = 100, schedule=None):
+                x_T: Optional[torch.Tensor], *, compile: Union[bool, str, dict], mode: Optional[str],
+                auto_graph: bool, chunk_size: Optional[int], progress: bool, every: int, schedule=None):
     """Sample ``spec.shape`` with the compiled and/or graph-captured loop (see module docstring).
 
-    Same arguments and results as ``ddpm_fast.sample``'s eager path: x_0 in spec.dtype
-    [B, ...], or ``(x_0, intermediates)``; each chunk counts its noise from its global sample
-    offset, so chunking never changes a sample. Raises FloatingPointError after the loop if
-    the model produced NaN/inf (spec.check_nan)."""
-    from ..sampling import (_check_x_T, _draw_seed, _sample_chunks, _slice_kwargs, _sub_spec,
-                            chunk_ranges, join_chunks)
-    mode = graph_mode(cuda_graph, spec.device)
-    if not compile and mode is None:   # nothing to speed up: the plain eager loop
-        return _sample_chunks(spec, model, model_kwargs, _draw_seed() if seed is None else seed, x_T,
-                              chunk_size, progress, intermediate_every if return_intermediates else 0)
+    ``mode`` is ``graph_mode(cuda_graph, device)``; ``compile`` or ``mode`` is set (else the
+    eager sampler, samplers/eager.py, runs). ``auto_graph``: the graph was not asked for
+    (cuda_graph=None), so a failed capture falls back with a warning instead of raising.
+    Same results as the eager sampler: x_0 in spec.dtype [B, ...], or ``(x_0, intermediates)``
+    when ``every`` > 0; each chunk counts its noise from its global sample offset. Raises
+    FloatingPointError after the loop if the model produced NaN/inf (spec.check_nan)."""
     B = spec.shape[0]
     ranges = chunk_ranges(B, chunk_size)
-    every = intermediate_every if return_intermediates else 0  # validated by sample()
-    seed = _draw_seed() if seed is None else seed
-    x_T_ok = _check_start(x_T, spec, _check_x_T)
-    from .compiled import compile_kwargs
+    seed = draw_seed() if seed is None else seed
+    x_T_ok = _check_start(x_T, spec)
     ckw = compile_kwargs(compile, capturing=mode is not None) if compile else None
     digest = cache.schedule_fingerprint(schedule) if schedule is not None else _table_digest(spec)
     mode_key = (repr(sorted(ckw.items())) if ckw else None, mode, every if mode == "loop" else 0)
@@ -76,11 +70,11 @@ def sample_fast(spec: SamplerSpec, model: Callable, model_kwargs: Optional[dict]
 
     outs, inters, bads = [], [], []
     for start, n in ranges:
-        sub = spec if n == B else _sub_spec(spec, start, n)
-        kw = _slice_kwargs(model_kwargs, start, n, B)
+        sub = spec if n == B else sub_spec(spec, start, n)
+        kw = slice_kwargs(model_kwargs, start, n, B)
         key = cache.make_key(model, sub, digest, cache.kwargs_layout(kw), mode_key)
         runner = cache.get_or_build(model, key, lambda: _build(sub, model, kw, ckw, mode, every,
-                                                               auto=cuda_graph is None),
+                                                               auto=auto_graph),
                                     what, announce=start == 0)
         x, inter, bad = runner.run(seed, None if x_T is None else x_T[start:start + n], kw, progress, every)
         outs.append(x)
@@ -112,14 +106,15 @@ def _what(ckw, mode) -> str:
     return "capturing" if mode else "compiling"
 
 
-def _check_start(x_T, spec: SamplerSpec, check_x_T) -> Optional[torch.Tensor]:
-    """Check x_T; on an accelerator its finiteness is checked on the device and read with the
-    NaN record after the loop (a host check here would sync). Returns that device flag."""
+def _check_start(x_T, spec: SamplerSpec) -> Optional[torch.Tensor]:
+    """Check x_T. A host x_T is checked here (reading it does not wait for the device); one on
+    an accelerator is checked there, and the flag, moved to the sampler's device (x_T may live
+    on another one), is read with the NaN record after the loop. Returns that device flag."""
     if x_T is None:
         return None
-    on_host = spec.device.type == "cpu" or not isinstance(x_T, torch.Tensor)
+    on_host = not isinstance(x_T, torch.Tensor) or x_T.device.type == "cpu"
     check_x_T(x_T, spec.shape, finite=on_host)
-    return None if on_host else torch.isfinite(x_T).all()
+    return None if on_host else torch.isfinite(x_T).all().to(spec.device, non_blocking=True)
 
 
 def _raise_if_bad(bads: list, x_T_ok: Optional[torch.Tensor], check_nan: bool) -> None:

@@ -1,4 +1,4 @@
-"""The sampling loop, written once against the ops interface (DESIGN.md, layer 2).
+"""The sampling loop, written once against the ops interface (docs/ops_contract.md).
 
 Everything the loop needs is resolved up front into a ``SamplerSpec``; the loop itself only
 calls the model and one fused step per timestep. Timesteps live in a device tensor indexed by
