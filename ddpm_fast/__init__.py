@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 __all__ = ["NoiseSchedule", "q_sample", "reverse_step", "ddim_step", "temb_add",
            "groupnorm_temb_silu", "sinusoidal_embedding", "backends", "set_backend",
-           "get_backend", "use_backend", "sample", "UNet", "train", "clear_cache", "__version__"]
+           "get_backend", "use_backend", "sample", "Shared", "UNet", "train", "clear_cache", "__version__"]
 
 
 def __getattr__(name):
@@ -21,6 +21,9 @@ def __getattr__(name):
     if name == "sample":
         from .sampling import sample
         return sample
+    if name == "Shared":
+        from .samplers.chunks import Shared
+        return Shared
     if name == "UNet":
         from .models.unet import UNet
         return UNet

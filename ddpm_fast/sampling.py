@@ -7,6 +7,8 @@ import torch
 
 from .ops.enums import VARIANCE_TYPES
 from .samplers.adapters import canonical_prediction, model_device, reject_wrapped_diffusion
+from .samplers.arguments import (check_device, check_dtype, check_eta, check_model_kwargs,
+                                 check_schedule_table, check_shape, resolve_backend)
 from .samplers.chunks import draw_seed
 from .samplers.eager import sample_eager
 from .samplers.fast import graph_mode, sample_fast
@@ -23,7 +25,7 @@ def sample(model: Callable, shape: Sequence[int], *,
            sampler: str = "ddpm", steps: Optional[int] = None, eta: float = 0.0,
            seed: Optional[int] = None, prediction_type: Optional[str] = None,
            variance_type: str = "fixed_small", clip_denoised: bool = True, clip_range: float = 1.0,
-           model_kwargs: Optional[dict] = None, backend: Optional[str] = "auto",
+           model_kwargs: Optional[dict] = None, backend: Optional[str] = None,
            device: Union[torch.device, str, None] = None, dtype: torch.dtype = torch.float32,
            sample_offset: int = 0, chunk_size: Optional[int] = None,
            timestep_spacing: str = "leading", steps_offset: int = 0, set_alpha_to_one: bool = True,
@@ -36,6 +38,8 @@ def sample(model: Callable, shape: Sequence[int], *,
       (timesteps in [0, T), diffusers/lucidrains convention), returning a tensor of x's shape, or
       an object with ``.sample`` (diffusers ``UNet2DModel``). Class-conditional models get their
       labels through ``model_kwargs`` (e.g. ``{"y": labels}`` or ``{"class_labels": labels}``).
+      x is given in the dtype of an ``nn.Module``'s parameters, to any other callable in ``dtype``.
+    shape: a tuple of ints or a torch.Size (floats and strings are refused, not rounded).
     schedule: a NoiseSchedule, a schedule name ("linear", "cosine", ...; T = 1000), or a diffusers
       scheduler (its config is read, prediction type included). Default: linear, T = 1000.
     sampler: "ddpm" (ancestral, all T steps) or "ddim" (``steps`` respaced timesteps, ``eta``).
@@ -45,7 +49,12 @@ def sample(model: Callable, shape: Sequence[int], *,
     prediction_type: "epsilon" | "sample" | "v_prediction" (None: the schedule's hint, else
       epsilon; a conflicting explicit choice is an error).
     variance_type: "fixed_small" (β̃_t) or "fixed_large" (β_t); no noise is added at t = 0.
-    backend: "auto" | "reference" | "cpp" | "cuda" | "triton" for the fused step.
+    backend: the fused step's backend, "auto" | "reference" | "cpp" | "cuda" | "triton"; None
+      (default) follows the process default (``set_backend``, ``use_backend``, env
+      ``DDPM_FAST_BACKEND``; "auto" unless changed).
+    model_kwargs: a dict passed to every model call. Per-sample values are the tensors whose
+      first dimension is B (labels, embeddings): a chunk gets its rows. Wrap a tensor shared by
+      all samples that happens to have B rows in ``ddpm_fast.Shared(...)``, so chunks get it whole.
     chunk_size: sample at most this many at a time (same results as one batch).
     x_T: start from this noise instead of the seeded one (float [B, ...]).
     check_nan: raise FloatingPointError if the model ever outputs NaN/inf (checked on the
@@ -62,8 +71,11 @@ def sample(model: Callable, shape: Sequence[int], *,
     if return_intermediates and not (isinstance(intermediate_every, int) and intermediate_every > 0):
         raise ValueError(f"intermediate_every must be an int > 0, got {intermediate_every!r}")
     schedule, pred = _resolve_schedule(schedule, prediction_type)
-    shape = _check_shape(shape)
-    device = torch.device(device) if device is not None else (model_device(model) or torch.device("cpu"))
+    shape = check_shape(shape)
+    model_kwargs = check_model_kwargs(model_kwargs)
+    home = model_device(model)
+    device = torch.device(device) if device is not None else (home or torch.device("cpu"))
+    check_device(device, home)
     spec = _make_spec(schedule, pred, shape, device, dtype, sampler, steps, eta, variance_type,
                       clip_denoised, clip_range, timestep_spacing, steps_offset, set_alpha_to_one,
                       sample_offset, backend, check_nan)
@@ -90,14 +102,12 @@ def _make_spec(schedule, pred, shape, device, dtype, sampler, steps, eta, varian
         plan = ddpm_plan(T)
     elif sampler == "ddim":
         plan = ddim_plan(T, T if steps is None else steps, spacing, steps_offset)
-        if not eta >= 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
+        eta = check_eta(eta)
     else:
         raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
     if variance_type not in VARIANCE_TYPES:
         raise ValueError(f"variance_type must be one of {sorted(VARIANCE_TYPES)}, got {variance_type!r}")
-    if dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
-        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    dtype = check_dtype(dtype)
     if not isinstance(sample_offset, int) or sample_offset < 0:
         raise ValueError(f"sample_offset must be an int >= 0, got {sample_offset!r}")
     if not clip_range > 0:
@@ -107,7 +117,7 @@ def _make_spec(schedule, pred, shape, device, dtype, sampler, steps, eta, varian
                        sampler=sampler, prediction_type=pred, variance_type=variance_type,
                        clip_denoised=bool(clip_denoised), clip_range=float(clip_range), eta=float(eta),
                        final_alpha_bar=final, sample_offset=sample_offset,
-                       backend=backend or "auto", check_nan=check_nan)
+                       backend=resolve_backend(backend), check_nan=check_nan)
     return spec.resolve()
 
 
@@ -126,18 +136,9 @@ def _resolve_schedule(schedule, prediction_type):
     if asked and hint and asked != hint:
         raise ValueError(f"prediction_type={asked!r} conflicts with the schedule's {hint!r}")
     pred = asked or hint or "epsilon"
+    check_schedule_table(schedule)
     if pred == "epsilon" and schedule.zero_terminal_snr:
         raise ValueError("a zero-terminal-SNR schedule has alpha_bar_T = 0, where x0 cannot be "
                          "recovered from epsilon (division by zero); train and sample with "
                          "prediction_type='v_prediction'")
     return schedule, pred
-
-
-def _check_shape(shape) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(s) for s in shape)
-    except TypeError:
-        raise TypeError(f"shape must be a sequence of ints (B, ...), got {shape!r}") from None
-    if len(shape) < 2 or any(s <= 0 for s in shape):
-        raise ValueError(f"shape must be (B, ...) with positive sizes, got {shape}")
-    return shape

@@ -5,6 +5,7 @@ No wrapper is needed from the user; we only normalise the output to a tensor and
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Optional
 
 import torch
@@ -27,13 +28,32 @@ def reject_wrapped_diffusion(model: Any) -> None:
             "schedule=NoiseSchedule(diffusion.betas))")
 
 
-def model_input_dtype(model: Any) -> torch.dtype:
-    """The dtype the model computes in (its first floating parameter), float32 otherwise."""
+def model_input_dtype(model: Any, default: torch.dtype = torch.float32) -> torch.dtype:
+    """The dtype the model computes in: an nn.Module's first floating parameter's; for any
+    other callable (whose weights we cannot see) ``default``, the sampler's dtype."""
     if isinstance(model, torch.nn.Module):
         for p in model.parameters():
             if p.is_floating_point():
                 return p.dtype
-    return torch.float32
+    return default
+
+
+# torch's wording for a dtype clash inside a model (linear, conv, matmul, norm layers)
+_DTYPE_CLASH = re.compile(r"dtype|scalar type|Input type|should be the same", re.IGNORECASE)
+
+
+def call_model(model: Callable, x: torch.Tensor, t: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    """``model(x, t, **kwargs)`` as a tensor. A dtype clash inside the model (x in one dtype,
+    its weights in another) is re-raised saying which dtype x had and how to change it."""
+    try:
+        return unwrap_output(model(x, t, **kwargs))
+    except RuntimeError as e:
+        if not _DTYPE_CLASH.search(str(e)):
+            raise
+        raise TypeError(
+            f"the model failed on x of dtype {x.dtype} ({e}). sample() gives an nn.Module x in its "
+            "parameters' dtype and any other callable x in sample()'s dtype=: pass "
+            "dtype=<the dtype the model computes in>, or cast the model (model.float())") from e
 
 
 def model_device(model: Any) -> Optional[torch.device]:
@@ -76,7 +96,7 @@ def make_caller(model: Callable, model_kwargs: Optional[dict], dtype: torch.dtyp
     kwargs = dict(model_kwargs or {})
 
     def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return unwrap_output(model(x.to(dtype), t, **kwargs))
+        return call_model(model, x.to(dtype), t, kwargs)
     return call
 
 

@@ -18,7 +18,7 @@ def sample_eager(spec: SamplerSpec, model: Callable, model_kwargs: Optional[dict
     global offset. Returns x_0, or (x_0, intermediates) when ``every`` > 0."""
     B = spec.shape[0]
     ranges = chunk_ranges(B, chunk_size)
-    dtype = model_input_dtype(model)
+    dtype = model_input_dtype(model, spec.dtype)
     seed_t = as_seed(seed, spec.device)
     if x_T is not None:
         check_x_T(x_T, spec.shape)

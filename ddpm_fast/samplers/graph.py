@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..noise import seed_to_int64
-from .adapters import check_output, model_input_dtype, unwrap_output
+from .adapters import call_model, check_output, model_input_dtype
 from .compiled import (compile_fn, compiled_model, make_advance, make_advance_inplace, step_backend,
                        step_out_impl, step_tables)
 from .loop import SamplerSpec
@@ -54,9 +54,9 @@ class _Model:
     """``model(x, t) -> tensor`` over the user's model (compiled or not) with live kwargs."""
 
     def __init__(self, model: Callable, compile_kwargs: Optional[dict], kwargs: dict,
-                 device: Optional[torch.device] = None):
+                 device: Optional[torch.device] = None, dtype: torch.dtype = torch.float32):
         self.net = compiled_model(model, compile_kwargs) if compile_kwargs is not None else model
-        self.dtype = model_input_dtype(model)
+        self.dtype = model_input_dtype(model, dtype)
         self.kwargs = kwargs
         self.backend = None
         if compile_kwargs is not None and device is not None:
@@ -66,10 +66,10 @@ class _Model:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if self.backend is None:
-            return unwrap_output(self.net(x.to(self.dtype), t, **self.kwargs))
+            return call_model(self.net, x.to(self.dtype), t, self.kwargs)
         from ..ops import use_backend
         with use_backend(self.backend):
-            return unwrap_output(self.net(x.to(self.dtype), t, **self.kwargs))
+            return call_model(self.net, x.to(self.dtype), t, self.kwargs)
 
 
 class LoopSampler:
@@ -80,7 +80,7 @@ class LoopSampler:
                  compile_kwargs: Optional[dict]):
         self.spec = spec
         self.compiled = compile_kwargs is not None
-        self.model = _Model(model, compile_kwargs, dict(model_kwargs or {}), spec.device)
+        self.model = _Model(model, compile_kwargs, dict(model_kwargs or {}), spec.device, spec.dtype)
         self.ts_b, ps_b = step_tables(spec)
         advance = make_advance(spec, self.ts_b, ps_b)
         # A fused backend's step is one kernel already: compiling around it only adds Dynamo's
@@ -156,7 +156,7 @@ class GraphSampler:
         self.bad = _minus1(dev)
         static_kwargs = {k: (v.detach().clone() if isinstance(v, torch.Tensor) else v)
                          for k, v in (model_kwargs or {}).items()}
-        self.model = _Model(model, compile_kwargs, static_kwargs, spec.device)
+        self.model = _Model(model, compile_kwargs, static_kwargs, spec.device, spec.dtype)
         n_inter = self.n_steps // self.every if self.every else 0
         self.inter = torch.zeros((n_inter, *spec.shape), dtype=spec.dtype, device=dev) if n_inter else None
         self.ts_b, ps_b = step_tables(spec)
