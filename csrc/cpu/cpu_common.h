@@ -1,6 +1,7 @@
 // Building blocks of the CPU kernels: work is cut into blocks of kBlock elements of one sample;
 // each block is converted to float32 into stack buffers, computed with plain float loops that the
-// compiler vectorises, and converted back. Philox runs once per 4 elements (one counter).
+// compiler vectorises, and converted back. Philox runs once per 4 elements (one counter), its
+// words and normals in SIMD code dispatched at run time (philox_simd.h).
 #pragma once
 
 #include <algorithm>
@@ -15,6 +16,7 @@
 #include "../op_checks.h"
 #include "ddpm_fast/enums.h"
 #include "ddpm_fast/philox.h"
+#include "philox_simd.h"
 
 namespace ddpm_fast {
 namespace cpu {
@@ -80,34 +82,15 @@ inline PhiloxKey key_of(const at::Tensor& seed) {
   return PhiloxKey{seed_lo(s), seed_hi(s)};
 }
 
-// Words of counters (q0 .. q0+nq-1, c1, c2, c3): words[4q + j] = word j of counter q0 + q.
-inline void philox_words(PhiloxKey key, uint64_t q0, int64_t nq, uint32_t c1, uint32_t c2, uint32_t c3,
-                         uint32_t* words) {
-  for (int64_t q = 0; q < nq; ++q) {
-    const Philox4 p = philox4x32_10(static_cast<uint32_t>(q0 + q), c1, c2, c3, key.k0, key.k1);
-    words[4 * q + 0] = p.w[0];
-    words[4 * q + 1] = p.w[1];
-    words[4 * q + 2] = p.w[2];
-    words[4 * q + 3] = p.w[3];
-  }
-}
-
 // Uniforms (bitwise the reference's) of elements e0 .. e0+n-1; e0 % 4 == 0; out holds n rounded up to 4.
 inline void fill_uniform(PhiloxKey key, int64_t e0, int64_t n, uint32_t c1, uint32_t c2, uint32_t c3, float* out) {
-  alignas(64) uint32_t words[kBlock];
-  for (int64_t done = 0; done < n; done += kBlock) {
-    const int64_t m = std::min(kBlock, n - done);
-    const int64_t nq = (m + 3) / 4;
-    philox_words(key, static_cast<uint64_t>((e0 + done) / 4), nq, c1, c2, c3, words);
-    for (int64_t i = 0; i < 4 * nq; ++i) out[done + i] = uniform_from_word(words[i]);
-  }
+  philox_uniforms(PhiloxRun{key.k0, key.k1, static_cast<uint64_t>(e0 / 4), (n + 3) / 4, c1, c2, c3}, out);
 }
 
-// Standard normals of elements e0 .. e0+n-1 (Box-Muller on word pairs); out holds n rounded up to 4.
+// Standard normals of elements e0 .. e0+n-1 (Box-Muller on word pairs, SIMD where the CPU has it:
+// philox_simd.h); out holds n rounded up to 4.
 inline void fill_normal(PhiloxKey key, int64_t e0, int64_t n, uint32_t c1, uint32_t c2, uint32_t c3, float* out) {
-  fill_uniform(key, e0, n, c1, c2, c3, out);
-  const int64_t n4 = (n + 3) / 4 * 4;
-  for (int64_t i = 0; i < n4; i += 2) box_muller(out[i], out[i + 1], out[i], out[i + 1]);
+  philox_normals(PhiloxRun{key.k0, key.k1, static_cast<uint64_t>(e0 / 4), (n + 3) / 4, c1, c2, c3}, out);
 }
 
 // Calls f(b, e0, n) for every block [e0, e0 + n) of every sample b of a [B, N] problem, in parallel.
