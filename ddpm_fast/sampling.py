@@ -5,16 +5,13 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
-from .ops.enums import VARIANCE_TYPES
-from .samplers.adapters import canonical_prediction, model_device, reject_wrapped_diffusion
-from .samplers.arguments import (check_device, check_dtype, check_eta, check_model_kwargs,
-                                 check_schedule_table, check_shape, resolve_backend)
+from .samplers.adapters import model_device, reject_wrapped_diffusion
+from .samplers.arguments import check_device, check_model_kwargs, check_shape
 from .samplers.chunks import draw_seed
 from .samplers.eager import sample_eager
 from .samplers.fast import graph_mode, sample_fast
-from .samplers.loop import SamplerSpec
-from .samplers.plan import ddim_plan, ddpm_plan
-from .schedule import Col, NoiseSchedule
+from .samplers.settings import make_spec, resolve
+from .schedule import NoiseSchedule
 
 __all__ = ["sample"]
 
@@ -22,13 +19,18 @@ __all__ = ["sample"]
 @torch.no_grad()
 def sample(model: Callable, shape: Sequence[int], *,
            schedule: Union[NoiseSchedule, str, Any, None] = None,
-           sampler: str = "ddpm", steps: Optional[int] = None, eta: float = 0.0,
+           sampler: Optional[str] = None, steps: Optional[int] = None,
+           timesteps: Optional[Sequence[int]] = None, eta: Optional[float] = None,
            seed: Optional[int] = None, prediction_type: Optional[str] = None,
-           variance_type: str = "fixed_small", clip_denoised: bool = True, clip_range: float = 1.0,
+           variance_type: Optional[str] = None, clip_denoised: Optional[bool] = None,
+           clip_range: Optional[float] = None, use_clipped_model_output: Optional[bool] = None,
+           thresholding: Optional[bool] = None, dynamic_thresholding_ratio: Optional[float] = None,
+           sample_max_value: Optional[float] = None,
            model_kwargs: Optional[dict] = None, backend: Optional[str] = None,
            device: Union[torch.device, str, None] = None, dtype: torch.dtype = torch.float32,
            sample_offset: int = 0, chunk_size: Optional[int] = None,
-           timestep_spacing: str = "leading", steps_offset: int = 0, set_alpha_to_one: bool = True,
+           timestep_spacing: Optional[str] = None, steps_offset: Optional[int] = None,
+           set_alpha_to_one: Optional[bool] = None,
            x_T: Optional[torch.Tensor] = None, check_nan: bool = True, progress: bool = False,
            return_intermediates: bool = False, intermediate_every: int = 100,
            compile: bool = False, cuda_graph: Optional[bool] = None):
@@ -41,14 +43,28 @@ def sample(model: Callable, shape: Sequence[int], *,
       x is given in the dtype of an ``nn.Module``'s parameters, to any other callable in ``dtype``.
     shape: a tuple of ints or a torch.Size (floats and strings are refused, not rounded).
     schedule: a NoiseSchedule, a schedule name ("linear", "cosine", ...; T = 1000), or a diffusers
-      scheduler (its config is read, prediction type included). Default: linear, T = 1000.
-    sampler: "ddpm" (ancestral, all T steps) or "ddim" (``steps`` respaced timesteps, ``eta``).
+      ``DDPMScheduler``/``DDIMScheduler`` (or its config dict): then that scheduler's own loop is
+      reproduced from its config, every field honoured or refused by name (docs/dropin.md).
+      Default: linear, T = 1000.
+    Sampler settings (each None = the diffusers scheduler's config if one is given, else
+    ddpm_fast's default; an explicit value always wins — docs/dropin.md has the table):
+    sampler: "ddpm" (ancestral; default, or the scheduler's class) or "ddim" (``eta``).
+    steps: respaced steps (DDPM: as ``DDPMScheduler.set_timesteps(steps)``; DDIM default T),
+      spaced by ``timestep_spacing`` ("leading" | "trailing" | "linspace") + ``steps_offset``.
+    timesteps: the visited timesteps themselves (strictly decreasing), for either sampler.
+    eta: DDIM noise weight (default 0).
+    prediction_type: "epsilon" | "sample" | "v_prediction" (None: the schedule's hint, else
+      epsilon; a conflicting explicit choice is an error).
+    variance_type: "fixed_small" (β̃_t, default) or "fixed_large" (β_t), or their "_log" forms.
+    clip_denoised, clip_range: clip the predicted x0 to [-clip_range, clip_range] (default on, 1).
+    use_clipped_model_output: DDIM re-derives ε from the clipped x0 (default True with our own
+      schedules; False for a diffusers scheduler, as its ``step`` does by default).
+    thresholding, dynamic_thresholding_ratio, sample_max_value: Imagen's dynamic thresholding
+      of x0 instead of clipping (default off; 0.995, 1.0).
+    set_alpha_to_one: DDIM's final ᾱ is 1 (default) or ᾱ_0.
     seed: 64-bit int keying the counter-based noise; sample i depends only on (seed,
       sample_offset + i): the same images for any batch size, chunking or backend. None draws a
       seed from torch's default generator.
-    prediction_type: "epsilon" | "sample" | "v_prediction" (None: the schedule's hint, else
-      epsilon; a conflicting explicit choice is an error).
-    variance_type: "fixed_small" (β̃_t) or "fixed_large" (β_t); no noise is added at t = 0.
     backend: the fused step's backend, "auto" | "reference" | "cpp" | "cuda" | "triton"; None
       (default) follows the process default (``set_backend``, ``use_backend``, env
       ``DDPM_FAST_BACKEND``; "auto" unless changed).
@@ -65,20 +81,25 @@ def sample(model: Callable, shape: Sequence[int], *,
     cuda_graph: None = on for CUDA devices; True / "step" replays one captured step T times,
       "loop" captures the whole loop as one graph, False = off. Needs a CUDA device.
     Returns x_0 as float32 [B, ...] (dtype ``dtype``), or ``(x_0, intermediates)`` with
-    ``return_intermediates`` (x_t every ``intermediate_every`` steps).
+      ``return_intermediates`` (x_t every ``intermediate_every`` steps).
     """
     reject_wrapped_diffusion(model)
     if return_intermediates and not (isinstance(intermediate_every, int) and intermediate_every > 0):
         raise ValueError(f"intermediate_every must be an int > 0, got {intermediate_every!r}")
-    schedule, pred = _resolve_schedule(schedule, prediction_type)
+    explicit = dict(sampler=sampler, steps=steps, timesteps=timesteps, eta=eta,
+                    prediction_type=prediction_type, variance_type=variance_type,
+                    clip_denoised=clip_denoised, clip_range=clip_range,
+                    use_clipped_model_output=use_clipped_model_output, thresholding=thresholding,
+                    dynamic_thresholding_ratio=dynamic_thresholding_ratio,
+                    sample_max_value=sample_max_value, timestep_spacing=timestep_spacing,
+                    steps_offset=steps_offset, set_alpha_to_one=set_alpha_to_one)
+    schedule, settings = resolve(schedule, explicit)
     shape = check_shape(shape)
     model_kwargs = check_model_kwargs(model_kwargs)
     home = model_device(model)
     device = torch.device(device) if device is not None else (home or torch.device("cpu"))
     check_device(device, home)
-    spec = _make_spec(schedule, pred, shape, device, dtype, sampler, steps, eta, variance_type,
-                      clip_denoised, clip_range, timestep_spacing, steps_offset, set_alpha_to_one,
-                      sample_offset, backend, check_nan)
+    spec = make_spec(schedule, settings, shape, device, dtype, sample_offset, backend, check_nan)
     every = intermediate_every if return_intermediates else 0
     mode = graph_mode(cuda_graph, device)
     if compile or mode is not None:
@@ -87,58 +108,3 @@ def sample(model: Callable, shape: Sequence[int], *,
                            every=every, schedule=schedule)
     return sample_eager(spec, model, model_kwargs, draw_seed() if seed is None else seed, x_T,
                         chunk_size, progress, every)
-
-
-def _make_spec(schedule, pred, shape, device, dtype, sampler, steps, eta, variance_type,
-               clip_denoised, clip_range, spacing, steps_offset, set_alpha_to_one, sample_offset,
-               backend, check_nan) -> SamplerSpec:
-    T = schedule.T
-    if sampler == "ddpm":
-        if steps not in (None, T):
-            raise ValueError(f"the DDPM sampler visits all T={T} steps; for {steps} steps use "
-                             "sampler='ddim' (eta=1 gives the respaced DDPM posterior)")
-        if eta:
-            raise ValueError("eta applies to sampler='ddim' only")
-        plan = ddpm_plan(T)
-    elif sampler == "ddim":
-        plan = ddim_plan(T, T if steps is None else steps, spacing, steps_offset)
-        eta = check_eta(eta)
-    else:
-        raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
-    if variance_type not in VARIANCE_TYPES:
-        raise ValueError(f"variance_type must be one of {sorted(VARIANCE_TYPES)}, got {variance_type!r}")
-    dtype = check_dtype(dtype)
-    if not isinstance(sample_offset, int) or sample_offset < 0:
-        raise ValueError(f"sample_offset must be an int >= 0, got {sample_offset!r}")
-    if not clip_range > 0:
-        raise ValueError(f"clip_range must be > 0, got {clip_range}")
-    final = 1.0 if set_alpha_to_one else float(schedule.column(Col.ALPHA_BAR)[0])
-    spec = SamplerSpec(shape=shape, device=device, dtype=dtype, table=schedule.table(device), plan=plan,
-                       sampler=sampler, prediction_type=pred, variance_type=variance_type,
-                       clip_denoised=bool(clip_denoised), clip_range=float(clip_range), eta=float(eta),
-                       final_alpha_bar=final, sample_offset=sample_offset,
-                       backend=resolve_backend(backend), check_nan=check_nan)
-    return spec.resolve()
-
-
-def _resolve_schedule(schedule, prediction_type):
-    if schedule is None:
-        schedule = NoiseSchedule.linear(1000)
-    elif isinstance(schedule, str):
-        schedule = NoiseSchedule.make(schedule, 1000)
-    elif not isinstance(schedule, NoiseSchedule):
-        if hasattr(schedule, "config") and hasattr(schedule.config, "num_train_timesteps"):
-            schedule = NoiseSchedule.from_diffusers(schedule)
-        else:
-            raise TypeError(f"schedule must be a NoiseSchedule, a name or a diffusers scheduler, "
-                            f"got {type(schedule).__name__}")
-    asked, hint = canonical_prediction(prediction_type), canonical_prediction(schedule.prediction_type)
-    if asked and hint and asked != hint:
-        raise ValueError(f"prediction_type={asked!r} conflicts with the schedule's {hint!r}")
-    pred = asked or hint or "epsilon"
-    check_schedule_table(schedule)
-    if pred == "epsilon" and schedule.zero_terminal_snr:
-        raise ValueError("a zero-terminal-SNR schedule has alpha_bar_T = 0, where x0 cannot be "
-                         "recovered from epsilon (division by zero); train and sample with "
-                         "prediction_type='v_prediction'")
-    return schedule, pred

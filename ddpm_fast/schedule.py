@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 import torch
 
-__all__ = ["Col", "NoiseSchedule", "TABLE_WIDTH", "spaced_timesteps"]
+__all__ = ["Col", "NoiseSchedule", "TABLE_WIDTH", "respaced_table", "spaced_timesteps"]
 
 TABLE_WIDTH = 16  # 16 float64 = one 128-byte row per timestep
 
@@ -99,33 +99,64 @@ _DIFFUSERS_NAMES = {"linear": "linear", "scaled_linear": "scaled_linear",
                     "squaredcos_cap_v2": "cosine", "sigmoid": "diffusers_sigmoid"}
 
 
+def _table_from_pairs(betas: torch.Tensor, ab: torch.Tensor, ab_prev: torch.Tensor,
+                      log_var: torch.Tensor) -> torch.Tensor:
+    """Every coefficient of the jumps ᾱ_prev -> ᾱ = ᾱ_prev (1 - β), one row each (see Col), float64.
+
+    β is the jump's own beta: the DDPM β_t for the full chain, 1 - ᾱ_t/ᾱ_prev for a respaced
+    one (Nichol & Dhariwal 2021, section 4). ``log_var`` is the log posterior variance, whose
+    rule for a zero variance differs per chain."""
+    alphas = 1 - betas
+    one_minus_ab = 1 - ab
+    post_var = betas * (1 - ab_prev) / one_minus_ab
+    table = torch.zeros(ab.numel(), TABLE_WIDTH, dtype=torch.float64)
+    table[:, Col.BETA] = betas
+    table[:, Col.ALPHA] = alphas
+    table[:, Col.ALPHA_BAR] = ab
+    table[:, Col.ALPHA_BAR_PREV] = ab_prev
+    table[:, Col.SQRT_ALPHA_BAR] = ab.sqrt()
+    table[:, Col.SQRT_ONE_MINUS_ALPHA_BAR] = one_minus_ab.sqrt()
+    table[:, Col.SQRT_RECIP_ALPHA_BAR] = 1 / ab.sqrt()  # inf where alpha_bar = 0 (ZT-SNR)
+    table[:, Col.SQRT_RECIPM1_ALPHA_BAR] = (1 / ab - 1).sqrt()
+    table[:, Col.POSTERIOR_VARIANCE] = post_var
+    table[:, Col.POSTERIOR_LOG_VARIANCE_CLIPPED] = log_var
+    table[:, Col.POSTERIOR_MEAN_COEF1] = betas * ab_prev.sqrt() / one_minus_ab
+    table[:, Col.POSTERIOR_MEAN_COEF2] = (1 - ab_prev) * alphas.sqrt() / one_minus_ab
+    table[:, Col.SIGMA_SMALL] = post_var.sqrt()
+    table[:, Col.SIGMA_LARGE] = betas.sqrt()
+    return table
+
+
 def _table_from_betas(betas: torch.Tensor) -> torch.Tensor:
     """Every derived coefficient, float64, one row per timestep (see Col)."""
-    T = betas.numel()
-    alphas = 1 - betas
-    ab = torch.cumprod(alphas, 0)
-    ab_prev = torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]])
-    one_minus_ab = 1 - ab
     with torch.no_grad():
-        post_var = betas * (1 - ab_prev) / one_minus_ab
+        ab = torch.cumprod(1 - betas, 0)
+        ab_prev = torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]])
+        post_var = betas * (1 - ab_prev) / (1 - ab)
         # log(0) at t=0: use the value at t=1 (improved-diffusion's clipping; diffusers PR #3006)
         post_logvar = torch.log(torch.cat([post_var[1:2], post_var[1:]]))
-        table = torch.zeros(T, TABLE_WIDTH, dtype=torch.float64)
-        table[:, Col.BETA] = betas
-        table[:, Col.ALPHA] = alphas
-        table[:, Col.ALPHA_BAR] = ab
-        table[:, Col.ALPHA_BAR_PREV] = ab_prev
-        table[:, Col.SQRT_ALPHA_BAR] = ab.sqrt()
-        table[:, Col.SQRT_ONE_MINUS_ALPHA_BAR] = one_minus_ab.sqrt()
-        table[:, Col.SQRT_RECIP_ALPHA_BAR] = 1 / ab.sqrt()  # inf where alpha_bar = 0 (ZT-SNR)
-        table[:, Col.SQRT_RECIPM1_ALPHA_BAR] = (1 / ab - 1).sqrt()
-        table[:, Col.POSTERIOR_VARIANCE] = post_var
-        table[:, Col.POSTERIOR_LOG_VARIANCE_CLIPPED] = post_logvar
-        table[:, Col.POSTERIOR_MEAN_COEF1] = betas * ab_prev.sqrt() / one_minus_ab
-        table[:, Col.POSTERIOR_MEAN_COEF2] = (1 - ab_prev) * alphas.sqrt() / one_minus_ab
-        table[:, Col.SIGMA_SMALL] = post_var.sqrt()
-        table[:, Col.SIGMA_LARGE] = betas.sqrt()
-    return table
+        return _table_from_pairs(betas, ab, ab_prev, post_logvar)
+
+
+def respaced_table(table: torch.Tensor, timesteps: Sequence[int], prev: Sequence[int]) -> torch.Tensor:
+    """A copy of a schedule table whose row t holds the coefficients of the jump t -> prev(t).
+
+    The DDPM kernel reads row t of the table for the step at t; giving it this table makes it
+    take the respaced step of diffusers' ``DDPMScheduler.set_timesteps(n)`` (or a custom list):
+    ᾱ_prev is the ᾱ of the next visited timestep (1 after the last), the step's beta is
+    1 - ᾱ_t/ᾱ_prev, and the posterior mean and variances follow from that pair. A jump that ends
+    the chain has zero posterior variance; its log is taken at 1e-20 as diffusers clamps it
+    (the step at t = 0 adds no noise, whatever the table says). Rows not visited are unchanged."""
+    rows = torch.as_tensor(list(timesteps), dtype=torch.int64)
+    to = torch.as_tensor(list(prev), dtype=torch.int64)
+    ab_all = table[:, Col.ALPHA_BAR]
+    ab = ab_all[rows]
+    ab_prev = torch.where(to >= 0, ab_all[to.clamp(min=0)], torch.ones_like(ab))
+    betas = 1 - ab / ab_prev
+    post_var = betas * (1 - ab_prev) / (1 - ab)
+    out = table.clone()
+    out[rows] = _table_from_pairs(betas, ab, ab_prev, post_var.clamp(min=1e-20).log())
+    return out
 
 
 class NoiseSchedule:

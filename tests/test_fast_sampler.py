@@ -233,10 +233,9 @@ class EagerReplay(GraphSampler):
 
 
 def _spec(shape, backend, sampler="ddpm", steps=None, eta=0.0):
-    from ddpm_fast.sampling import _make_spec, _resolve_schedule
-    sched, pred = _resolve_schedule(SCHED, None)
-    return _make_spec(sched, pred, shape, torch.device("cpu"), torch.float32, sampler, steps, eta,
-                      "fixed_small", True, 1.0, "leading", 0, True, 0, backend, True)
+    from ddpm_fast.samplers.settings import make_spec, resolve
+    sched, settings = resolve(SCHED, dict(sampler=sampler, steps=steps, eta=eta))
+    return make_spec(sched, settings, shape, torch.device("cpu"), torch.float32, 0, backend, True)
 
 
 _CPP = pytest.mark.skipif(not _has_cpp(), reason="no cpp backend")

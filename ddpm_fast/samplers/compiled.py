@@ -92,7 +92,7 @@ def step_backend(spec: SamplerSpec) -> Optional[str]:
 
 def step_out_impl(spec: SamplerSpec) -> Optional[Callable]:
     """The ``reverse_step_out`` of the backend that runs this spec's reverse_step, if it has one."""
-    if spec.sampler != "ddpm":
+    if spec.sampler != "ddpm" or spec.needs_pre_step:
         return None
     from ..ops import dispatch
     return dispatch._registry.get("reverse_step_out", {}).get(step_backend(spec))

@@ -17,6 +17,7 @@ from ..noise import STREAM_INIT
 from ..ops import implementation
 from ..ops.enums import PREDICTION_TYPES, VARIANCE_TYPES
 from .plan import Plan
+from .x0_rules import X0Rule, pre_step
 
 
 @dataclass
@@ -37,6 +38,8 @@ class SamplerSpec:
     sample_offset: int
     backend: Optional[str]
     check_nan: bool = True
+    threshold: Optional[tuple[float, float]] = None   # dynamic thresholding (ratio, max value)
+    rederive_eps: bool = True          # DDIM: ε from the clipped x0, or the model's (diffusers)
     impls: dict = field(default_factory=dict)
 
     def resolve(self) -> "SamplerSpec":
@@ -44,6 +47,15 @@ class SamplerSpec:
         ops = ["philox_normal", "reverse_step" if self.sampler == "ddpm" else "ddim_step"]
         self.impls = {op: implementation(op, self.backend, self.device) for op in ops}
         return self
+
+    @property
+    def x0_rule(self) -> X0Rule:
+        return X0Rule(self.clip_denoised, self.clip_range, self.threshold, self.rederive_eps)
+
+    @property
+    def needs_pre_step(self) -> bool:
+        """True when x0 needs work the fused step does not do (samplers/x0_rules.py)."""
+        return self.x0_rule.needs_pre_step(self.sampler)
 
     @property
     def pred_code(self) -> int:
@@ -61,14 +73,19 @@ class SamplerSpec:
 
     def step(self, x: torch.Tensor, model_out: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor,
              seed: torch.Tensor) -> torch.Tensor:
-        """One fused step x_t -> x_prev (the backend's kernel; t, t_prev are device scalars)."""
+        """One fused step x_t -> x_prev (the backend's kernel; t, t_prev are device tensors),
+        after the x0 pre-step when the spec's rules need one."""
+        pred, clip = self.pred_code, self.clip_denoised
+        if self.needs_pre_step:
+            x, model_out, pred = pre_step(self.x0_rule, self.sampler, x, model_out, t, self.table, pred)
+            clip = False
         if self.sampler == "ddpm":
             return self.impls["reverse_step"](
-                x, model_out, t, self.table, None, seed, self.sample_offset, self.pred_code,
-                VARIANCE_TYPES[self.variance_type], self.clip_denoised, self.clip_range)
+                x, model_out, t, self.table, None, seed, self.sample_offset, pred,
+                VARIANCE_TYPES[self.variance_type], clip, self.clip_range)
         return self.impls["ddim_step"](
             x, model_out, t, t_prev, self.table, None, seed, self.sample_offset, self.eta,
-            self.pred_code, self.clip_denoised, self.clip_range, self.final_alpha_bar)
+            pred, clip, self.clip_range, self.final_alpha_bar)
 
 
 def nonfinite_error(t: int) -> FloatingPointError:

@@ -24,12 +24,33 @@ class Plan:
         return ts, ps
 
 
+PREV_RULES = ("next", "ratio")
+
+
 def ddpm_plan(T: int) -> Plan:
     ts = tuple(range(T - 1, -1, -1))
     return Plan(ts, tuple(t - 1 for t in ts))
 
 
-def ddim_plan(T: int, steps: int, spacing: str = "leading", steps_offset: int = 0) -> Plan:
+def ddim_plan(T: int, steps: int, spacing: str = "leading", steps_offset: int = 0,
+              prev_rule: str = "next") -> Plan:
+    """``steps`` spaced timesteps; each step lands on the next visited timestep ("next", our
+    rule) or on t - T // steps ("ratio", diffusers' DDIMScheduler.step — which is not the next
+    visited timestep for trailing/linspace spacing or steps not dividing T; PITFALLS.md,
+    "Scheduler math"). A landing below 0 means the final ᾱ."""
     ts = tuple(spaced_timesteps(T, steps, spacing, steps_offset))
-    # the next visited timestep, not t - T//steps (diffusers PR #2076 pitfall)
+    if prev_rule == "ratio":
+        return Plan(ts, tuple(max(t - T // steps, -1) for t in ts))
+    return custom_plan(T, ts)
+
+
+def custom_plan(T: int, timesteps) -> Plan:
+    """The user's own strictly decreasing timesteps in [0, T); each step lands on the next one
+    (diffusers' DDPMScheduler rule for respaced and custom timesteps)."""
+    try:
+        ts = tuple(int(t) for t in timesteps)
+    except (TypeError, ValueError):
+        raise TypeError(f"timesteps must be a sequence of ints, got {timesteps!r}") from None
+    if not ts or any(b >= a for a, b in zip(ts, ts[1:])) or ts[0] >= T or ts[-1] < 0:
+        raise ValueError(f"timesteps must be strictly decreasing ints in [0, {T}), got {list(ts)}")
     return Plan(ts, ts[1:] + (-1,))

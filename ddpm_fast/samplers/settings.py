@@ -1,0 +1,141 @@
+"""``sample()``'s sampler settings, resolved once: an explicit keyword argument wins, then the
+foreign sampler's own config (a diffusers scheduler, samplers/diffusers_config.py; a lucidrains
+GaussianDiffusion, samplers/lucidrains.py), then ddpm_fast's defaults below. docs/dropin.md
+has the table. The result is a ``SamplerSpec`` (samplers/loop.py).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from ..ops.enums import VARIANCE_TYPES
+from ..schedule import Col, NoiseSchedule, respaced_table
+from . import diffusers_config
+from .adapters import canonical_prediction
+from .arguments import check_dtype, check_eta, check_schedule_table, resolve_backend
+from .loop import SamplerSpec
+from .plan import PREV_RULES, custom_plan, ddim_plan, ddpm_plan
+
+# ddpm_fast's own rules, for a NoiseSchedule or a schedule name. They differ from diffusers'
+# defaults in two places, both cleaner: DDIM lands on the next visited timestep, and ε is
+# re-derived from the clipped x0, so x0 and ε stay one consistent pair (lucidrains' rule).
+OWN_DEFAULTS = {
+    "sampler": "ddpm", "steps": None, "timesteps": None, "eta": 0.0, "prediction_type": None,
+    "variance_type": "fixed_small", "clip_denoised": True, "clip_range": 1.0,
+    "use_clipped_model_output": True, "thresholding": False, "dynamic_thresholding_ratio": 0.995,
+    "sample_max_value": 1.0, "timestep_spacing": "leading", "steps_offset": 0,
+    "set_alpha_to_one": True, "prev_rule": "next",
+}
+
+# diffusers' variance types -> the fused kernel's. The "_log" variants are the same σ computed
+# through a log; diffusers' own fixed_large_log takes the square root of that log (NaN,
+# diffusers #14569), so its intended σ = √β_t is used (docs/dropin.md).
+_KERNEL_VARIANCE = {"fixed_small": "fixed_small", "fixed_small_log": "fixed_small",
+                    "fixed_large": "fixed_large", "fixed_large_log": "fixed_large"}
+_LEARNED = ("learned", "learned_range")
+
+
+def resolve(schedule: Any, explicit: dict) -> tuple[NoiseSchedule, dict]:
+    """(schedule, settings): explicit (non-None) arguments over the schedule's config over
+    OWN_DEFAULTS."""
+    foreign: dict = {}
+    if schedule is None:
+        schedule = NoiseSchedule.linear(1000)
+    elif isinstance(schedule, str):
+        schedule = NoiseSchedule.make(schedule, 1000)
+    elif not isinstance(schedule, NoiseSchedule):
+        if not diffusers_config.is_diffusers_scheduler(schedule):
+            raise TypeError(f"schedule must be a NoiseSchedule, a name or a diffusers scheduler, "
+                            f"got {type(schedule).__name__}")
+        # the steps of the scheduler's own set_timesteps() give way to an explicit choice
+        chosen = explicit.get("steps") is not None or explicit.get("timesteps") is not None
+        schedule, foreign = diffusers_config.read_scheduler(schedule, explicit.get("sampler"),
+                                                            own_steps=not chosen)
+    settings = dict(OWN_DEFAULTS)
+    settings.update(foreign)
+    settings.update({k: v for k, v in explicit.items() if v is not None})
+    settings["prediction_type"] = _prediction(schedule, explicit.get("prediction_type"),
+                                              foreign.get("prediction_type"))
+    return schedule, settings
+
+
+def _prediction(schedule: NoiseSchedule, asked: Optional[str], foreign: Optional[str]) -> str:
+    asked = canonical_prediction(asked)
+    hint = canonical_prediction(foreign or schedule.prediction_type)
+    if asked and hint and asked != hint:
+        raise ValueError(f"prediction_type={asked!r} conflicts with the schedule's {hint!r}")
+    pred = asked or hint or "epsilon"
+    check_schedule_table(schedule)
+    if pred == "epsilon" and schedule.zero_terminal_snr:
+        raise ValueError("a zero-terminal-SNR schedule has alpha_bar_T = 0, where x0 cannot be "
+                         "recovered from epsilon (division by zero); train and sample with "
+                         "prediction_type='v_prediction'")
+    return pred
+
+
+def make_spec(schedule: NoiseSchedule, s: dict, shape: tuple, device: torch.device,
+              dtype: torch.dtype, sample_offset: int, backend: Optional[str],
+              check_nan: bool) -> SamplerSpec:
+    """The SamplerSpec of resolved settings ``s``, every value checked."""
+    sampler = s["sampler"]
+    if sampler == "ddim":
+        s["eta"] = check_eta(s["eta"])
+    dtype = check_dtype(dtype)
+    plan = _plan(schedule.T, s)
+    table = schedule.table(device)
+    if sampler == "ddpm" and plan.timesteps != tuple(range(schedule.T - 1, -1, -1)):
+        table = respaced_table(schedule.table("cpu"), plan.timesteps, plan.prev).to(device)
+    _check_values(s, dtype, sample_offset)
+    final = 1.0 if s["set_alpha_to_one"] else float(schedule.column(Col.ALPHA_BAR)[0])
+    threshold = ((float(s["dynamic_thresholding_ratio"]), float(s["sample_max_value"]))
+                 if s["thresholding"] else None)
+    spec = SamplerSpec(shape=shape, device=device, dtype=dtype, table=table, plan=plan,
+                       sampler=sampler, prediction_type=s["prediction_type"],
+                       variance_type=_KERNEL_VARIANCE[s["variance_type"]],
+                       clip_denoised=bool(s["clip_denoised"]), clip_range=float(s["clip_range"]),
+                       eta=float(s["eta"]), final_alpha_bar=final, sample_offset=sample_offset,
+                       backend=resolve_backend(backend), check_nan=check_nan, threshold=threshold,
+                       rederive_eps=bool(s["use_clipped_model_output"]))
+    return spec.resolve()
+
+
+def _plan(T: int, s: dict):
+    sampler, steps, timesteps = s["sampler"], s["steps"], s["timesteps"]
+    if sampler not in ("ddpm", "ddim"):
+        raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
+    if s["prev_rule"] not in PREV_RULES:
+        raise ValueError(f"prev_rule must be one of {PREV_RULES}, got {s['prev_rule']!r}")
+    if timesteps is not None:
+        if steps is not None:
+            raise ValueError("pass steps or timesteps, not both")
+        return custom_plan(T, timesteps)
+    if sampler == "ddpm":
+        if s["eta"]:
+            raise ValueError("eta applies to sampler='ddim' only")
+        if steps is None:
+            return ddpm_plan(T)
+        # DDPMScheduler.set_timesteps(steps): spaced timesteps, each landing on the next one
+        return ddim_plan(T, steps, s["timestep_spacing"], s["steps_offset"], "next")
+    return ddim_plan(T, T if steps is None else steps, s["timestep_spacing"], s["steps_offset"],
+                     s["prev_rule"])
+
+
+def _check_values(s: dict, dtype: torch.dtype, sample_offset: Any) -> None:
+    var = s["variance_type"]
+    if var in _LEARNED:
+        raise ValueError(f"variance_type={var!r} (a model that outputs its variance) is not "
+                         "supported by ddpm_fast.sample yet")
+    if var not in _KERNEL_VARIANCE:
+        raise ValueError(f"variance_type must be one of {sorted(_KERNEL_VARIANCE)}, got {var!r}")
+    assert set(_KERNEL_VARIANCE.values()) <= set(VARIANCE_TYPES)
+    if not isinstance(sample_offset, int) or sample_offset < 0:
+        raise ValueError(f"sample_offset must be an int >= 0, got {sample_offset!r}")
+    if not s["clip_range"] > 0:
+        raise ValueError(f"clip_range must be > 0, got {s['clip_range']}")
+    if s["thresholding"]:
+        if not 0 < s["dynamic_thresholding_ratio"] <= 1:
+            raise ValueError("dynamic_thresholding_ratio must be in (0, 1], got "
+                             f"{s['dynamic_thresholding_ratio']}")
+        if not s["sample_max_value"] >= 1:
+            raise ValueError(f"sample_max_value must be >= 1, got {s['sample_max_value']}")
