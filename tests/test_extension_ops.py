@@ -16,7 +16,7 @@ import torch
 from ddpm_fast.ops import extension, reference
 from ddpm_fast.schedule import NoiseSchedule
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+from gpu_gates import requires_cuda_kernels as requires_cuda  # a device and the kernels built for it
 
 pytestmark = [pytest.mark.extension,
               pytest.mark.skipif(not extension.available(), reason="C++ extension not built")]

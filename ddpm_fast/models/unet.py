@@ -116,6 +116,17 @@ class UNet(nn.Module):
         init_weights_(self)
         resolve_ops(backend, torch.device("cpu"), strict=False)  # so compile-first use traces
 
+    def _apply(self, fn, *args, **kwargs):
+        """After ``.to(device)`` / ``.cuda()`` resolve the fused ops for the new device too:
+        ``forward`` skips resolution while Dynamo traces (the lookup would break the graph), so
+        ``torch.compile(unet.cuda(), fullgraph=True)`` before any eager call needs it done here."""
+        out = super()._apply(fn, *args, **kwargs)
+        for p in self.parameters():
+            if p.device.type != "meta":
+                resolve_ops(self._backend, p.device, strict=False)
+            break
+        return out
+
     # --- backend --------------------------------------------------------------------------------
 
     @property
@@ -129,6 +140,10 @@ class UNet(nn.Module):
         for m in self.modules():
             if isinstance(m, GroupNormAct):
                 m.backend = name
+        for p in self.parameters():   # as in _apply: resolved before any trace
+            if p.device.type != "meta":
+                resolve_ops(name, p.device, strict=False)
+            break
 
     # --- forward --------------------------------------------------------------------------------
 

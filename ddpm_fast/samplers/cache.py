@@ -28,6 +28,12 @@ MAX_ENTRIES = 8          # each graph entry holds static buffers + a memory pool
 _entries: "OrderedDict[tuple, Any]" = OrderedDict()
 _last_key_by_model: dict[int, tuple] = {}  # id(model) -> (weakref to it, fields of its newest key)
 _warned: set[tuple] = set()
+_events: dict[str, int] = {"builds": 0, "captures": 0}  # since import (clear_cache keeps them)
+
+
+def count(event: str) -> None:
+    """Record one build or CUDA-graph capture (cache_info reports the totals)."""
+    _events[event] += 1
 
 
 def model_fingerprint(model: Any) -> tuple:
@@ -95,6 +101,7 @@ def get_or_build(model: Any, key: dict, build: Callable[[], Any], what: str, ann
         return entry
     _say_rebuild(model, key, what, announce)
     entry = build()
+    count("builds")
     _entries[flat] = entry
     try:
         ref = weakref.ref(model)
@@ -141,5 +148,9 @@ def clear_cache() -> None:
 
 
 def cache_info() -> dict:
-    """How many entries are cached (for tests and curious users)."""
-    return {"entries": len(_entries), "max_entries": MAX_ENTRIES}
+    """What the fast sampler holds and has done: ``entries`` cached now (``max_entries`` at
+    most), ``builds`` and ``captures`` since import (a second call with the same model, shape
+    and settings adds to neither), and ``runners``: how each cached entry samples (its kind,
+    compiled or not, and the backend of its fused step), newest last."""
+    runners = [getattr(e, "describe", lambda: {})() for e in _entries.values()]
+    return {"entries": len(_entries), "max_entries": MAX_ENTRIES, **_events, "runners": runners}

@@ -98,11 +98,18 @@ def step_out_impl(spec: SamplerSpec) -> Optional[Callable]:
     return dispatch._registry.get("reverse_step_out", {}).get(step_backend(spec))
 
 
-def compile_kwargs(compile: Union[bool, str, dict], capturing: bool) -> dict:
+# torch.compile modes under which Inductor captures CUDA graphs of its own
+INDUCTOR_CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def compile_kwargs(compile: Union[bool, str, dict], capturing: bool, device_type: str = "cpu") -> dict:
     """torch.compile kwargs from ``compile=``: True (default mode), a mode name, or a dict.
 
     When we capture the CUDA graph ourselves Inductor must not add its own cudagraphs:
-    "reduce-overhead" becomes "default" and "max-autotune" "max-autotune-no-cudagraphs"."""
+    "reduce-overhead" becomes "default" and "max-autotune" "max-autotune-no-cudagraphs".
+    Without our capture (cuda_graph=False) on CUDA, Inductor's own graphs are refused: their
+    outputs live in Inductor's graph pool and the next replay overwrites them, so the sample
+    handed back (and x_t between steps) would change under the caller."""
     if isinstance(compile, dict):
         kwargs = dict(compile)
     elif isinstance(compile, str):
@@ -111,9 +118,20 @@ def compile_kwargs(compile: Union[bool, str, dict], capturing: bool) -> dict:
         kwargs = {}
     kwargs.setdefault("dynamic", False)   # one shape per cache entry: the key holds the shape
     mode = kwargs.get("mode")
-    if capturing and mode in ("reduce-overhead", "max-autotune"):
+    if capturing and mode in INDUCTOR_CUDAGRAPH_MODES:
         kwargs["mode"] = "max-autotune-no-cudagraphs" if mode == "max-autotune" else "default"
+    elif not capturing and device_type == "cuda" and _inductor_cudagraphs(kwargs):
+        raise ValueError(
+            f"compile={compile!r} with cuda_graph=False: Inductor would capture CUDA graphs of its "
+            "own, whose output buffers the next call overwrites. Use cuda_graph=True (ddpm_fast "
+            "captures the loop; Inductor's graphs are switched off), or compile=True / "
+            "'max-autotune-no-cudagraphs' with cuda_graph=False")
     return kwargs
+
+
+def _inductor_cudagraphs(kwargs: dict) -> bool:
+    options = kwargs.get("options") or {}
+    return kwargs.get("mode") in INDUCTOR_CUDAGRAPH_MODES or bool(options.get("triton.cudagraphs"))
 
 
 def compile_fn(fn: Callable, kwargs: dict) -> Callable:
@@ -124,9 +142,17 @@ def compile_fn(fn: Callable, kwargs: dict) -> Callable:
     (a new shape, seed-independent but spec-dependent) would silently run eagerly."""
     _counter[0] += 1
     name = f"{fn.__code__.co_name}_{_counter[0]}"
-    code = fn.__code__.replace(co_name=name, co_qualname=name)
+    code = renamed_code(fn.__code__, name)
     fresh = types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
     return torch.compile(fresh, **kwargs)
+
+
+def renamed_code(code: types.CodeType, name: str) -> types.CodeType:
+    """A copy of ``code`` named ``name``. Python 3.11 added ``co_qualname`` (what tracebacks
+    and Dynamo's logs print); before it only ``co_name`` exists."""
+    if hasattr(code, "co_qualname"):
+        return code.replace(co_name=name, co_qualname=name)
+    return code.replace(co_name=name)
 
 
 def compiled_model(model: Any, kwargs: dict) -> Callable:

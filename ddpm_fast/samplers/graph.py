@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..noise import seed_to_int64
+from . import cache
 from .adapters import call_model, check_output, model_input_dtype
 from .compiled import (compile_fn, compiled_model, make_advance, make_advance_inplace, step_backend,
                        step_out_impl, step_tables)
@@ -87,10 +88,15 @@ class LoopSampler:
         # per-call guard checks (~0.1 ms). The reference step (Philox in integer ops) gains 10x.
         compile_step = compile_kwargs is not None and step_backend(spec) == "reference"
         self.advance = compile_fn(advance, compile_kwargs) if compile_step else advance
+        self.info = {"kind": "loop", "compiled model": self.compiled, "compiled step": compile_step,
+                     "step backend": step_backend(spec)}
         with torch.random.fork_rng(devices=_cuda_devices(spec.device)), torch.no_grad():
             # compiles now (not inside the user's loop), and checks the model's output shape
             x = torch.zeros(spec.shape, dtype=spec.dtype, device=spec.device)
             self._step(x, _zeros(spec.device), seed_tensor(0, spec.device), _minus1(spec.device), check=True)
+
+    def describe(self) -> dict:
+        return dict(self.info)
 
     def _step(self, x, i, seed, bad, check: bool = False):
         out = self.model(x, self.ts_b.index_select(0, i).reshape(x.shape[0]))
@@ -164,8 +170,13 @@ class GraphSampler:
             self.advance = compile_fn(make_advance_inplace(spec, self.ts_b, ps_b), compile_kwargs)
         else:
             self.advance = make_advance_inplace(spec, self.ts_b, ps_b, step_out_impl(spec))
+        self.info = {"kind": f"graph ({mode})", "compiled model": compile_kwargs is not None,
+                     "compiled step": compile_kwargs is not None, "step backend": step_backend(spec)}
         self.graph = None
         self._replay = self._capture()
+
+    def describe(self) -> dict:
+        return dict(self.info)
 
     def _body(self) -> None:
         """One step on the static buffers: what the graph records."""
@@ -181,7 +192,7 @@ class GraphSampler:
 
     def _capture(self) -> Callable[[], None]:
         dev = self.spec.device
-        with torch.random.fork_rng(devices=_cuda_devices(dev)), torch.no_grad():
+        with torch.random.fork_rng(devices=_cuda_devices(dev)), torch.no_grad(), on_device(dev):
             side = torch.cuda.Stream(dev) if dev.type == "cuda" else None
             if side is not None:
                 side.wait_stream(torch.cuda.current_stream(dev))
@@ -194,13 +205,22 @@ class GraphSampler:
             if side is not None:
                 torch.cuda.current_stream(dev).wait_stream(side)
             self._reset()
-            return self._record(self._body if self.mode == "step" else self._loop_body)
+            replay = self._record(self._body if self.mode == "step" else self._loop_body)
+            cache.count("captures")
+            return replay
 
     def _record(self, fn: Callable[[], None]) -> Callable[[], None]:
-        """Capture ``fn`` as a CUDA graph; returns its replay."""
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            fn()
+        """Capture ``fn`` as a CUDA graph; returns its replay.
+
+        The capture runs on a stream of the sampler's device, with that device current:
+        ``torch.cuda.graph``'s default stream is one class-level stream made on whichever device
+        was current at its first use, so with the model on cuda:1 and cuda:0 current the
+        kernels would be issued outside the capture."""
+        dev = self.spec.device
+        with on_device(dev):
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, stream=torch.cuda.Stream(dev)):
+                fn()
         return self.graph.replay
 
     def _reset(self) -> None:
@@ -219,6 +239,11 @@ class GraphSampler:
         for k, v in (model_kwargs or {}).items():
             if isinstance(v, torch.Tensor):
                 self.model.kwargs[k].copy_(v)
+        with on_device(spec.device):   # a graph replays on the current device's current stream
+            return self._run(x_T, progress, intermediate_every)
+
+    def _run(self, x_T, progress, intermediate_every):
+        spec = self.spec
         self.x.copy_(spec.initial_noise(self.seed) if x_T is None else x_T)
         self.i.zero_()
         self.bad.fill_(-1)
@@ -253,6 +278,11 @@ def _zeros(device) -> torch.Tensor:
 
 def _minus1(device) -> torch.Tensor:
     return torch.full((1,), -1, dtype=torch.int64, device=device)
+
+
+def on_device(device: torch.device):
+    """``device`` made the current CUDA device for the block (a no-op for other devices)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _cuda_devices(device: torch.device) -> list:
