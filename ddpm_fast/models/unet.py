@@ -121,11 +121,17 @@ class UNet(nn.Module):
         ``forward`` skips resolution while Dynamo traces (the lookup would break the graph), so
         ``torch.compile(unet.cuda(), fullgraph=True)`` before any eager call needs it done here."""
         out = super()._apply(fn, *args, **kwargs)
+        self._resolve_for_parameters()
+        return out
+
+    def _resolve_for_parameters(self) -> None:
         for p in self.parameters():
             if p.device.type != "meta":
-                resolve_ops(self._backend, p.device, strict=False)
+                try:
+                    resolve_ops(self._backend, p.device, strict=False)
+                except ValueError:    # an unknown backend name: forward reports it where it is used
+                    pass
             break
-        return out
 
     # --- backend --------------------------------------------------------------------------------
 
@@ -140,10 +146,7 @@ class UNet(nn.Module):
         for m in self.modules():
             if isinstance(m, GroupNormAct):
                 m.backend = name
-        for p in self.parameters():   # as in _apply: resolved before any trace
-            if p.device.type != "meta":
-                resolve_ops(name, p.device, strict=False)
-            break
+        self._resolve_for_parameters()   # as in _apply: resolved before any trace
 
     # --- forward --------------------------------------------------------------------------------
 
