@@ -233,10 +233,9 @@ class EagerReplay(graph.GraphSampler):
 
 
 def test_graph_runner_captures_once_for_many_runs():
-    from ddpm_fast.sampling import _make_spec, _resolve_schedule
-    sched, pred = _resolve_schedule(SCHED, None)
-    spec = _make_spec(sched, pred, (2, 1, 3, 3), torch.device("cpu"), torch.float32, "ddpm", None, 0.0,
-                      "fixed_small", True, 1.0, "leading", 0, True, 0, "reference", True)
+    from ddpm_fast.samplers.settings import make_spec, resolve
+    sched, settings = resolve(SCHED, dict(sampler="ddpm"))
+    spec = make_spec(sched, settings, (2, 1, 3, 3), torch.device("cpu"), torch.float32, 0, "reference", True)
     before = cache.cache_info()["captures"]
     runner = EagerReplay(spec, Eps(), None, None, "step")
     for seed in range(3):
