@@ -6,12 +6,16 @@
     ddpm-fast sample --checkpoint runs/digits/last.safetensors --n 64 --seed 0 \\
         --sampler ddim --steps 50 --out grid.png
     ddpm-fast demo                                            # what `make demo` runs
+
+An error prints one line (what was wrong, which option, what to do) and exits with status 1;
+``--debug`` (or the environment variable DDPM_FAST_DEBUG=1) shows the full traceback instead.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 import typing
@@ -46,8 +50,14 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, type=base if base in (int, float) else str, default=None, help=help_)
 
 
+def _debug_flag(p: argparse.ArgumentParser, default) -> None:
+    p.add_argument("--debug", action="store_true", default=default,
+                   help="on an error, show the Python traceback (also: DDPM_FAST_DEBUG=1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ddpm-fast", description="Fast DDPM training and sampling.")
+    _debug_flag(ap, False)
     sub = ap.add_subparsers(dest="command", required=True)
 
     tr = sub.add_parser("train", help="train a DDPM (checkpoints, sample grids, loss curve)")
@@ -60,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--n", type=int, default=64)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
-    sp.add_argument("--steps", type=int, default=None, help="DDIM steps (ddpm: all T)")
+    sp.add_argument("--steps", type=int, default=None,
+                    help="sampling steps, respaced over T (default: all T for ddpm)")
     sp.add_argument("--eta", type=float, default=0.0)
     sp.add_argument("--out", default="grid.png")
     sp.add_argument("--batch-size", type=int, default=None, help="sample in chunks (same images)")
@@ -80,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--threads", type=int, default=None)
     dm.add_argument("--seed", type=int, default=0)
     dm.add_argument("--no-reference", action="store_true", help="skip the reference-backend timing")
+    for p in (tr, sp, dm):       # --debug after the command too; SUPPRESS keeps a top-level --debug
+        _debug_flag(p, argparse.SUPPRESS)
     return ap
 
 
@@ -112,19 +125,21 @@ def _sample_cmd(args) -> int:
     from .schedule import NoiseSchedule
     from .training.trainer import load_for_sampling
     from .utils.image import save_grid
+    from .training.trainer import image_shape_of
+    _check_sample_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     model, cfg, ckpt = load_for_sampling(args.checkpoint, use_ema=not args.no_ema, device=args.device)
-    shape = tuple(ckpt.extra["image_shape"])
+    shape = image_shape_of(ckpt, args.checkpoint)
     schedule = NoiseSchedule.make(cfg.schedule, cfg.T)
-    steps = args.steps if args.sampler == "ddim" else None
+    steps = args.steps          # sample() decides what steps means for the sampler, or refuses
     t0 = time.perf_counter()
     x = sample(model, (args.n, *shape), schedule=schedule, sampler=args.sampler, steps=steps,
                eta=args.eta, seed=args.seed, prediction_type=cfg.prediction_type, backend=args.backend,
                device=args.device, chunk_size=args.batch_size, compile=args.compile)
     dt = time.perf_counter() - t0
     save_grid(x, args.out, scale=max(1, 64 // max(shape[1:])))
-    nsteps = cfg.T if args.sampler == "ddpm" else (steps or cfg.T)
+    nsteps = steps or cfg.T
     print(f"sampled {args.n} images ({args.sampler}, {nsteps} steps, seed {args.seed}) in {dt:.2f} s "
           f"({args.n / dt:.1f} images/s, {dt / nsteps * 1e3:.1f} ms/step) -> {args.out}")
     if args.metric and cfg.data in ("digits", "sklearn-digits") and shape == (1, 16, 16) and args.n >= 2:
@@ -135,8 +150,34 @@ def _sample_cmd(args) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+class OptionError(ValueError):
+    """A command-line option with a bad value (``option`` is the flag, e.g. ``--n``)."""
+
+    def __init__(self, option: str, message: str):
+        super().__init__(f"{option}: {message}")
+
+
+def _check_sample_args(args) -> None:
+    if args.n < 1:
+        raise OptionError("--n", f"the number of images must be >= 1, got {args.n}")
+    for flag, v in (("--threads", args.threads), ("--batch-size", args.batch_size), ("--steps", args.steps)):
+        if v is not None and v < 1:
+            raise OptionError(flag, f"must be >= 1 (or left out), got {v}")
+
+
+def _one_line(e: BaseException) -> str:
+    """The error as one line; a training option is named by its flag (--min-snr-gamma)."""
+    from .training.config import ConfigError
+    if isinstance(e, ConfigError):
+        text = f"--{e.field.replace('_', '-')}: {e.reason}"
+    else:
+        text = str(e) or type(e).__name__
+        if not isinstance(e, (ValueError, TypeError, FileNotFoundError)):   # say what kind it is
+            text = f"{type(e).__name__}: {text}"
+    return " ".join(text.split())
+
+
+def _run(args) -> int:
     if args.command == "train":
         return _train_cmd(args)
     if args.command == "sample":
@@ -144,6 +185,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .training.demo import run_demo
     return run_demo(out_dir=args.out_dir, steps=args.steps, threads=args.threads, seed=args.seed,
                     reference=not args.no_reference, train_minutes=args.train_minutes)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.debug or os.environ.get("DDPM_FAST_DEBUG", "") not in ("", "0"):
+        return _run(args)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print(f"ddpm-fast {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:      # one line for the user; --debug keeps the traceback
+        print(f"ddpm-fast {args.command}: error: {_one_line(e)} (--debug shows the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":   # pragma: no cover

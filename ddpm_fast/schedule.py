@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from enum import IntEnum
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 
@@ -221,8 +221,13 @@ class NoiseSchedule:
         From a scheduler instance its ``alphas_cumprod`` are taken as they are (bit-compatible
         with diffusers' loop); from a config the betas are recomputed in float64. The config's
         prediction_type is kept as the schedule's hint."""
+        if not isinstance(getattr(scheduler, "config", scheduler), Mapping):
+            raise TypeError(
+                f"from_diffusers needs a diffusers scheduler or its config (a mapping), got "
+                f"{type(scheduler).__name__} {scheduler!r:.60}; for a schedule by name use "
+                "NoiseSchedule.make(...) or from_diffusers({'beta_schedule': ...})")
         cfg = getattr(scheduler, "config", scheduler)
-        get = cfg.get if isinstance(cfg, dict) else (lambda k, d=None: getattr(cfg, k, d))
+        get = cfg.get
         T = int(get("num_train_timesteps", 1000))
         pred = get("prediction_type", "epsilon")
         trained = get("trained_betas", None)

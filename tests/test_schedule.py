@@ -106,3 +106,18 @@ def test_spacing_rejects_bad_steps():
         spaced_timesteps(100, 101)
     with pytest.raises(ValueError):
         spaced_timesteps(100, 10, "random")
+
+
+@pytest.mark.parametrize("bad", [42, "squaredcos_cap_v2", None, [0.1, 0.2], 1.5])
+def test_from_diffusers_refuses_what_is_not_a_scheduler_or_config(bad):
+    """These used to return linear, T=1000 without a word."""
+    with pytest.raises(TypeError, match="diffusers scheduler or its config"):
+        NoiseSchedule.from_diffusers(bad)
+
+
+def test_from_diffusers_reads_any_mapping():
+    from types import MappingProxyType
+    cfg = {"num_train_timesteps": 50, "beta_schedule": "squaredcos_cap_v2"}
+    a = NoiseSchedule.from_diffusers(MappingProxyType(cfg))
+    assert a.T == 50 and a.name == "cosine"
+    torch.testing.assert_close(a.betas, NoiseSchedule.from_diffusers(cfg).betas, rtol=0, atol=0)

@@ -26,18 +26,48 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".
 @dataclass
 class ImageData:
     """``images``: uint8 [N, C, H, W] (0..255) or float32 [N, C, H, W] already in [-1, 1];
-    ``labels``: int64 [N] or None; ``name``: what the data is (stored in checkpoint configs)."""
+    ``labels``: int64 [N] or None; ``name``: what the data is (stored in checkpoint configs).
+
+    Float images are checked once: values outside [-1, 1] (or not finite) are an error, and so
+    are images with no negative value at all, the signature of [0, 1] data (torchvision's
+    ``ToTensor``) that was not rescaled with ``x * 2 - 1``; ``check_range=False`` skips the
+    second rule for data that really is all >= 0 in [-1, 1]."""
     images: torch.Tensor
     labels: Optional[torch.Tensor] = None
     name: str = "custom"
+    check_range: bool = True
 
     def __post_init__(self):
-        if self.images.dim() != 4:
-            raise ValueError(f"images must be [N, C, H, W], got {tuple(self.images.shape)}")
+        if not isinstance(self.images, torch.Tensor) or self.images.dim() != 4:
+            got = tuple(self.images.shape) if isinstance(self.images, torch.Tensor) else type(self.images).__name__
+            raise ValueError(f"images must be a tensor [N, C, H, W], got {got}")
         if self.images.dtype not in (torch.uint8, torch.float32):
-            raise ValueError(f"images must be uint8 or float32, got {self.images.dtype}")
+            raise ValueError(f"images must be uint8 (0..255) or float32 (in [-1, 1]), got "
+                             f"{self.images.dtype}; convert with .float() after scaling to [-1, 1]")
         if len(self) == 0:
             raise ValueError(f"data set {self.name!r} is empty")
+        if self.images.dtype == torch.float32:
+            self._check_float_range()
+        if self.labels is not None:
+            lab = self.labels
+            if not isinstance(lab, torch.Tensor) or lab.shape != (len(self),) or lab.is_floating_point():
+                got = tuple(lab.shape) if isinstance(lab, torch.Tensor) else type(lab).__name__
+                raise ValueError(f"labels must be an integer tensor [{len(self)}] (one per image), got {got}")
+
+    def _check_float_range(self) -> None:
+        x = self.images
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"data set {self.name!r}: float images contain NaN or inf")
+        lo, hi = float(x.min()), float(x.max())
+        if lo < -1 or hi > 1:
+            hint = " (0..255 data: pass uint8 images, or x / 127.5 - 1)" if hi > 1.5 else ""
+            raise ValueError(f"data set {self.name!r}: float images must lie in [-1, 1], these span "
+                             f"[{lo:.4g}, {hi:.4g}]{hint}")
+        if self.check_range and lo >= 0:
+            raise ValueError(f"data set {self.name!r}: float images span [{lo:.4g}, {hi:.4g}], none "
+                             "negative: [0, 1] data (e.g. torchvision's ToTensor) must be rescaled to "
+                             "[-1, 1] with x * 2 - 1 (if these really are [-1, 1] images, pass "
+                             "check_range=False)")
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -96,8 +126,9 @@ def image_folder(path: str | os.PathLike, resolution: int = 32, channels: Option
     """Every image file under ``path`` (recursively, sorted by path), as uint8 [N, C, r, r].
 
     ``channels``: 1 (greyscale) or 3 (RGB); None picks 1 when every image is greyscale, else 3.
-    Alpha is composited onto black. Sub-folder names become labels when there are several."""
-    from PIL import Image
+    Alpha is composited onto black. 16-bit greyscale is scaled by 255/65535 and float images
+    must be in [0, 1] (others are refused, naming the file). A file that cannot be read is an
+    error naming it. Sub-folder names become labels when there are several."""
     root = os.fspath(path)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"no such folder: {root}")
@@ -109,21 +140,11 @@ def image_folder(path: str | os.PathLike, resolution: int = 32, channels: Option
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be 1, 3 or None, got {channels!r}")
-    imgs = []
-    for f in files:
-        with Image.open(f) as im:
-            im.load()
-            if im.mode in ("RGBA", "LA", "P"):
-                im = im.convert("RGBA")
-                bg = Image.new("RGBA", im.size, (0, 0, 0, 255))
-                im = Image.alpha_composite(bg, im)
-            imgs.append(_center_square(im, resolution))
+    imgs = [_center_square(_open_image(f), resolution) for f in files]
     if channels is None:
-        grey = all(im.mode in ("L", "1", "I", "I;16", "F") for im in imgs)
+        grey = all(im.mode in ("L", "1", "F") for im in imgs)
         channels = 1 if grey else 3
-    mode = "L" if channels == 1 else "RGB"
-    arr = np.stack([np.asarray(im.convert(mode), dtype=np.uint8).reshape(resolution, resolution, channels)
-                    for im in imgs])
+    arr = np.stack([_to_uint8(im, channels).reshape(resolution, resolution, channels) for im in imgs])
     x = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
     rel = [os.path.relpath(os.path.dirname(f), root) for f in files]
     classes = sorted(set(rel))
@@ -132,6 +153,52 @@ def image_folder(path: str | os.PathLike, resolution: int = 32, channels: Option
         lut = {c: i for i, c in enumerate(classes)}
         labels = torch.tensor([lut[r] for r in rel], dtype=torch.int64)
     return ImageData(x, labels, name=f"folder:{root}")
+
+
+# Pillow modes holding more than 8 bits per pixel: the value that means full white. "I" is a
+# 32-bit int; Pillow uses it for 16-bit PNGs and TIFFs, so it is read as 16 bits (and refused
+# beyond). "F" (float TIFF) must already be in [0, 1].
+_HIGH_DEPTH_WHITE = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0,
+                     "I": 65535.0, "F": 1.0}
+
+
+def _open_image(path: str):
+    """The image at ``path``, loaded: alpha composited onto black, and high-bit-depth greyscale
+    (16-bit, 32-bit int, float) as a float "F" image in 0..255 scaled by the mode's real range,
+    not clipped at 255 as Pillow's convert("L") does."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in _HIGH_DEPTH_WHITE:
+                return _high_depth_to_float(im, path)
+            if im.mode in ("RGBA", "LA", "P", "PA"):
+                im = im.convert("RGBA")
+                return Image.alpha_composite(Image.new("RGBA", im.size, (0, 0, 0, 255)), im)
+            return im.copy()
+    except (OSError, SyntaxError, EOFError, ValueError) as e:   # truncated, corrupt, not an image
+        raise ValueError(f"{path}: cannot read this image ({type(e).__name__}: {e}); repair, "
+                         "re-export or remove the file") from None
+
+
+def _high_depth_to_float(im, path: str):
+    from PIL import Image
+    white = _HIGH_DEPTH_WHITE[im.mode]
+    a = np.asarray(im, dtype=np.float64)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if not np.isfinite(a).all() or lo < 0 or hi > white:
+        raise ValueError(f"{path}: a {im.mode} image with values in [{lo:.6g}, {hi:.6g}]; only "
+                         f"[0, {white:g}] can be read as an image ({'16-bit' if white > 1 else 'float in [0, 1]'}): "
+                         "rescale it, or save it as 8-bit")
+    return Image.fromarray((a * (255.0 / white)).astype(np.float32))     # float32 -> mode "F"
+
+
+def _to_uint8(im, channels: int) -> np.ndarray:
+    """uint8 [H, W] or [H, W, 3] pixels of a loaded image in ``channels`` channels."""
+    if im.mode == "F":
+        a = np.clip(np.rint(np.asarray(im, dtype=np.float32)), 0, 255).astype(np.uint8)
+        return a if channels == 1 else np.repeat(a[..., None], 3, axis=-1)
+    return np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
 
 
 _MNIST_NAMES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -201,4 +268,4 @@ def take(data: ImageData, indices: Sequence[int]) -> ImageData:
     """A subset (shares nothing with the original)."""
     idx = torch.as_tensor(list(indices), dtype=torch.int64)
     labels = data.labels.index_select(0, idx) if data.labels is not None else None
-    return ImageData(data.images.index_select(0, idx).clone(), labels, data.name)
+    return ImageData(data.images.index_select(0, idx).clone(), labels, data.name, check_range=False)

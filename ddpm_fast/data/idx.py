@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zlib
 
 import numpy as np
 
@@ -24,10 +25,15 @@ def _open(path: str):
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """The array stored in an IDX file (gzip detected from the content, not the name).
 
-    Raises ValueError on a bad magic number or a size that does not match the header."""
+    Raises ValueError, naming the file, on a bad magic number, a size that does not match the
+    header, or a truncated gzip stream."""
     path = os.fspath(path)
-    with _open(path) as f:
-        data = f.read()
+    try:
+        with _open(path) as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:      # a truncated or damaged .gz
+        raise ValueError(f"{path}: damaged gzip file ({type(e).__name__}: {e}); download or "
+                         "decompress it again") from None
     if len(data) < 4:
         raise ValueError(f"{path}: too short to be an IDX file")
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])

@@ -35,8 +35,9 @@ class UNet(nn.Module):
         attn_resolutions: feature-map sides (heights) at which self-attention is applied.
         dropout: dropout in every ResBlock, between its second norm and conv.
         resolution: input image size, int or (H, W); inputs must have exactly this size.
-        num_classes: None, or the number of classes for class conditioning (``y`` in forward).
-        num_groups: GroupNorm groups, clamped per layer to the largest divisor of its channels.
+        num_classes: None, or the number of classes (>= 1) for class conditioning (``y`` in
+            forward, labels in [0, num_classes)).
+        num_groups: GroupNorm groups (>= 1), clamped per layer to the largest divisor of its channels.
         backend: ops backend for the fused ops ("reference", "cpp", "cuda", "triton", "auto");
             None follows the global default (``ddpm_fast.set_backend``).
     """
@@ -48,9 +49,11 @@ class UNet(nn.Module):
         super().__init__()
         res = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
         ch_mult = tuple(int(m) for m in ch_mult)
-        if len(res) != 2 or min(res) <= 0 or len(ch_mult) == 0 or num_res_blocks < 1 or ch < 1:
-            raise ValueError("need resolution > 0 (int or (H, W)), a non-empty ch_mult, "
-                             "num_res_blocks >= 1 and ch >= 1")
+        if len(res) != 2 or min(res) <= 0 or len(ch_mult) == 0 or num_res_blocks < 1:
+            raise ValueError("need resolution > 0 (int or (H, W)), a non-empty ch_mult and "
+                             "num_res_blocks >= 1")
+        _check_sizes(in_channels=in_channels, out_channels=out_channels, ch=ch, ch_mult=ch_mult,
+                     num_classes=num_classes, num_groups=num_groups)
         factor = 2 ** (len(ch_mult) - 1)
         if res[0] % factor or res[1] % factor:
             raise ValueError(f"resolution {res} must be divisible by 2**(len(ch_mult)-1) = {factor}")
@@ -71,7 +74,8 @@ class UNet(nn.Module):
             return AttnBlock(c, G, backend) if side in self.attn_resolutions else nn.Identity()
 
         self.temb = nn.Sequential(nn.Linear(ch, temb_ch), nn.SiLU(), nn.Linear(temb_ch, temb_ch))
-        self.class_emb = nn.Embedding(num_classes, temb_ch) if num_classes else None
+        self.class_emb = nn.Embedding(num_classes, temb_ch) if num_classes is not None else None
+        self._checked_labels = None     # (data_ptr, version, shape) of the last y found in range
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
 
         # down path; skip_chs records the channels of every tensor pushed for the up path
@@ -151,9 +155,10 @@ class UNet(nn.Module):
     # --- forward --------------------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor, t, y: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """x: float (B, in_channels, H, W) with (H, W) = ``resolution``; t: timesteps, int or
-        float tensor (B,), a scalar tensor or a Python number (broadcast to B); y: int64 class
-        labels (B,), required iff ``num_classes`` is set. Returns (B, out_channels, H, W)."""
+        """x: float (B, in_channels, H, W) with (H, W) = ``resolution``, in the weights' dtype
+        (any dtype under ``torch.autocast``); t: timesteps, int or float tensor (B,), a scalar
+        tensor or a Python number (broadcast to B); y: int64 class labels (B,) in
+        [0, num_classes), required iff ``num_classes`` is set. Returns (B, out_channels, H, W)."""
         B = self._check_inputs(x, y)
         if not torch.compiler.is_compiling():
             resolve_ops(self._backend, x.device)  # cached; raises if the backend cannot run here
@@ -204,7 +209,30 @@ class UNet(nn.Module):
             if not isinstance(y, torch.Tensor) or y.shape != (B,) or y.is_floating_point():
                 raise ValueError(f"y must be an integer tensor of shape ({B},), got "
                                  f"{tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}")
+            self._check_labels(y)
+        self._check_dtype(x)
         return B
+
+    def _check_dtype(self, x: torch.Tensor) -> None:
+        w = self.conv_in.weight.dtype
+        if torch.compiler.is_compiling():
+            return
+        if x.dtype != w and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"x is {x.dtype} but the model's weights are {w}: pass x.to({w}), "
+                            f"convert the model (model.to({x.dtype})), or run under torch.autocast")
+
+    def _check_labels(self, y: torch.Tensor) -> None:
+        """Labels in [0, num_classes), read once per label tensor (a host sync, skipped while
+        compiling or capturing a CUDA graph; a sampling loop passes the same y every step)."""
+        if torch.compiler.is_compiling() or (y.is_cuda and torch.cuda.is_current_stream_capturing()):
+            return
+        key = (y.data_ptr(), y._version, tuple(y.shape), y.device)
+        if key == self._checked_labels:
+            return
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+            raise ValueError(f"class labels y must be in [0, num_classes={self.num_classes}), got "
+                             f"values in [{int(y.min())}, {int(y.max())}]")
+        self._checked_labels = key
 
     @staticmethod
     def _timesteps(t, B: int, device: torch.device) -> torch.Tensor:
@@ -248,3 +276,20 @@ class UNet(nn.Module):
                    attn_resolutions=(16,), dropout=0.1, resolution=32)
         cfg.update(overrides)
         return cls(**cfg)
+
+
+def _check_sizes(**sizes) -> None:
+    """Channel counts are ints >= 1 (out_channels / num_classes may be None). ch >= 4: the
+    time embedding has ch // 2 frequencies spaced over ch // 2 - 1 intervals."""
+    minimum = {"ch": 4}
+    for name, v in sizes.items():
+        if name == "ch_mult":
+            if any(m < 1 for m in v):
+                raise ValueError(f"ch_mult entries must be >= 1, got {v}")
+            continue
+        if v is None and name in ("out_channels", "num_classes"):
+            continue
+        lo = minimum.get(name, 1)
+        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+            what = " (None: unconditional)" if name == "num_classes" else ""
+            raise ValueError(f"{name} must be an int >= {lo}{what}, got {v!r}")

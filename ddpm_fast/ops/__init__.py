@@ -185,6 +185,9 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, *, max_period: float = 10000
     if dim < 2:
         raise ValueError(f"dim must be >= 2, got {dim}")
     half = dim // 2
+    if half - downscale_freq_shift <= 0:   # the frequency exponent divides by this: 0 gives NaN
+        raise ValueError(f"dim // 2 - downscale_freq_shift must be > 0, got dim={dim}, "
+                         f"downscale_freq_shift={downscale_freq_shift}: use dim >= 4 (or shift 0)")
     exponent = -torch.log(torch.tensor(max_period)) * torch.arange(half, dtype=torch.float32, device=t.device)
     freqs = torch.exp(exponent / (half - downscale_freq_shift))
     args = t.float()[:, None] * freqs[None, :]

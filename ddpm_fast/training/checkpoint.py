@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import torch
 
-__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "FORMAT"]
+__all__ = ["Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "FORMAT"]
 
 FORMAT = "ddpm_fast.checkpoint.v1"
 
@@ -33,6 +33,12 @@ class Checkpoint:
     scaler: Optional[dict] = None
     losses: Optional[torch.Tensor] = None
     extra: dict = field(default_factory=dict)
+    path: Optional[str] = None        # where it was loaded from (for error messages)
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable ddpm_fast checkpoint, or one that does not fit the model.
+    The message names the file and what to do."""
 
 
 def _flatten_optimizer(sd: dict) -> tuple[dict, dict]:
@@ -93,23 +99,58 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> str:
     return path
 
 
+_NOT_READABLE = ("not a readable checkpoint ({why}): it is truncated, empty or not a safetensors "
+                 "file. Pass the last.safetensors a training run wrote (an interrupted run keeps "
+                 "its previous checkpoint intact)")
+
+
 def load_checkpoint(path: str | os.PathLike, device="cpu") -> Checkpoint:
-    """Read a checkpoint written by :func:`save_checkpoint` (tensors on ``device``)."""
-    from safetensors import safe_open
+    """Read a checkpoint written by :func:`save_checkpoint` (tensors on ``device``).
+
+    Raises FileNotFoundError for a missing file and :class:`CheckpointError` (naming the file)
+    for a directory, a truncated or foreign file, or missing metadata."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a directory; pass the checkpoint file inside it "
+                              f"(e.g. {os.path.join(path, 'last.safetensors')})")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        meta, groups = _read(path, device)
+    except CheckpointError:
+        raise
+    except Exception as e:   # safetensors' SafetensorError, OSError, UnicodeDecodeError, ...
+        raise CheckpointError(f"{path}: " + _NOT_READABLE.format(why=f"{type(e).__name__}: {e}")) from None
+    try:
+        optimizer = _unflatten_optimizer(groups["optim"], json.loads(meta["optim"])) if "optim" in meta else None
+        scaler = None
+        if "scaler" in meta:
+            scaler = dict(json.loads(meta["scaler"]))
+            scaler.update(groups["scaler"])
+        return Checkpoint(step=int(meta["step"]), config=json.loads(meta["config"]), model=groups["model"],
+                          ema=groups["ema"] or None, optimizer=optimizer, scaler=scaler,
+                          losses=groups["log"].get("loss"), extra=json.loads(meta.get("extra", "{}")),
+                          path=path)
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: damaged ddpm_fast checkpoint metadata ({type(e).__name__}: {e}); "
+                              "use an earlier checkpoint or start a new run") from None
+
+
+def _read(path: str, device) -> tuple[dict, dict]:
+    """(metadata, tensors grouped by prefix) of a ddpm_fast safetensors file."""
+    from safetensors import safe_open
     with safe_open(path, framework="pt", device=str(device)) as f:
         meta = f.metadata() or {}
         if meta.get("format") != FORMAT:
-            raise ValueError(f"{path}: not a ddpm_fast checkpoint (format {meta.get('format')!r})")
+            raise CheckpointError(
+                f"{path}: a safetensors file but not a ddpm_fast checkpoint (format "
+                f"{meta.get('format')!r}, expected {FORMAT!r}); to sample from other weights, "
+                "load them into your model and call ddpm_fast.sample(model, ...)")
         groups: dict[str, dict] = {"model": {}, "ema": {}, "optim": {}, "scaler": {}, "log": {}}
         for name in f.keys():
-            prefix, rest = name.split(".", 1)
+            prefix, _, rest = name.partition(".")
+            if prefix not in groups or not rest:
+                raise CheckpointError(f"{path}: unexpected tensor {name!r} in a ddpm_fast checkpoint; "
+                                      "use an earlier checkpoint or start a new run")
             groups[prefix][rest if prefix != "optim" else name] = f.get_tensor(name)
-    optimizer = _unflatten_optimizer(groups["optim"], json.loads(meta["optim"])) if "optim" in meta else None
-    scaler = None
-    if "scaler" in meta:
-        scaler = dict(json.loads(meta["scaler"]))
-        scaler.update(groups["scaler"])
-    return Checkpoint(step=int(meta["step"]), config=json.loads(meta["config"]), model=groups["model"],
-                      ema=groups["ema"] or None, optimizer=optimizer, scaler=scaler,
-                      losses=groups["log"].get("loss"), extra=json.loads(meta.get("extra", "{}")))
+    return meta, groups

@@ -1,15 +1,22 @@
-"""The training configuration: one flat dataclass, stored as JSON in every checkpoint."""
+"""The training configuration: one flat dataclass, stored as JSON in every checkpoint.
+
+Every field is checked when a config is made (``TrainConfig(...)``, ``replace``, ``from_dict``),
+so a bad value fails before any data is loaded or any step is run: the rules are in
+:mod:`ddpm_fast.training.config_rules`.
+"""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
-__all__ = ["TrainConfig", "STRUCTURAL_KEYS"]
+from .config_rules import ConfigError, validate_config
+
+__all__ = ["TrainConfig", "ConfigError", "STRUCTURAL_KEYS"]
 
 # keys that must not change when resuming: they change the model's shapes, the meaning of its
 # output, or the data stream (which makes the resumed run differ from an uninterrupted one)
-STRUCTURAL_KEYS = ("data", "resolution", "channels", "model", "model_kwargs", "schedule", "T",
+STRUCTURAL_KEYS = ("data", "resolution", "channels", "model", "model_kwargs", "schedule", "T", "optimizer",
                    "prediction_type", "seed", "batch_size")
 
 
@@ -30,6 +37,7 @@ class TrainConfig:
     steps: int = 2000                    # total optimizer steps (a resumed run continues up to this)
     batch_size: int = 64                 # per process; the global batch is batch_size * world size
     lr: float = 2e-4
+    optimizer: str = "adamw"             # "adamw" (betas, weight_decay) | "sgd" (plain, no momentum)
     lr_schedule: str = "constant"        # after warm-up: "constant" | "cosine" (down to min_lr_ratio * lr)
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100              # linear warm-up from 0
@@ -59,6 +67,9 @@ class TrainConfig:
     metric: bool = True                  # the digits quality metric at the end (digits data only)
     progress: bool = True
 
+    def __post_init__(self):
+        validate_config(self)
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["betas"] = list(d["betas"])
@@ -69,9 +80,10 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"unknown training options: {sorted(unknown)}")
+            raise ConfigError(sorted(unknown)[0], f"unknown training option(s) {sorted(unknown)}; "
+                              f"the options are {sorted(names)}")
         d = dict(d)
-        if "betas" in d:
+        if isinstance(d.get("betas"), list):
             d["betas"] = tuple(d["betas"])
         return cls(**d)
 

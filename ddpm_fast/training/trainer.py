@@ -26,15 +26,14 @@ from .. import ops
 from ..data import ImageData, batch_indices, load_dataset
 from ..data.indices import mix_seed
 from ..schedule import Col, NoiseSchedule
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .config import STRUCTURAL_KEYS, TrainConfig
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from .config import STRUCTURAL_KEYS, ConfigError, TrainConfig
+from .config_rules import TARGETS
 from .distributed import DistInfo, sample_sharded, setup_distributed
 
 __all__ = ["train", "TrainResult", "build_model", "load_for_sampling", "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "last.safetensors"
-_TARGET = {"epsilon": "epsilon", "eps": "epsilon", "sample": "sample", "x0": "sample",
-           "v_prediction": "v_prediction", "v": "v_prediction"}
 
 
 @dataclass
@@ -133,11 +132,28 @@ def _precision(precision: str, device: torch.device):
 
 # -- checkpoint <-> state ------------------------------------------------------------------------
 
-def _state_from_checkpoint(ckpt: Checkpoint, model, ema, opt, scaler) -> None:
-    model.load_state_dict(ckpt.model)
-    ema.load_state_dict(ckpt.ema if ckpt.ema is not None else ckpt.model)
+def _load_weights(model: nn.Module, weights: dict, path: str, config: dict) -> None:
+    """model.load_state_dict(weights), with an error that names the checkpoint and what it holds
+    when the architectures differ (torch's message lists every missing or mismatched key)."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        first = str(e).split("\n")[1].strip() if "\n" in str(e) else str(e)
+        raise CheckpointError(
+            f"{path}: its weights do not fit this model ({first}); the checkpoint was trained with "
+            f"model={config.get('model')!r}, model_kwargs={config.get('model_kwargs')}: build that "
+            "model, or pass the checkpoint that belongs to yours") from None
+
+
+def _state_from_checkpoint(ckpt: Checkpoint, model, ema, opt, scaler, path: str) -> None:
+    _load_weights(model, ckpt.model, path, ckpt.config)
+    _load_weights(ema, ckpt.ema if ckpt.ema is not None else ckpt.model, path, ckpt.config)
     if ckpt.optimizer is not None:
-        opt.load_state_dict(ckpt.optimizer)
+        try:
+            opt.load_state_dict(ckpt.optimizer)
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{path}: its optimizer state does not fit this model's "
+                                  f"parameters ({e}); start a new run (resume=False)") from None
     if scaler is not None and ckpt.scaler:
         scaler.load_state_dict({k: (v.item() if isinstance(v, torch.Tensor) and v.dim() == 0 else v)
                                 for k, v in ckpt.scaler.items()})
@@ -162,18 +178,35 @@ def load_for_sampling(path: str, *, use_ema: bool = True, device=None,
                       model: Optional[nn.Module] = None) -> tuple[nn.Module, TrainConfig, Checkpoint]:
     """(model in eval mode with the EMA weights — or the raw ones —, its config, the checkpoint)."""
     ckpt = load_checkpoint(path)
-    cfg = TrainConfig.from_dict(ckpt.config)
+    cfg = _config_of(ckpt, path)
     if model is None:
         if cfg.model == "custom":
             raise ValueError(f"{path} holds a custom model: pass model= to load its weights")
-        C, H, W = ckpt.extra["image_shape"]
-        model = build_model(cfg, (C, H, W))
+        model = build_model(cfg, image_shape_of(ckpt, path))
     weights = ckpt.ema if (use_ema and ckpt.ema is not None) else ckpt.model
-    model.load_state_dict(weights)
+    _load_weights(model, weights, path, ckpt.config)
     model.eval().requires_grad_(False)
     if device is not None:
         model.to(device)
     return model, cfg, ckpt
+
+
+def _config_of(ckpt: Checkpoint, path) -> TrainConfig:
+    try:
+        return TrainConfig.from_dict(ckpt.config)
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{path}: its training config is not valid here ({e}); it was "
+                              "written by another version of ddpm_fast or edited by hand") from None
+
+
+def image_shape_of(ckpt: Checkpoint, path) -> tuple[int, int, int]:
+    """(C, H, W) of the images a checkpoint was trained on (stored by :func:`train`)."""
+    shape = ckpt.extra.get("image_shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and v > 0 for v in shape)):
+        raise CheckpointError(f"{path}: no image_shape [C, H, W] in its metadata (got {shape!r}): it "
+                              "was not written by ddpm_fast.train; load its weights into your own "
+                              "model with load_for_sampling(path, model=...)")
+    return tuple(shape)
 
 
 # -- the loop ------------------------------------------------------------------------------------
@@ -196,28 +229,41 @@ def train(config: Optional[TrainConfig] = None, *, model: Optional[nn.Module] = 
     """
     if isinstance(data, (str, os.PathLike)):
         overrides["data"], data = os.fspath(data), None
+    elif isinstance(data, torch.Tensor):
+        data = ImageData(data, name="tensor")
+    elif data is not None and not isinstance(data, ImageData):
+        raise TypeError(f"data must be an ImageData, a float/uint8 tensor [N, C, H, W] or a data spec "
+                        f"('digits', a folder, IDX files), got {type(data).__name__}")
+    if isinstance(model, str):     # the config field (``--model tiny``), not a network
+        overrides["model"], model = model, None
+    elif model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module (your network) or a preset name "
+                        f"(tiny | ddpm_cifar10 | unet), got {type(model).__name__}")
     cfg = config or TrainConfig()
     if not isinstance(cfg, TrainConfig):
-        raise TypeError("config must be a TrainConfig")
+        raise TypeError(f"config must be a TrainConfig, got {type(cfg).__name__}")
     ckpt_path = None
     ckpt = None
     if resume:
         ckpt_path = resume if isinstance(resume, str) else os.path.join(
             overrides.get("out_dir", cfg.out_dir), CHECKPOINT_NAME)
-        if os.path.isfile(ckpt_path):
+        if os.path.exists(ckpt_path):
             ckpt = load_checkpoint(ckpt_path)
             explicit = overrides if config is None else {**_explicit(cfg), **overrides}
             cfg = _merge_resume_config(ckpt.config, explicit)
             if cfg.progress and os.environ.get("RANK", "0") == "0":
                 print(f"resuming from {ckpt_path} at step {ckpt.step}", file=sys.stderr)
         elif isinstance(resume, str):
-            raise FileNotFoundError(f"no checkpoint at {resume}")
+            raise FileNotFoundError(f"no checkpoint at {resume}: pass the .safetensors file a "
+                                    "previous run wrote (OUT_DIR/last.safetensors), or resume=True")
         elif overrides.get("progress", cfg.progress) and os.environ.get("RANK", "0") == "0":
             print(f"no checkpoint at {ckpt_path}: starting at step 0", file=sys.stderr)
     if ckpt is None:
         cfg = cfg.replace(**overrides) if overrides else cfg
     if model is not None:
         cfg = cfg.replace(model="custom")
+    elif cfg.model == "custom":
+        raise ConfigError("model", "'custom' is a network passed in: call train(model=your_module)")
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
         return _train(cfg, model, data, ckpt, callback)
 
@@ -244,13 +290,7 @@ def _train_inner(cfg, user_model, data, ckpt, callback, info: DistInfo, device, 
     import copy
     if cfg.threads and device.type == "cpu":
         torch.set_num_threads(cfg.threads)
-    target = _TARGET.get(cfg.prediction_type)
-    if target is None:
-        raise ValueError(f"prediction_type must be epsilon | sample | v_prediction, got {cfg.prediction_type!r}")
-    if cfg.steps < 0 or cfg.batch_size < 1:
-        raise ValueError("steps must be >= 0 and batch_size >= 1")
-    if cfg.sampler not in ("ddpm", "ddim"):
-        raise ValueError(f"sampler must be ddpm | ddim, got {cfg.sampler!r}")
+    target = TARGETS[cfg.prediction_type]          # every field was checked by TrainConfig
     data = data if data is not None else _load_data(cfg)
     image_shape = data.shape
     schedule = NoiseSchedule.make(cfg.schedule, cfg.T)
@@ -263,12 +303,11 @@ def _train_inner(cfg, user_model, data, ckpt, callback, info: DistInfo, device, 
     net = user_model if user_model is not None else build_model(cfg, image_shape)
     net.to(device).train()
     ema = copy.deepcopy(net).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
-                            weight_decay=cfg.weight_decay)
+    opt = _optimizer(cfg, net.parameters())
     scaler = torch.amp.GradScaler(device.type) if use_scaler else None
     step, losses = 0, []
     if ckpt is not None:
-        _state_from_checkpoint(ckpt, net, ema, opt, scaler)
+        _state_from_checkpoint(ckpt, net, ema, opt, scaler, ckpt.path)
         step = ckpt.step
         if ckpt.extra.get("world_size", 1) != info.world_size:
             warnings.warn(f"resuming a {ckpt.extra.get('world_size', 1)}-process run with "
@@ -333,6 +372,7 @@ def _train_inner(cfg, user_model, data, ckpt, callback, info: DistInfo, device, 
             g["lr"] = lr_at(step, cfg)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None), _model_ops(cfg, device):
             pred = fwd(x_t, t)
+        _check_prediction(pred, tgt)
         per_sample = (pred.float() - tgt.float()).pow(2).flatten(1).mean(1)    # (B,)
         w = _loss_weight(t, table, target, cfg.min_snr_gamma)
         loss = (per_sample * w).mean() if w is not None else per_sample.mean()
@@ -412,6 +452,24 @@ def _train_inner(cfg, user_model, data, ckpt, callback, info: DistInfo, device, 
                        samples=samples, quality=quality, images_per_second=ips, timings=timings)
 
 
+def _optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":       # plain SGD: the update is lr * gradient, nothing else
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+
+
+def _check_prediction(pred, target: torch.Tensor) -> None:
+    """The model's output must have the target's shape: a (B, 2C, H, W) output against a
+    (B, C, H, W) target would otherwise broadcast in the loss and train on nonsense."""
+    if not isinstance(pred, torch.Tensor):
+        raise TypeError(f"the model returned {type(pred).__name__}; train() needs model(x_t, t) to "
+                        "return one tensor of x_t's shape")
+    if pred.shape != target.shape:
+        raise ValueError(f"the model returned shape {tuple(pred.shape)} for inputs of shape "
+                         f"{tuple(target.shape)}; its output must have the input's shape (set "
+                         "out_channels to the image channels)")
+
+
 def _model_ops(cfg: TrainConfig, device: torch.device):
     import contextlib
     name = cfg.model_backend or ("reference" if device.type == "cpu" else "auto")
@@ -427,7 +485,7 @@ def _grid(ema, cfg: TrainConfig, image_shape, schedule, info: DistInfo, device, 
     """Sample cfg.sample_n images from the EMA model (sharded over ranks), write the PNG grid."""
     x = sample_sharded(ema, cfg.sample_n, image_shape, info, schedule=schedule, sampler=cfg.sampler,
                        steps=cfg.sample_steps if cfg.sampler == "ddim" else None, seed=cfg.seed,
-                       prediction_type=_TARGET[cfg.prediction_type], backend=cfg.backend or "auto",
+                       prediction_type=TARGETS[cfg.prediction_type], backend=cfg.backend or "auto",
                        device=device)
     if info.is_main and x is not None:
         from ..utils.image import save_grid
