@@ -114,13 +114,15 @@ class Doubled(torch.nn.Module):
         return self.conv(x)
 
 
-class Pair(torch.nn.Module):
+class Named(torch.nn.Module):
+    """Returns a dict without a "sample" entry: nothing train() can take as the prediction."""
+
     def __init__(self):
         super().__init__()
         self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
 
     def forward(self, x, t):
-        return self.conv(x), None
+        return {"eps": self.conv(x)}
 
 
 class Plain(torch.nn.Module):
@@ -138,8 +140,8 @@ def test_model_output_shape_must_match_the_target(tmp_path):
     with pytest.raises(ValueError, match=r"shape \(4, 2, 8, 8\).*\(4, 1, 8, 8\)"):
         train(model=Doubled(), data=random_data(), callback=lambda s, i: calls.append(s), **small(tmp_path))
     assert calls == []
-    with pytest.raises(TypeError, match="returned tuple"):
-        train(model=Pair(), data=random_data(), **small(tmp_path))
+    with pytest.raises(TypeError, match="returned dict"):
+        train(model=Named(), data=random_data(), **small(tmp_path))
 
 
 def test_train_takes_a_tensor_in_minus_one_one_and_refuses_zero_one(tmp_path):

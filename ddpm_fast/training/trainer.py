@@ -371,8 +371,7 @@ def _train_inner(cfg, user_model, data, ckpt, callback, info: DistInfo, device, 
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None), _model_ops(cfg, device):
-            pred = fwd(x_t, t)
-        _check_prediction(pred, tgt)
+            pred = _prediction(fwd(x_t, t), tgt)
         per_sample = (pred.float() - tgt.float()).pow(2).flatten(1).mean(1)    # (B,)
         w = _loss_weight(t, table, target, cfg.min_snr_gamma)
         loss = (per_sample * w).mean() if w is not None else per_sample.mean()
@@ -458,16 +457,17 @@ def _optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
 
 
-def _check_prediction(pred, target: torch.Tensor) -> None:
-    """The model's output must have the target's shape: a (B, 2C, H, W) output against a
-    (B, C, H, W) target would otherwise broadcast in the loss and train on nonsense."""
-    if not isinstance(pred, torch.Tensor):
-        raise TypeError(f"the model returned {type(pred).__name__}; train() needs model(x_t, t) to "
-                        "return one tensor of x_t's shape")
+def _prediction(out, target: torch.Tensor) -> torch.Tensor:
+    """The model's output as a tensor of the target's shape (diffusers' ``.sample`` and tuples
+    unwrapped as sample() does): a (B, 2C, H, W) output against a (B, C, H, W) target would
+    otherwise broadcast in the loss and train on nonsense."""
+    from ..samplers.adapters import unwrap_output
+    pred = unwrap_output(out)
     if pred.shape != target.shape:
         raise ValueError(f"the model returned shape {tuple(pred.shape)} for inputs of shape "
                          f"{tuple(target.shape)}; its output must have the input's shape (set "
                          "out_channels to the image channels)")
+    return pred
 
 
 def _model_ops(cfg: TrainConfig, device: torch.device):
