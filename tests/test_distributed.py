@@ -23,10 +23,16 @@ def make_data():
     return ImageData(torch.rand(48, 1, 16, 16, generator=g) * 2 - 1, name="random")
 
 
-def config(out_dir, batch_size):
-    return TrainConfig(steps=3, batch_size=batch_size, ckpt_every=0, sample_n=5, sample_steps=4,
-                       model_kwargs=TINY, lr=1e-3, warmup_steps=1, progress=False, metric=False,
-                       threads=1, out_dir=str(out_dir), backend="reference")
+def config(out_dir, batch_size, **kw):
+    base = dict(steps=3, batch_size=batch_size, ckpt_every=0, sample_n=5, sample_steps=4,
+                model_kwargs=TINY, lr=1e-3, warmup_steps=1, progress=False, metric=False,
+                threads=1, out_dir=str(out_dir), backend="reference")
+    return TrainConfig(**{**base, **kw})
+
+
+# plain SGD without clipping: the update is lr * the all-reduced gradient, so a sum instead of a
+# mean over the ranks doubles it (AdamW normalises the gradient's scale away and would not see it)
+SGD = dict(optimizer="sgd", grad_clip=0.0, lr=0.5, warmup_steps=0, sample_n=0)
 
 
 _WORKER = textwrap.dedent("""
@@ -35,7 +41,7 @@ _WORKER = textwrap.dedent("""
     import torch
     from safetensors.torch import save_file
     sys.path.insert(0, {here!r})
-    from test_distributed import config, make_data
+    from test_distributed import SGD, config, make_data
     from ddpm_fast.training import train
     rank = int(os.environ["RANK"])
     assert int(os.environ["WORLD_SIZE"]) == 2
@@ -46,6 +52,9 @@ _WORKER = textwrap.dedent("""
         t["samples"] = res.samples.contiguous()
     save_file(t, os.path.join({out!r}, f"rank{{rank}}.safetensors"))
     print("rank", rank, "losses", res.losses, "has_samples", res.samples is not None)
+    res = train(config(os.path.join({out!r}, "sgd"), batch_size=4, **SGD), data=make_data())
+    save_file({{k: v.contiguous() for k, v in res.model.state_dict().items()}},
+              os.path.join({out!r}, f"rank{{rank}}_sgd.safetensors"))
 """)
 
 
@@ -60,11 +69,29 @@ def two_rank_run(tmp_path_factory):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=str(out))
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-5000:])
     from safetensors.torch import load_file
-    return [load_file(str(out / f"rank{r}.safetensors")) for r in range(2)], proc.stdout
+    return [load_file(str(out / f"rank{r}.safetensors")) for r in range(2)], proc.stdout, out
+
+
+def test_sgd_on_two_ranks_equals_one_process_at_the_global_batch(two_rank_run, tmp_path):
+    """Catches a sum-instead-of-mean gradient all-reduce: with plain SGD and no clipping it would
+    double every update; the tolerance is far below the size of the updates themselves."""
+    from safetensors.torch import load_file
+    from ddpm_fast.data.indices import mix_seed
+    from ddpm_fast.training.trainer import build_model
+    out = two_rank_run[2]
+    r0, r1 = (load_file(str(out / f"rank{r}_sgd.safetensors")) for r in range(2))
+    single = train(config(tmp_path, batch_size=8, **SGD), data=make_data()).model.state_dict()
+    torch.manual_seed(mix_seed(0, 0xC0FFEE))
+    init = build_model(config(tmp_path, 8), (1, 16, 16)).state_dict()
+    biggest_update = max(float((single[k] - init[k]).abs().max()) for k in single)
+    assert biggest_update > 1e-2
+    for k, p in single.items():
+        assert torch.equal(r0[k], r1[k]), k
+        torch.testing.assert_close(r0[k], p, atol=2e-5, rtol=1e-4)
 
 
 def test_both_ranks_end_with_identical_weights(two_rank_run):
-    (r0, r1), out = two_rank_run
+    (r0, r1), out, _ = two_rank_run
     weights = [k for k in r0 if k.startswith(("model.", "ema."))]
     assert weights and set(weights) == {k for k in r1 if k != "samples"}
     for k in weights:
@@ -75,7 +102,7 @@ def test_both_ranks_end_with_identical_weights(two_rank_run):
 def test_two_ranks_match_one_process_with_the_global_batch(two_rank_run, tmp_path):
     """2 x batch 4 sees exactly the examples, timesteps and noise of 1 x batch 8; only the
     order of the gradient all-reduce differs, so the weights agree to float32 rounding."""
-    (r0, _), _ = two_rank_run
+    (r0, _), _, _ = two_rank_run
     single = train(config(tmp_path, batch_size=8), data=make_data())
     init = None
     for name, p in single.model.state_dict().items():
@@ -91,7 +118,7 @@ def test_two_ranks_match_one_process_with_the_global_batch(two_rank_run, tmp_pat
 
 
 def test_sharded_sample_equals_single_process_sample(two_rank_run):
-    (r0, _), _ = two_rank_run
+    (r0, _), _, _ = two_rank_run
     from ddpm_fast.sampling import sample
     from ddpm_fast.training.trainer import build_model
     cfg = config("unused", 4)
