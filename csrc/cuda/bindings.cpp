@@ -2,8 +2,10 @@
 // copies of non-contiguous inputs, output allocation, the current stream, and the launchers of
 // csrc/cuda/*.cu. Timestep, seed and table stay on the device: nothing here syncs with the host
 // (an out-of-range timestep gives NaN in the kernel instead of an error).
-#include <ATen/cuda/CUDAContext.h>
+// Only the stream and device-guard headers of c10: ATen/cuda/CUDAContext.h would pull in cuBLAS,
+// cuSPARSE and cuSOLVER headers that nothing here uses.
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "../op_checks.h"
@@ -36,7 +38,7 @@ at::Tensor philox4x32_10_words(const at::Tensor& counters, const at::Tensor& key
   const at::Tensor c = counters.contiguous(), k = key.contiguous();
   at::Tensor out = at::empty_like(c, at::MemoryFormat::Contiguous);
   check_launch(op, launch_philox_words(c.data_ptr<int64_t>(), k.data_ptr<int64_t>(), out.data_ptr<int64_t>(),
-                                       c.size(0), at::cuda::getCurrentCUDAStream()));
+                                       c.size(0), c10::cuda::getCurrentCUDAStream()));
   return out;
 }
 
@@ -49,7 +51,7 @@ at::Tensor philox(const at::Tensor& seed, const at::Tensor& t, int64_t batch, in
   const c10::cuda::CUDAGuard guard(seed.device());
   at::Tensor out = at::empty({batch, numel}, seed.options().dtype(at::kFloat));
   check_launch(op, launch_philox(out.data_ptr<float>(), kNormal, seed.data_ptr<int64_t>(), timestep_arg(tc), batch,
-                                 numel, sample_offset, stream, at::cuda::getCurrentCUDAStream()));
+                                 numel, sample_offset, stream, c10::cuda::getCurrentCUDAStream()));
   return out;
 }
 
@@ -62,7 +64,7 @@ at::Tensor q_sample(const at::Tensor& x0_in, const at::Tensor& t, const at::Tens
   at::Tensor out = at::empty_like(x0, at::MemoryFormat::Contiguous);
   check_launch(op, launch_q_sample(out.data_ptr(), x0.data_ptr(), dtype_code(x0), noise.data_ptr(), dtype_code(noise),
                                    timestep_arg(a.t), table_arg(a.table), x0.size(0), per_sample(x0),
-                                   at::cuda::getCurrentCUDAStream()));
+                                   c10::cuda::getCurrentCUDAStream()));
   return out;
 }
 
@@ -78,7 +80,7 @@ std::tuple<at::Tensor, at::Tensor> q_sample_seeded(const at::Tensor& x0_in, cons
   check_launch(op, launch_q_sample_seeded(x_t.data_ptr(), target.data_ptr(), x0.data_ptr(), dtype_code(x0),
                                           timestep_arg(a.t), table_arg(a.table), seed.data_ptr<int64_t>(),
                                           sample_offset, static_cast<int>(target_type), x0.size(0), per_sample(x0),
-                                          at::cuda::getCurrentCUDAStream()));
+                                          c10::cuda::getCurrentCUDAStream()));
   return {x_t, target};
 }
 
@@ -107,7 +109,7 @@ void reverse_step_into(const char* op, const at::Tensor& x_in, const at::Tensor&
   check_launch(op, launch_reverse_step(out.data_ptr(), x.data_ptr(), dtype_code(x), m.data_ptr(), dtype_code(m), na,
                                        timestep_arg(a.t), table_arg(a.table), static_cast<int>(prediction_type),
                                        static_cast<int>(variance_type), clip, static_cast<float>(clip_range),
-                                       x.size(0), per_sample(x), at::cuda::getCurrentCUDAStream()));
+                                       x.size(0), per_sample(x), c10::cuda::getCurrentCUDAStream()));
 }
 
 at::Tensor reverse_step(const at::Tensor& x_t, const at::Tensor& model_out, const at::Tensor& t,
@@ -159,7 +161,7 @@ at::Tensor ddim_step(const at::Tensor& x_in, const at::Tensor& m_in, const at::T
                                     timestep_arg(a.t), timestep_arg(a.t_prev), table_arg(a.table),
                                     static_cast<float>(eta), static_cast<int>(prediction_type), clip,
                                     static_cast<float>(clip_range), static_cast<float>(final_alpha_bar), x.size(0),
-                                    per_sample(x), at::cuda::getCurrentCUDAStream()));
+                                    per_sample(x), c10::cuda::getCurrentCUDAStream()));
   return out;
 }
 
@@ -171,7 +173,7 @@ at::Tensor temb_add(const at::Tensor& h_in, const at::Tensor& temb_in) {
   at::Tensor out = at::empty_like(h, at::MemoryFormat::Contiguous);
   const int64_t B = h.size(0), C = h.size(1), HW = B * C == 0 ? 0 : h.numel() / (B * C);
   check_launch(op, launch_temb_add(out.data_ptr(), h.data_ptr(), dtype_code(h), temb.data_ptr(), dtype_code(temb), B,
-                                   C, HW, at::cuda::getCurrentCUDAStream()));
+                                   C, HW, c10::cuda::getCurrentCUDAStream()));
   return out;
 }
 
@@ -191,7 +193,7 @@ at::Tensor groupnorm_temb_silu(const at::Tensor& x_in, const at::Tensor& weight_
                        dtype_code(b), temb_mode != TEMB_NONE ? temb.data_ptr() : nullptr,
                        temb_mode != TEMB_NONE ? dtype_code(temb) : DT_FLOAT32, s.B, s.C, s.HW, num_groups,
                        static_cast<float>(eps), static_cast<int>(temb_mode), apply_silu,
-                       at::cuda::getCurrentCUDAStream()));
+                       c10::cuda::getCurrentCUDAStream()));
   return out;
 }
 
