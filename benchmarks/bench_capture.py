@@ -72,5 +72,6 @@ def test_capture_cost(benchmark, speedup_report, model_name, shape, mode):
     if all((model_name, m) in _results for m in MODES):
         (b_step, c_step), (b_loop, c_loop) = _results[(model_name, "step")], _results[(model_name, "loop")]
         gain = c_step - c_loop
-        when = f"after {max(0.0, (b_loop - b_step) / gain):.0f} calls" if gain > 0 else "never (not faster per call)"
+        when = (f"after {max(0.0, (b_loop - b_step) / gain):.0f} calls" if gain > 0
+                else "never (not faster per call)")
         speedup_report(f"capture {model_name}: 'loop' pays for its capture {when}")

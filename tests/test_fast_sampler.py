@@ -17,6 +17,7 @@ from ddpm_fast import NoiseSchedule, UNet
 from ddpm_fast.samplers import cache, fast
 from ddpm_fast.samplers.compiled import compile_kwargs
 from ddpm_fast.samplers.graph import GraphSampler
+from gpu_gates import auto_cuda_backend
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -102,6 +103,9 @@ def test_compiled_equals_reference_and_fused_eager(unet, sampler, steps, eta, re
         with ddpm_fast.use_backend("cpp"):
             out["fused eager (cpp)"] = ddpm_fast.sample(unet, shape, **kw)
     out["compiled (default backends)"] = ddpm_fast.sample(unet, shape, compile=True, **kw)
+    (runner,) = cache.cache_info()["runners"]       # the compiled path ran, with the fused step
+    assert runner["kind"] == "loop" and runner["compiled model"]
+    assert runner["step backend"] == ("cpp" if _has_cpp() else "reference")
     for name, x in out.items():
         err = (x - ref).abs().max().item()
         print(f"{sampler}: max |{name} - reference| = {err:.3g}")
@@ -316,12 +320,16 @@ def test_graph_loop_has_no_host_sync(mode):
 def test_graph_replays_new_seeds_without_recapture(mode):
     m = _cuda_unet()
     kw = dict(schedule=NoiseSchedule.linear(100), device="cuda", cuda_graph=mode)
+    captures = cache.cache_info()["captures"]
     a = ddpm_fast.sample(m, (2, 1, 8, 8), seed=1, **kw)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         b = ddpm_fast.sample(m, (2, 1, 8, 8), seed=2, **kw)
         c = ddpm_fast.sample(m, (2, 1, 8, 8), seed=1, **kw)
-    assert cache.cache_info()["entries"] == 1
+    info = cache.cache_info()
+    assert info["entries"] == 1 and info["captures"] == captures + 1     # captured once, replayed 3x
+    assert info["runners"][0]["kind"] == f"graph ({'step' if mode is True else mode})"
+    assert info["runners"][0]["step backend"] == auto_cuda_backend()
     assert not torch.equal(a, b) and torch.equal(a, c)
 
 

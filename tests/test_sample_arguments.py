@@ -88,7 +88,8 @@ def test_sample_follows_the_backend_environment_variable():
             "asked = []\n"
             "real = loop.implementation\n"
             "loop.implementation = lambda op, b, d: asked.append(b) or real(op, b, d)\n"
-            "ddpm_fast.sample(lambda x, t: 0 * x, (1, 1, 2, 2), schedule=ddpm_fast.NoiseSchedule.linear(4), seed=0)\n"
+            "sched = ddpm_fast.NoiseSchedule.linear(4)\n"
+            "ddpm_fast.sample(lambda x, t: 0 * x, (1, 1, 2, 2), schedule=sched, seed=0)\n"
             "print(sorted(set(asked)))\n")
     env = {**os.environ, "DDPM_FAST_BACKEND": "reference"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)

@@ -3,6 +3,10 @@
 and its runner says how it samples). The device-independent logic runs on CPU with fakes; the
 end-to-end checks are marked ``cuda``."""
 import contextlib
+import pathlib
+import shutil
+import subprocess
+import textwrap
 import types
 import warnings
 
@@ -56,7 +60,8 @@ def test_host_x_T_for_an_accelerator_run_is_checked_on_the_host():
 @pytest.mark.parametrize("cuda_graph", [None, False])
 def test_cpu_x_T_on_a_cuda_run(cuda_graph):
     m = Eps().cuda()
-    kw = dict(schedule=SCHED, seed=1, device="cuda", cuda_graph=cuda_graph, compile=cuda_graph is False and DYNAMO_EAGER)
+    kw = dict(schedule=SCHED, seed=1, device="cuda", cuda_graph=cuda_graph,
+              compile=cuda_graph is False and DYNAMO_EAGER)
     x_T = torch.randn(2, 1, 3, 3)
     out = ddpm_fast.sample(m, (2, 1, 3, 3), x_T=x_T, **kw)
     assert torch.equal(out, ddpm_fast.sample(m, (2, 1, 3, 3), x_T=x_T.cuda(), **kw))
@@ -164,6 +169,47 @@ def test_renamed_code_works_without_co_qualname():
         return 1
     code = compiled.renamed_code(f.__code__, "f_8")
     assert code.co_name == "f_8" and getattr(code, "co_qualname", "f_8") == "f_8"
+
+
+def _python310():
+    """A working Python 3.10 interpreter (PATH, then pyenv's versions), or None."""
+    pyenv = pathlib.Path.home().glob(".pyenv/versions/3.10*/bin/python3.10")
+    found = [shutil.which("python3.10"), *sorted(map(str, pyenv))]
+    for exe in filter(None, found):
+        try:
+            out = subprocess.run([exe, "-c", "import sys; print(sys.version_info[:2] == (3, 10))"],
+                                 capture_output=True, text=True, timeout=60)
+        except OSError:
+            continue
+        if out.stdout.strip() == "True":
+            return exe
+    return None
+
+
+PY310 = _python310()
+
+
+@pytest.mark.skipif(PY310 is None, reason="needs a python3.10 interpreter on PATH")
+def test_renamed_code_on_a_real_python_310():
+    """setup.py allows Python 3.10: the package parses there, and renamed_code (taken from the
+    source, as 3.10 has no torch here) renames a 3.10 code object that can still be called."""
+    script = textwrap.dedent(f"""
+        import ast, pathlib, types
+        root = pathlib.Path({str(pathlib.Path(compiled.__file__).parents[1])!r})
+        for path in root.rglob("*.py"):
+            ast.parse(path.read_text(encoding="utf-8"), str(path))
+        src = (root / "samplers" / "compiled.py").read_text(encoding="utf-8")
+        fn = next(n for n in ast.parse(src).body if getattr(n, "name", "") == "renamed_code")
+        ns = {{"types": types}}
+        exec(compile(ast.Module([fn], []), "compiled.py", "exec"), ns)
+        def step():
+            return 41 + 1
+        code = ns["renamed_code"](step.__code__, "step_3")
+        print(code.co_name, types.FunctionType(code, {{}}, "step_3")(), hasattr(code, "co_qualname"))
+    """)
+    out = subprocess.run([PY310, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["step_3", "42", "False"]
 
 
 # --- compile-first UNet ----------------------------------------------------------------------

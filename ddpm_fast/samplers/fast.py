@@ -63,7 +63,8 @@ def sample_fast(spec: SamplerSpec, model: Callable, model_kwargs: Optional[dict]
     ranges = chunk_ranges(B, chunk_size)
     seed = draw_seed() if seed is None else seed
     x_T_ok = _check_start(x_T, spec)
-    ckw = compile_kwargs(compile, capturing=mode is not None, device_type=spec.device.type) if compile else None
+    ckw = (compile_kwargs(compile, capturing=mode is not None, device_type=spec.device.type)
+           if compile else None)
     digest = cache.schedule_fingerprint(schedule) if schedule is not None else _table_digest(spec)
     mode_key = (repr(sorted(ckw.items())) if ckw else None, mode, every if mode == "loop" else 0)
     what = _what(ckw, mode)
