@@ -30,3 +30,7 @@ clean:
 # Compiles every Triton and CUDA kernel for sm_80/sm_90 on this GPU-less machine (issue 8).
 gpu-check: install
 	$(PYTHON) -m ddpm_fast.tools.gpu_check
+
+# The property-based suites with many more random draws than `make test`'s bounded "ci" profile.
+fuzz: install
+	HYPOTHESIS_PROFILE=fuzz $(PYTHON) -m pytest -q tests/test_fuzz_ops.py tests/test_fuzz_api.py

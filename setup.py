@@ -128,7 +128,7 @@ setup(
     install_requires=["torch>=2.11", "numpy", "triton>=3.6; platform_system == 'Linux'"],
     # training/CLI extras: checkpoints, PNG grids, progress bars, the bundled digits data set
     extras_require={"train": ["safetensors", "pillow", "tqdm", "scikit-learn"],
-                    "test": ["pytest", "pytest-benchmark", "diffusers", "safetensors", "pillow", "tqdm",
+                    "test": ["pytest", "pytest-benchmark", "hypothesis==6.155.2", "diffusers", "safetensors", "pillow", "tqdm",
                              "scikit-learn"]},
     entry_points={"console_scripts": ["ddpm-fast = ddpm_fast.cli:main"]},
     ext_modules=ext_modules,
