@@ -9,6 +9,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q $(CPU_TORCH)
 	@$(PYTHON) -m pip install -q -r requirements-dev.txt
+	@$(PYTHON) -m pip install -q --no-deps denoising-diffusion-pytorch==2.3.4
 
 install: deps
 	$(PYTHON) -m pip install -q --no-build-isolation -e .

@@ -5,12 +5,12 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
-from .samplers.adapters import model_device, reject_wrapped_diffusion
+from .samplers.adapters import model_device
 from .samplers.arguments import check_device, check_model_kwargs, check_shape
 from .samplers.chunks import draw_seed
 from .samplers.eager import sample_eager
 from .samplers.fast import graph_mode, sample_fast
-from .samplers.settings import make_spec, resolve
+from .samplers.settings import make_spec, resolve_model
 from .schedule import NoiseSchedule
 
 __all__ = ["sample"]
@@ -40,6 +40,9 @@ def sample(model: Callable, shape: Sequence[int], *,
       (timesteps in [0, T), diffusers/lucidrains convention), returning a tensor of x's shape, or
       an object with ``.sample`` (diffusers ``UNet2DModel``). Class-conditional models get their
       labels through ``model_kwargs`` (e.g. ``{"y": labels}`` or ``{"class_labels": labels}``).
+      A lucidrains ``GaussianDiffusion`` is accepted too: its network, schedule, objective,
+      ``sampling_timesteps``, ``ddim_sampling_eta`` and clipping are used and its own sampler
+      reproduced; the result stays in [-1, 1] (its ``sample()`` maps to [0, 1]: ``(x + 1) / 2``).
       x is given in the dtype of an ``nn.Module``'s parameters, to any other callable in ``dtype``.
     shape: a tuple of ints or a torch.Size (floats and strings are refused, not rounded).
     schedule: a NoiseSchedule, a schedule name ("linear", "cosine", ...; T = 1000), or a diffusers
@@ -83,7 +86,6 @@ def sample(model: Callable, shape: Sequence[int], *,
     Returns x_0 as float32 [B, ...] (dtype ``dtype``), or ``(x_0, intermediates)`` with
       ``return_intermediates`` (x_t every ``intermediate_every`` steps).
     """
-    reject_wrapped_diffusion(model)
     if return_intermediates and not (isinstance(intermediate_every, int) and intermediate_every > 0):
         raise ValueError(f"intermediate_every must be an int > 0, got {intermediate_every!r}")
     explicit = dict(sampler=sampler, steps=steps, timesteps=timesteps, eta=eta,
@@ -93,7 +95,7 @@ def sample(model: Callable, shape: Sequence[int], *,
                     dynamic_thresholding_ratio=dynamic_thresholding_ratio,
                     sample_max_value=sample_max_value, timestep_spacing=timestep_spacing,
                     steps_offset=steps_offset, set_alpha_to_one=set_alpha_to_one)
-    schedule, settings = resolve(schedule, explicit)
+    model, schedule, settings = resolve_model(model, schedule, explicit)
     shape = check_shape(shape)
     model_kwargs = check_model_kwargs(model_kwargs)
     home = model_device(model)

@@ -12,21 +12,6 @@ import torch
 
 from ..ops.enums import PREDICTION_ALIASES
 
-# lucidrains' GaussianDiffusion.objective -> our prediction type
-_LUCIDRAINS_OBJECTIVES = {"pred_noise": "epsilon", "pred_x0": "sample", "pred_v": "v_prediction"}
-
-
-def reject_wrapped_diffusion(model: Any) -> None:
-    """lucidrains' GaussianDiffusion holds the network in ``.model`` and its own schedule and
-    objective (v-prediction + sigmoid schedule by default): sampling it as an eps-model would give
-    wrong images silently, so say what to pass instead (docs/pitfalls.md, Scheduler math)."""
-    if hasattr(model, "objective") and hasattr(model, "model") and hasattr(model, "betas"):
-        pred = _LUCIDRAINS_OBJECTIVES.get(getattr(model, "objective", ""), "?")
-        raise TypeError(
-            "got a GaussianDiffusion wrapper, not a denoiser: pass its network and state its "
-            f"prediction type and schedule, e.g. sample(diffusion.model, ..., prediction_type={pred!r}, "
-            "schedule=NoiseSchedule(diffusion.betas))")
-
 
 def model_input_dtype(model: Any, default: torch.dtype = torch.float32) -> torch.dtype:
     """The dtype the model computes in: an nn.Module's first floating parameter's; for any

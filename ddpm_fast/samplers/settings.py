@@ -11,7 +11,7 @@ import torch
 
 from ..ops.enums import VARIANCE_TYPES
 from ..schedule import Col, NoiseSchedule, respaced_table
-from . import diffusers_config
+from . import diffusers_config, lucidrains
 from .adapters import canonical_prediction
 from .arguments import check_dtype, check_eta, check_schedule_table, resolve_backend
 from .loop import SamplerSpec
@@ -36,6 +36,18 @@ _KERNEL_VARIANCE = {"fixed_small": "fixed_small", "fixed_small_log": "fixed_smal
 _LEARNED = ("learned", "learned_range")
 
 
+def resolve_model(model: Any, schedule: Any, explicit: dict) -> tuple[Any, NoiseSchedule, dict]:
+    """(network, schedule, settings). A lucidrains GaussianDiffusion given as the model brings
+    its network, schedule and rules (samplers/lucidrains.py); any other model is itself."""
+    if not lucidrains.looks_like_gaussian_diffusion(model):
+        return (model, *resolve(schedule, explicit))
+    if schedule is not None:
+        raise ValueError("a GaussianDiffusion brings its own schedule: pass schedule=None "
+                         "(or pass its network, diffusion.model, with your schedule)")
+    net, schedule, foreign = lucidrains.read_gaussian_diffusion(model, explicit.get("steps"))
+    return (net, *_merge(schedule, foreign, dict(explicit, steps=None)))
+
+
 def resolve(schedule: Any, explicit: dict) -> tuple[NoiseSchedule, dict]:
     """(schedule, settings): explicit (non-None) arguments over the schedule's config over
     OWN_DEFAULTS."""
@@ -52,6 +64,10 @@ def resolve(schedule: Any, explicit: dict) -> tuple[NoiseSchedule, dict]:
         chosen = explicit.get("steps") is not None or explicit.get("timesteps") is not None
         schedule, foreign = diffusers_config.read_scheduler(schedule, explicit.get("sampler"),
                                                             own_steps=not chosen)
+    return _merge(schedule, foreign, explicit)
+
+
+def _merge(schedule: NoiseSchedule, foreign: dict, explicit: dict) -> tuple[NoiseSchedule, dict]:
     settings = dict(OWN_DEFAULTS)
     settings.update(foreign)
     settings.update({k: v for k, v in explicit.items() if v is not None})
