@@ -22,10 +22,16 @@ __global__ void philox_kernel(float* out, bool normal, const int64_t* seed, Time
 #pragma unroll
       for (int j = 0; j < 4; ++j) v[j] = uniform_from_word(p.w[j]);
     }
+    float* dst = out + b * numel + 4 * q;
+    if (numel % 4 == 0) {
+      // one 16-byte store: out is a fresh allocation (256-byte aligned) and every row starts on
+      // a multiple of 4 floats
+      *reinterpret_cast<float4*>(dst) = make_float4(v[0], v[1], v[2], v[3]);
+    } else {
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int64_t e = 4 * q + j;
-      if (e < numel) out[b * numel + e] = v[j];
+      for (int j = 0; j < 4; ++j) {
+        if (4 * q + j < numel) dst[j] = v[j];
+      }
     }
   }
 }
