@@ -28,9 +28,9 @@ bench: install
 clean:
 	rm -rf build *.egg-info ddpm_fast/*.so .pytest_cache
 
-# Compiles every Triton and CUDA kernel for sm_80/sm_90 on this GPU-less machine (issue 8).
+# Compiles every Triton and CUDA kernel for sm_80/sm_90 on this GPU-less machine (tools/gpu_check.py).
 gpu-check: install
-	$(PYTHON) -m ddpm_fast.tools.gpu_check
+	$(PYTHON) -m tools.gpu_check
 
 # The property-based suites with many more random draws than `make test`'s bounded "ci" profile.
 fuzz: install

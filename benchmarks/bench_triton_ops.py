@@ -73,7 +73,7 @@ def run(backends=("triton", "reference", "cuda")) -> dict:
 
     from ddpm_fast.ops import dispatch
     dev = torch.device("cuda")
-    available = [bk for bk in backends if dispatch._unavailable_reason(bk, "cuda") is None]
+    available = [bk for bk in backends if dispatch.unavailable_reason(bk, "cuda") is None]
     rows = []
     for shape in SHAPES:
         for tag, dtype in DTYPES.items():

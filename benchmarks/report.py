@@ -5,7 +5,7 @@
 
 Without a path, the newest JSON under .benchmarks/ (``--benchmark-autosave``) is read.
 For each (model, batch) group: time per step (median of the rounds / steps), speedup against
-diffusers' DDPMScheduler loop and against our reference loop, and the issue-5 targets:
+diffusers' DDPMScheduler loop and against our reference loop, and the speed targets:
   CPU tiny UNet              best of ours >= 2x diffusers
   GPU identity model         sampler overhead per step <= 5 us (graph-captured)
   GPU cifar10 batch 1        >= 10x diffusers
@@ -86,7 +86,7 @@ CPU_TARGETS = {"const1x16": 5.0, "const3x32": 2.0, "dunet": 2.0}
 
 
 def targets(rows: list[dict]) -> list[str]:
-    """The issue-5 targets that these rows can speak to, each with PASS/MISS."""
+    """The speed targets that these rows can speak to, each with PASS/MISS."""
     out = []
     g = groups(rows)
     for (dev, model, batch), impls in g.items():

@@ -3,6 +3,7 @@
 // only for CPU tensors; on CUDA an out-of-range timestep yields NaN instead (no host sync).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <string>
 
@@ -84,6 +85,16 @@ inline void check_seed(const char* op, const at::Tensor& seed, const at::Device&
               " but the data is on ", device);
 }
 
+// Float parameters, with the messages of ops/validate.py check_param.
+inline void check_clip_range(const char* op, double clip_range) {
+  TORCH_CHECK(clip_range > 0.0, "ddpm_fast::", op, ": clip_range must be a number in (0, inf), got ", clip_range);
+}
+
+inline void check_nonnegative_finite(const char* op, const char* name, double v) {
+  TORCH_CHECK(std::isfinite(v) && v >= 0.0, "ddpm_fast::", op, ": ", name, " must be a finite number in [0, inf), got ",
+              v);
+}
+
 inline void check_enum(const char* op, const char* name, int64_t v, int64_t n) {
   TORCH_CHECK(v >= 0 && v < n, "ddpm_fast::", op, ": ", name, " must be in [0, ", n, "), got ", v);
 }
@@ -102,8 +113,13 @@ inline void check_noise(const char* op, const c10::optional<at::Tensor>& noise,
   }
 }
 
-inline void check_offset(const char* op, int64_t sample_offset) {
-  TORCH_CHECK(sample_offset >= 0, "ddpm_fast::", op, ": sample_offset must be >= 0, got ", sample_offset);
+// The sample index n = sample_offset + b is one 32-bit Philox counter word (docs/ops_contract.md):
+// a batch past 2**32 would give two samples the same noise. Same messages as ops/validate.py.
+inline void check_offset(const char* op, int64_t sample_offset, int64_t batch) {
+  TORCH_CHECK(sample_offset >= 0, "ddpm_fast::", op, ": sample_offset must be an int >= 0, got ", sample_offset);
+  TORCH_CHECK(sample_offset <= (int64_t(1) << 32) - batch, "ddpm_fast::", op,
+              ": sample_offset + batch must be <= 2**32 (the sample index is one 32-bit Philox counter word), "
+              "got sample_offset=", sample_offset, ", batch=", batch);
 }
 
 // Feature map [B, C, *spatial] and its [B, C] time embedding.
@@ -142,7 +158,7 @@ inline at::Tensor check_philox_args(const char* op, const at::Tensor& seed, cons
               numel);
   TORCH_CHECK(stream >= 0 && stream < kCounterWordEnd, "ddpm_fast::", op, ": stream must be in [0, 2**32), got ",
               stream);
-  check_offset(op, sample_offset);
+  check_offset(op, sample_offset, batch);
   check_seed(op, seed, seed.device());
   return check_timestep(op, "t", t, batch, kCounterWordEnd, seed.device());
 }
@@ -171,7 +187,7 @@ inline ScheduleArgs check_q_sample_seeded_args(const char* op, const at::Tensor&
   check_data(op, "x0", x0, x0.device());
   check_batched(op, "x0", x0, 1);
   check_seed(op, seed, x0.device());
-  check_offset(op, sample_offset);
+  check_offset(op, sample_offset, x0.size(0));
   check_enum(op, "target_type", target_type, 3);
   return check_schedule(op, x0, t, table);
 }
@@ -181,16 +197,17 @@ inline ScheduleArgs check_reverse_step_args(const char* op, const at::Tensor& x,
                                             const at::Tensor& t, const at::Tensor& table,
                                             const c10::optional<at::Tensor>& noise,
                                             const c10::optional<at::Tensor>& seed, int64_t sample_offset,
-                                            int64_t prediction_type, int64_t variance_type,
+                                            int64_t prediction_type, int64_t variance_type, double clip_range,
                                             const at::Tensor* out = nullptr) {
   check_data(op, "x_t", x, x.device());
   check_batched(op, "x_t", x, 1);
   check_data(op, "model_out", m, x.device());
   check_same_shape(op, "model_out", m, x);
   check_noise(op, noise, seed, x, /*needed=*/true);
-  check_offset(op, sample_offset);
+  check_offset(op, sample_offset, x.size(0));
   check_enum(op, "prediction_type", prediction_type, 3);
   check_enum(op, "variance_type", variance_type, 2);
+  check_clip_range(op, clip_range);
   if (out != nullptr) {
     TORCH_CHECK(out->scalar_type() == x.scalar_type() && out->sizes() == x.sizes() && out->device() == x.device(),
                 "ddpm_fast::", op, ": out must be ", x.scalar_type(), " ", x.sizes(), " on ", x.device(), ", got ",
@@ -204,14 +221,17 @@ inline ScheduleArgs check_ddim_step_args(const char* op, const at::Tensor& x, co
                                          const at::Tensor& t, const at::Tensor& t_prev, const at::Tensor& table,
                                          const c10::optional<at::Tensor>& noise,
                                          const c10::optional<at::Tensor>& seed, int64_t sample_offset, double eta,
-                                         int64_t prediction_type) {
+                                         int64_t prediction_type, double clip_range, double final_alpha_bar) {
   check_data(op, "x_t", x, x.device());
   check_batched(op, "x_t", x, 1);
   check_data(op, "model_out", m, x.device());
   check_same_shape(op, "model_out", m, x);
-  TORCH_CHECK(eta >= 0.0, "ddpm_fast::", op, ": eta must be >= 0, got ", eta);
+  check_nonnegative_finite(op, "eta", eta);
+  check_clip_range(op, clip_range);
+  TORCH_CHECK(final_alpha_bar > 0.0 && final_alpha_bar <= 1.0, "ddpm_fast::", op,
+              ": final_alpha_bar must be a number in (0, 1], got ", final_alpha_bar);
   check_noise(op, noise, seed, x, /*needed=*/eta > 0.0);
-  check_offset(op, sample_offset);
+  check_offset(op, sample_offset, x.size(0));
   check_enum(op, "prediction_type", prediction_type, 3);
   ScheduleArgs a = check_schedule(op, x, t, table);
   a.t_prev = check_timestep(op, "t_prev", t_prev, x.size(0), a.table.size(0), x.device(), /*lo=*/INT64_MIN);
@@ -247,7 +267,7 @@ inline GroupNormSizes check_groupnorm_temb_silu_args(const char* op, const at::T
   TORCH_CHECK(temb_mode == TEMB_NONE || temb.has_value(), "ddpm_fast::", op, ": temb_mode ", temb_mode,
               " needs a temb tensor");
   if (temb.has_value()) check_temb(op, *temb, x);
-  TORCH_CHECK(eps >= 0.0, "ddpm_fast::", op, ": eps must be >= 0, got ", eps);
+  check_nonnegative_finite(op, "eps", eps);
   return GroupNormSizes{B, C, B * C == 0 ? 0 : x.numel() / (B * C)};
 }
 

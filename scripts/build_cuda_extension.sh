@@ -10,7 +10,7 @@
 #                              objects are kept in OUT_DIR/tmp, so reuse OUT_DIR only for quick
 #                              rebuilds: a fresh OUT_DIR gives the complete ptxas report
 #   OUT_DIR/build.log          the whole build log
-#   OUT_DIR/registration.txt   one line per op of csrc/ops.cpp: "<op> CPU=<0|1> CUDA=<0|1>"
+#   OUT_DIR/registration.txt   one line per op of ddpm_fast/ops/table.py: "<op> CPU=<0|1> CUDA=<0|1>"
 # Exits non-zero when the build fails or any op lacks a CPU or a CUDA kernel.
 #
 # Env: DDPM_FAST_CUDA_VENV  the venv (default $HOME/.cache/ddpm_fast/cuda-venv; created with
@@ -58,12 +58,16 @@ SO="$OUT/$(basename "$SO")"
 grep -E "^ptxas|Function properties|bytes stack frame" "$OUT/build.log" > "$OUT/ptxas.log" || true
 echo "build_cuda_extension: built $(basename "$SO") in $(( $(date +%s) - start )) s; ptxas report: $OUT/ptxas.log"
 
-"$PY" - "$SO" "$ROOT/csrc/ops.cpp" "$OUT/registration.txt" <<'PYEOF'
-import re, sys
+"$PY" - "$SO" "$ROOT" "$OUT/registration.txt" <<'PYEOF'
+import sys
 import torch
-so, schema_file, report = sys.argv[1:4]
+so, root, report = sys.argv[1:4]
+sys.path.insert(0, root)
+from tools.op_schemas import load_table
+table = load_table()
+table.define()  # the schemas, as ddpm_fast/ops/extension.py defines them before loading the library
 torch.ops.load_library(so)
-ops = re.findall(r'm\.def\("(\w+)\(', open(schema_file).read())
+ops = [op.name for op in table.OPS]
 has = torch._C._dispatch_has_kernel_for_dispatch_key
 lines, missing = [], []
 for op in ops:

@@ -53,10 +53,12 @@ def test_philox_constants_match_reference():
     assert float(re.search(r"kTwoPiF32\s*=\s*([\d.]+)f", text).group(1)) == noise.TWO_PI_F32
 
 
-def test_every_schema_op_is_registered_in_python_and_has_cuda_binding():
-    from ddpm_fast.ops import extension
-    schemas = re.findall(r'm\.def\("(\w+)\(', (ROOT / "csrc" / "ops.cpp").read_text())
-    assert sorted(schemas) == sorted(extension.OPS)
+def test_every_table_op_has_a_cpu_kernel_and_a_cuda_binding():
+    """The op table (ddpm_fast/ops/table.py) is the one list of ops: csrc/ defines no schema of
+    its own, and every op has one CPU and one CUDA kernel registration."""
+    from ddpm_fast.ops.table import OPS
+    schemas = [op.name for op in OPS]
+    assert not re.search(r"TORCH_LIBRARY\(|m\.def\(", "".join(f.read_text() for f in (ROOT / "csrc").rglob("*.*pp")))
     bound = re.findall(r'm\.impl\("(\w+)"', (ROOT / "csrc" / "cuda" / "bindings.cpp").read_text())
     assert sorted(bound) == sorted(schemas)
     cpu = [op for f in (ROOT / "csrc" / "cpu").glob("*.cpp") for op in re.findall(r'm\.impl\("(\w+)"', f.read_text())]
@@ -89,6 +91,39 @@ def test_loader_refuses_a_library_built_for_another_torch(tmp_path):
     assert res.returncode == 0, res.stderr
     assert f"built for torch {fake_version.decode()}" in res.stdout
     assert "rebuild it" in res.stderr   # the RuntimeWarning
+
+
+@pytest.mark.extension
+def test_loader_refuses_a_library_that_defines_its_own_schemas(tmp_path):
+    """A library built before the op table (its marker lacks ";ops=table;") would define the
+    schemas a second time, which aborts the process: it is refused before loading."""
+    from ddpm_fast.ops import extension
+    if not extension.available():
+        pytest.skip("C++ extension not built")
+    import importlib.util
+    so = importlib.util.find_spec("ddpm_fast._C").origin
+    data = Path(so).read_bytes()
+    assert data.count(b";ops=table;") == 1
+    patched = tmp_path / Path(so).name
+    patched.write_bytes(data.replace(b";ops=table;", b";ops=xxxxx;"))
+    env = dict(os.environ, DDPM_FAST_EXTENSION=str(patched))
+    code = "import ddpm_fast\nprint(ddpm_fast.backends()['cpp'])"
+    res = subprocess.run([sys.executable, "-W", "always", "-c", code], env=env, capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "defines its own op schemas" in res.stdout
+
+
+def test_cmake_schema_source_is_generated_from_the_table(tmp_path):
+    """tools/op_schemas.py (run by CMakeLists.txt) writes every table schema as one m.def."""
+    out = tmp_path / "schemas.cpp"
+    res = subprocess.run([sys.executable, str(ROOT / "tools" / "op_schemas.py"), str(out)], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    from ddpm_fast.ops.table import OPS
+    defs = re.findall(r'm\.def\("(\w+)(\(.*\) -> .*)"\);', out.read_text())
+    assert defs == [(op.name, op.schema) for op in OPS]
+    assert "TORCH_LIBRARY(ddpm_fast, m)" in out.read_text()
 
 
 def test_pyproject_build_isolation_gets_no_torch():

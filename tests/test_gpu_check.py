@@ -1,4 +1,4 @@
-"""The GPU check itself (ddpm_fast/tools/gpu_check.py): its parsers on canned compiler output, and
+"""The GPU check itself (tools/gpu_check.py): its parsers on canned compiler output, and
 its gate on real sm_80/sm_90 compiles of small kernels made to pass or fail — a vectorised
 element-wise kernel passes; the same kernel without the runtime's divisibility specialisation
 (scalar 4-byte accesses), a kernel whose per-thread tile spills, and a kernel that does not
@@ -16,16 +16,16 @@ import pytest
 triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
 
-from ddpm_fast.tools import gpu_check  # noqa: E402
-from ddpm_fast.tools.cuda_ext import _template_args, short_name  # noqa: E402
-from ddpm_fast.tools.ptx_report import (parse_ptxas_log, ptx_access_widths,  # noqa: E402
+from tools import gpu_check  # noqa: E402
+from tools.cuda_ext import _template_args, short_name  # noqa: E402
+from tools.ptx_report import (parse_ptxas_log, ptx_access_widths,  # noqa: E402
                                         sass_access_widths, split_sass_functions)
-from ddpm_fast.tools.triton_aot import describe  # noqa: E402
+from tools.triton_aot import describe  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
-# The fields of ddpm_fast.ops.triton.AotSpec that the checker reads.
+# The fields of tools.triton_specs.AotSpec that the checker reads.
 Spec = collections.namedtuple("Spec", "name op fn signature constexprs divisible_args num_warps "
                                       "num_stages elementwise")
 
@@ -71,7 +71,7 @@ def _run_check(tmp_path, provider, archs, cache):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["DDPM_FAST_GPU_CHECK_CACHE"] = str(cache)
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO), env.get("PYTHONPATH", "")])
-    p = subprocess.run([sys.executable, "-m", "ddpm_fast.tools.gpu_check", "--skip-cuda-build",
+    p = subprocess.run([sys.executable, "-m", "tools.gpu_check", "--skip-cuda-build",
                         "--specs", provider, "--archs", archs, "--json", str(out)],
                        capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     report = json.loads(out.read_text()) if out.exists() else None
@@ -287,9 +287,9 @@ def test_cuda_build_failure_or_missing_script(monkeypatch, tmp_path):
 def test_package_specs_compile_smoke():
     """The package's own aot_specs() contract: its first specialisation compiles for sm_90 (the
     whole set is `make gpu-check`, minutes; this keeps the interface honest in `make test`)."""
-    from ddpm_fast.tools.triton_aot import worker_env
+    from tools.triton_aot import worker_env
     env = worker_env()
-    p = subprocess.run([sys.executable, "-m", "ddpm_fast.tools.triton_aot", "--archs", "90",
+    p = subprocess.run([sys.executable, "-m", "tools.triton_aot", "--archs", "90",
                         "--shard", "0/100000", "--cache-dir", ""],
                        capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,9 @@ pytestmark = pytest.mark.triton
 from triton_env import DEV, HAS_CUDA, triton_ops_or_skip  # noqa: E402
 
 ops = triton_ops_or_skip()
+import ddpm_fast.ops.triton as T  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
 SEED = torch.tensor(42, dtype=torch.int64, device=DEV)
 
 
@@ -92,10 +96,10 @@ _AOT_SCRIPT = textwrap.dedent("""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    import ddpm_fast.ops.triton as T
+    from tools.triton_specs import aot_specs
     want = json.loads(sys.argv[1])
     out = []
-    for s in T.aot_specs():
+    for s in aot_specs():
         if s.name not in want:
             continue
         names = list(s.fn.arg_names)
@@ -115,13 +119,13 @@ _AOT_SCRIPT = textwrap.dedent("""
 
 
 def test_aot_specs_contract():
-    """aot_specs() describes every kernel/config/dtype the launchers use (checked without
-    compiling, in a subprocess: under the interpreter fn is not a JITFunction)."""
+    """tools/triton_specs.py describes every kernel/config/dtype the launchers use, one op name
+    per launcher of the op table but the out-variant (its kernel is reverse_step's; checked
+    without compiling, in a subprocess: under the interpreter fn is not a JITFunction)."""
     code = textwrap.dedent("""
         import json
-        import ddpm_fast.ops.triton as T
-        from ddpm_fast.ops.triton._common import ELEMENTWISE_CONFIGS
-        specs = T.aot_specs()
+        from tools.triton_specs import aot_specs
+        specs = aot_specs()
         assert len({s.name for s in specs}) == len(specs), "duplicate spec names"
         for s in specs:
             assert list(s.signature) == list(s.fn.arg_names), s.name
@@ -130,18 +134,19 @@ def test_aot_specs_contract():
         print("JSON" + json.dumps(sorted({s.op for s in specs})))
     """)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         cwd=REPO)
     assert res.returncode == 0, res.stderr[-3000:]
     got = json.loads(res.stdout.split("JSON", 1)[1])
-    assert got == sorted(["philox_normal", "philox_uniform", "q_sample", "q_sample_seeded", "reverse_step",
-                          "ddim_step", "temb_add", "groupnorm_temb_silu"])
+    from ddpm_fast.ops.table import BY_NAME
+    assert got == sorted(op for op in T.LAUNCHERS if not BY_NAME[op].out_of)
 
 
 @pytest.mark.slow
 def test_default_configs_compile_for_sm80_sm90_with_16_byte_accesses():
     """The default (first) config of each element-wise kernel at fp32 and bf16, and groupnorm,
     compile ahead of time for sm_80 and sm_90; element-wise kernels use ld/st.global.v4 and
-    no shared-memory shuffles. (The full spec list is ddpm_fast.tools.gpu_check's job.)"""
+    no shared-memory shuffles. (The full spec list is tools/gpu_check.py's job.)"""
     pytest.importorskip("triton.backends.nvidia")
     names = [f"{op}[{dt},BLOCK=1024,warps=4]" for op in ("reverse_step", "q_sample_seeded", "ddim_step",
                                                          "temb_add", "philox_normal") for dt in ("fp32", "bf16")
@@ -150,7 +155,7 @@ def test_default_configs_compile_for_sm80_sm90_with_16_byte_accesses():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     res = subprocess.run([sys.executable, "-c", _AOT_SCRIPT, json.dumps(names)], env=env, capture_output=True,
-                         text=True, timeout=600)
+                         text=True, timeout=600, cwd=REPO)
     assert res.returncode == 0, res.stderr[-3000:]
     recs = json.loads(res.stdout.split("JSON", 1)[1])
     assert {r["name"] for r in recs} == set(names) and len(recs) == 2 * len(names)

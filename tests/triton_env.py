@@ -11,7 +11,7 @@ DEV = torch.device("cuda" if HAS_CUDA else "cpu")
 
 def triton_ops_or_skip():
     """torch.ops.ddpm_fast_triton, or skip the calling test module with the reason."""
-    why = dispatch._unavailable_reason("triton", DEV.type)
+    why = dispatch.unavailable_reason("triton", DEV.type)
     if why:
         pytest.skip(f"triton backend unavailable: {why}", allow_module_level=True)
     return torch.ops.ddpm_fast_triton

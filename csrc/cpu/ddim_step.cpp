@@ -38,7 +38,8 @@ at::Tensor ddim_step(const at::Tensor& x_in, const at::Tensor& m_in, const at::T
                      int64_t prediction_type, bool clip, double clip_range, double final_alpha_bar) {
   const char* op = "ddim_step";
   const ScheduleArgs a =
-      check_ddim_step_args(op, x_in, m_in, t, t_prev, table_in, noise_in, seed, sample_offset, eta, prediction_type);
+      check_ddim_step_args(op, x_in, m_in, t, t_prev, table_in, noise_in, seed, sample_offset, eta, prediction_type,
+                           clip_range, final_alpha_bar);
   const at::Tensor& table = a.table;
   const Timesteps ts(a.t), tps(a.t_prev);
   const at::Tensor x = x_in.contiguous(), m = m_in.contiguous();

@@ -62,7 +62,7 @@ at::Tensor reverse_step(const at::Tensor& x_t, const at::Tensor& model_out, cons
                         const c10::optional<at::Tensor>& seed, int64_t sample_offset, int64_t prediction_type,
                         int64_t variance_type, bool clip, double clip_range) {
   const ScheduleArgs a = check_reverse_step_args("reverse_step", x_t, model_out, t, table, noise, seed, sample_offset,
-                                                 prediction_type, variance_type);
+                                                 prediction_type, variance_type, clip_range);
   at::Tensor out = at::empty_like(x_t, at::MemoryFormat::Contiguous);
   reverse_step_into(x_t, model_out, a, noise, seed, sample_offset, prediction_type, variance_type, clip, clip_range,
                     out);
@@ -74,7 +74,7 @@ void reverse_step_out(const at::Tensor& x_t, const at::Tensor& model_out, const 
                       const c10::optional<at::Tensor>& seed, int64_t sample_offset, int64_t prediction_type,
                       int64_t variance_type, bool clip, double clip_range, at::Tensor out) {
   const ScheduleArgs a = check_reverse_step_args("reverse_step_out", x_t, model_out, t, table, noise, seed,
-                                                 sample_offset, prediction_type, variance_type, &out);
+                                                 sample_offset, prediction_type, variance_type, clip_range, &out);
   if (out.is_contiguous()) {
     reverse_step_into(x_t, model_out, a, noise, seed, sample_offset, prediction_type, variance_type, clip, clip_range,
                       out);

@@ -118,7 +118,7 @@ at::Tensor reverse_step(const at::Tensor& x_t, const at::Tensor& model_out, cons
                         int64_t variance_type, bool clip, double clip_range) {
   const char* op = "reverse_step";
   const ScheduleArgs a = check_reverse_step_args(op, x_t, model_out, t, table, noise, seed, sample_offset,
-                                                 prediction_type, variance_type);
+                                                 prediction_type, variance_type, clip_range);
   const c10::cuda::CUDAGuard guard(x_t.device());
   at::Tensor out = at::empty_like(x_t, at::MemoryFormat::Contiguous);
   reverse_step_into(op, x_t, model_out, a, noise, seed, sample_offset, prediction_type, variance_type, clip,
@@ -132,7 +132,7 @@ void reverse_step_out(const at::Tensor& x_t, const at::Tensor& model_out, const 
                       int64_t variance_type, bool clip, double clip_range, at::Tensor out) {
   const char* op = "reverse_step_out";
   const ScheduleArgs a = check_reverse_step_args(op, x_t, model_out, t, table, noise, seed, sample_offset,
-                                                 prediction_type, variance_type, &out);
+                                                 prediction_type, variance_type, clip_range, &out);
   const c10::cuda::CUDAGuard guard(x_t.device());
   if (out.is_contiguous()) {
     reverse_step_into(op, x_t, model_out, a, noise, seed, sample_offset, prediction_type, variance_type, clip,
@@ -151,7 +151,8 @@ at::Tensor ddim_step(const at::Tensor& x_in, const at::Tensor& m_in, const at::T
                      bool clip, double clip_range, double final_alpha_bar) {
   const char* op = "ddim_step";
   const ScheduleArgs a =
-      check_ddim_step_args(op, x_in, m_in, t, t_prev, table_in, noise, seed, sample_offset, eta, prediction_type);
+      check_ddim_step_args(op, x_in, m_in, t, t_prev, table_in, noise, seed, sample_offset, eta, prediction_type,
+                           clip_range, final_alpha_bar);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), m = m_in.contiguous();
   at::Tensor holder;

@@ -14,8 +14,8 @@ from . import reference as _reference  # noqa: F401 — registers the reference 
 from .dispatch import (BACKENDS, BackendUnavailableError, backends, get_backend, implementation,
                        set_backend, use_backend)
 from .enums import TEMB_MODES, prediction_code, variance_code
-from .validate import (as_seed, as_table, as_timestep, check_float, check_rank, check_same_device,
-                       check_same_shape)
+from .validate import (as_seed, as_table, as_timestep, check_float, check_param, check_prev_timestep,
+                       check_rank, check_same_device, check_same_shape, counter_offset)
 from .dispatch import preload as _preload
 
 _preload()
@@ -32,6 +32,8 @@ def randn(shape, seed, *, timestep=0, sample_offset: int = 0, stream: int = 0,
     """Standard normals of ``shape = (B, ...)`` from the Philox stream: element e of sample b is
     counter (e // 4, sample_offset + b, timestep, stream) (docs/ops_contract.md). The same seed
     gives the same values on every backend and for any split of the batch. stream 0 = x_T."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     return _philox("philox_normal", shape, seed, timestep, sample_offset, stream, device, backend).to(dtype)
 
 
@@ -51,15 +53,16 @@ def _philox(op, shape, seed, timestep, sample_offset, stream, device, backend):
         seed.device if isinstance(seed, torch.Tensor) else torch.device("cpu"))
     seed_t = as_seed(seed, device)
     if isinstance(timestep, int):
-        if timestep < 0:
-            raise ValueError(f"timestep must be >= 0, got {timestep}")
+        if not 0 <= timestep < 2 ** 32:
+            raise ValueError(f"timestep must be in [0, 2**32) (a Philox counter word), got {timestep}")
         t = torch.tensor(timestep, dtype=torch.int64, device=device)
     else:
         t = timestep
     numel = 1
     for s in shape[1:]:
         numel *= s
-    out = implementation(op, backend, device)(seed_t, t, shape[0], numel, _offset(sample_offset), stream)
+    offset = counter_offset(sample_offset, shape[0])
+    out = implementation(op, backend, device)(seed_t, t, shape[0], numel, offset, stream)
     return out.reshape(shape)
 
 
@@ -88,7 +91,7 @@ def q_sample(x0: torch.Tensor, t, schedule, noise: Optional[torch.Tensor] = None
         raise ValueError("q_sample needs noise= or seed=")
     target = _TARGETS[_canonical_target(return_target or "epsilon")]
     x_t, tgt = implementation("q_sample_seeded", backend, x0.device)(
-        x0, t, table, as_seed(seed, x0.device), _offset(sample_offset), target)
+        x0, t, table, as_seed(seed, x0.device), counter_offset(sample_offset, x0.shape[0]), target)
     return (x_t, tgt) if return_target is not None else x_t
 
 
@@ -105,9 +108,9 @@ def reverse_step(x_t: torch.Tensor, model_out: torch.Tensor, t, schedule, *,
     Returns x_{t-1} in x_t's dtype (written into ``out`` if given).
     """
     table, t, seed_t = _step_inputs(x_t, model_out, t, schedule, noise, seed)
-    args = (x_t, model_out, t, table, noise, seed_t, _offset(sample_offset),
+    args = (x_t, model_out, t, table, noise, seed_t, counter_offset(sample_offset, x_t.shape[0]),
             prediction_code(prediction_type), variance_code(variance_type),
-            bool(clip_denoised), float(clip_range))
+            bool(clip_denoised), check_param("clip_range", clip_range, low=0.0))
     if out is None:
         return implementation("reverse_step", backend, x_t.device)(*args)
     if out.shape != x_t.shape or out.dtype != x_t.dtype or out.device != x_t.device:
@@ -125,14 +128,15 @@ def ddim_step(x_t: torch.Tensor, model_out: torch.Tensor, t, t_prev, schedule, *
     """One DDIM step x_t -> x_{t_prev} (Song et al. eq. 12); t_prev < 0 means "the end", whose
     ᾱ is ``final_alpha_bar`` (1.0, or ᾱ_0 for diffusers' set_alpha_to_one=False).
     ``eta`` = 0 is deterministic; eta > 0 needs ``noise`` or ``seed``."""
-    if not eta >= 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+    eta = check_param("eta", eta, low=0.0, low_inclusive=True, finite=True)
+    final_alpha_bar = check_param("final_alpha_bar", final_alpha_bar, low=0.0, high=1.0)
+    clip_range = check_param("clip_range", clip_range, low=0.0)
     table, t, seed_t = _step_inputs(x_t, model_out, t, schedule, noise, seed, need_noise=eta > 0)
     t_prev = _as_prev_timestep(t_prev, x_t, table.shape[0])
+    check_prev_timestep(t_prev, t, table.shape[0])
     impl = implementation("ddim_step", backend, x_t.device)
-    res = impl(x_t, model_out, t, t_prev, table, noise, seed_t, _offset(sample_offset), float(eta),
-               prediction_code(prediction_type), bool(clip_denoised), float(clip_range),
-               float(final_alpha_bar))
+    res = impl(x_t, model_out, t, t_prev, table, noise, seed_t, counter_offset(sample_offset, x_t.shape[0]),
+               eta, prediction_code(prediction_type), bool(clip_denoised), clip_range, final_alpha_bar)
     return _write_out(res, out)
 
 
@@ -172,8 +176,9 @@ def groupnorm_temb_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     if mode and temb is None:
         raise ValueError(f"temb_mode={temb_mode!r} needs a temb tensor")
     check_same_device(x=x, weight=weight, bias=bias, temb=temb)
+    eps = check_param("eps", eps, low=0.0, low_inclusive=True, finite=True)
     return implementation("groupnorm_temb_silu", backend, x.device)(
-        x, weight, bias, temb, num_groups, float(eps), mode, bool(apply_silu))
+        x, weight, bias, temb, num_groups, eps, mode, bool(apply_silu))
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, *, max_period: float = 10000.0,
@@ -245,12 +250,6 @@ def _canonical_target(name: str) -> str:
     if name not in PREDICTION_ALIASES:
         raise ValueError(f"unknown target {name!r}; use epsilon | sample | v_prediction")
     return PREDICTION_ALIASES[name]
-
-
-def _offset(sample_offset) -> int:
-    if not isinstance(sample_offset, int) or sample_offset < 0:
-        raise ValueError(f"sample_offset must be an int >= 0, got {sample_offset!r}")
-    return sample_offset
 
 
 def _write_out(res: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:

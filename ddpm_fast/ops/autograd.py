@@ -1,8 +1,8 @@
 """Backward passes for the fused ops: the op's reference twin, recomputed under autograd.
 
 The fused kernels (C++, CUDA, Triton) are forward-only. Training through them (the UNet's
-GroupNorm+temb+SiLU, temb_add, q_sample of a differentiable x0) takes its gradients from the
-reference math, recomputed from the saved inputs in the backward pass — the memory profile of
+GroupNorm+temb+SiLU, temb_add, q_sample of a differentiable x0; a sampler step differentiated
+for guidance) takes its gradients from the reference math, recomputed from the saved inputs in the backward pass — the memory profile of
 activation checkpointing, and no second copy of the math to keep in sync.
 """
 from __future__ import annotations
@@ -12,21 +12,15 @@ from typing import Callable
 import torch
 
 from . import reference
-
-# ops a training step differentiates through, and their reference twins
-DIFFERENTIABLE = {
-    "groupnorm_temb_silu": reference.groupnorm_temb_silu,
-    "temb_add": reference.temb_add,
-    "q_sample": reference.q_sample,
-    "q_sample_seeded": reference.q_sample_seeded,
-}
+from .table import OPS
 
 
 def attach_reference_backwards(namespace: str) -> None:
-    """Register the reference-recompute backward for every differentiable op of ``namespace``."""
-    for name, ref in DIFFERENTIABLE.items():
-        if hasattr(getattr(torch.ops, namespace), name):
-            attach_reference_backward(f"{namespace}::{name}", ref)
+    """Register the reference-recompute backward for every op of ``namespace`` that the op table
+    marks differentiable (ops/table.py)."""
+    for spec in OPS:
+        if spec.differentiable and hasattr(getattr(torch.ops, namespace), spec.name):
+            attach_reference_backward(spec.qualname(namespace), getattr(reference, spec.name))
 
 
 def attach_reference_backward(qualname: str, reference_fn: Callable) -> None:

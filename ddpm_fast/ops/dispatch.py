@@ -15,8 +15,9 @@ from typing import Callable, Optional
 
 import torch
 
-__all__ = ["register", "implementation", "backends", "set_backend", "get_backend", "use_backend",
-           "BackendUnavailableError", "BACKENDS"]
+__all__ = ["register", "register_backend", "implementation", "backends", "set_backend", "get_backend",
+           "use_backend", "unavailable_reason", "backend_of", "implementations", "BackendUnavailableError",
+           "BACKENDS"]
 
 BACKENDS = ("reference", "cpp", "cuda", "triton")
 _AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpp", "reference")}
@@ -46,6 +47,22 @@ def register(op: str, backend: str):
     return deco
 
 
+def register_backend(backend: str, impls: dict) -> None:
+    """Register ``backend``'s implementation of every op in ``impls`` (op name -> function)."""
+    for op, fn in impls.items():
+        register(op, backend)(fn)
+
+
+def implementations(op: str) -> dict:
+    """{backend: function} of everything registered for ``op`` (a copy)."""
+    return dict(_registry.get(op, {}))
+
+
+def backend_of(op: str, fn: Callable) -> Optional[str]:
+    """The backend whose registered implementation of ``op`` is ``fn`` (None if it is none)."""
+    return next((b for b, f in _registry.get(op, {}).items() if f is fn), None)
+
+
 def _load(backend: str) -> Optional[str]:
     """Import the backend's module once; None if it loaded, else the reason it did not.
     No lock: Python's import system serialises imports, and recording the outcome twice is
@@ -66,7 +83,7 @@ def preload(names=("reference", "cpp")) -> None:
         _load(b)
 
 
-def _unavailable_reason(backend: str, device_type: str) -> Optional[str]:
+def unavailable_reason(backend: str, device_type: str) -> Optional[str]:
     """Why ``backend`` cannot run ops on ``device_type`` tensors, or None if it can."""
     err = _load(backend)
     if err:
@@ -82,7 +99,7 @@ def backends() -> dict[str, str]:
         dev = "cuda" if b == "cuda" or (b == "triton" and torch.cuda.is_available()) else "cpu"
         if b == "triton" and dev == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
             dev = "cuda"
-        why = _unavailable_reason(b, dev)
+        why = unavailable_reason(b, dev)
         out[b] = "available" if why is None else f"unavailable: {why}"
     return out
 
@@ -127,12 +144,12 @@ def implementation(op: str, backend: Optional[str], device: torch.device) -> Cal
 def _resolve(op: str, name: str, dtype: str) -> Callable:
     if name == "auto":
         for b in _AUTO_ORDER.get(dtype, ("reference",)):
-            if _unavailable_reason(b, dtype) is None and b in _registry.get(op, {}):
+            if unavailable_reason(b, dtype) is None and b in _registry.get(op, {}):
                 return _registry[op][b]
         raise BackendUnavailableError(f"no backend implements {op} on {dtype}")
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose auto or one of {BACKENDS}")
-    why = _unavailable_reason(name, dtype)
+    why = unavailable_reason(name, dtype)
     if why is not None:
         raise BackendUnavailableError(f"backend {name!r} cannot run {op} on {dtype} tensors: {why}")
     fn = _registry.get(op, {}).get(name)

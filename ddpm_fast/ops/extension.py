@@ -1,14 +1,15 @@
 """The "cpp" and "cuda" backends: the compiled extension ``ddpm_fast._C`` (csrc/).
 
-Loading the library registers the ops ``torch.ops.ddpm_fast.<op>`` (schemas in csrc/ops.cpp,
-CPU kernels in csrc/cpu/, CUDA kernels in csrc/cuda/). This module
-- refuses a library built for another torch (the version is read from the file before it is
-  loaded) and warns, so the dispatcher falls back to the reference backend;
-- registers fake (meta) kernels, so ``torch.compile(fullgraph=True)`` traces the ops (backward
-  passes come from ops/autograd.py: the reference twin recomputed under autograd);
-- registers the ops with the dispatcher as backends "cpp" (CPU tensors) and "cuda" (CUDA tensors).
-  Both call ``torch.ops.ddpm_fast.<op>``, which picks the kernel by device. float64 data, which
-  the kernels do not take, is routed to the reference backend.
+The ops ``torch.ops.ddpm_fast.<op>`` are defined from the op table (ops/table.py: schemas and
+fakes); loading the library adds their CPU kernels (csrc/cpu/) and CUDA kernels (csrc/cuda/).
+This module
+- refuses a library built for another torch, or one that defines its own schemas (both read
+  from the file before it is loaded) and warns, so the dispatcher falls back to the reference
+  backend;
+- registers the ops with the dispatcher as backends "cpp" (CPU tensors) and "cuda" (CUDA tensors),
+  in one loop over the table (ops/registration.py). Both call ``torch.ops.ddpm_fast.<op>``, which
+  picks the kernel by device; float64 data, which the kernels do not take, goes to the reference
+  backend. Backward passes: ops/autograd.py.
 
 Environment: ``DDPM_FAST_EXTENSION=0`` disables the extension; ``DDPM_FAST_EXTENSION=/path/_C.so``
 loads that file instead of the installed ``ddpm_fast._C``.
@@ -24,13 +25,17 @@ from typing import Optional
 import torch
 
 from . import reference
-from .dispatch import register
+from . import table
+from .autograd import attach_reference_backwards
+from .dispatch import register_backend
+from .registration import implementations_of, torch_op_callers
+from .table import NAMESPACE
 
 __all__ = ["OPS", "available", "build_info", "has_cuda_kernels", "unavailable_reason"]
 
-OPS = ("_philox4x32_10", "philox_normal", "philox_uniform", "q_sample", "q_sample_seeded", "reverse_step",
-       "reverse_step_out", "ddim_step", "temb_add", "groupnorm_temb_silu")
+OPS = tuple(op.name for op in table.OPS)
 _MARKER = b"ddpm_fast-build-info:torch="
+_LAYOUT = b";ops=table;"  # kernels only: the schemas come from ops/table.py (csrc/ops.cpp)
 _BUILD_HINT = "build it with `pip install --no-build-isolation -e .` in the repository"
 
 _load_error: Optional[str] = None
@@ -45,21 +50,23 @@ def _library_path() -> Optional[str]:
     return spec.origin if spec is not None else None
 
 
-def _read_build_torch(path: str) -> Optional[str]:
-    """The torch version recorded in the library at build time (csrc/ops.cpp), without loading it."""
+def _read_build_info(path: str) -> tuple[Optional[str], bool]:
+    """(torch version the library was built for, whether it holds kernels only), read from the
+    marker of csrc/ops.cpp without loading the library."""
     with open(path, "rb") as f:
         data = f.read()
     i = data.find(_MARKER)
     if i < 0:
-        return None
+        return None, False
     j = data.find(b";", i)
-    return data[i + len(_MARKER):j].decode("ascii", "replace")
+    return data[i + len(_MARKER):j].decode("ascii", "replace"), data[j:j + len(_LAYOUT)] == _LAYOUT
 
 
 def _registered() -> bool:
     """True when some library already defined the ddpm_fast ops in this process (e.g. the CMake
     build loaded with torch.ops.load_library): loading a second one would abort the process."""
-    return torch._C._dispatch_has_kernel("ddpm_fast::reverse_step")
+    return table.defined_schema("ddpm_fast::reverse_step") is not None and \
+        torch._C._dispatch_has_kernel_for_dispatch_key("ddpm_fast::reverse_step", "CPU")
 
 
 def _load() -> Optional[str]:
@@ -69,17 +76,23 @@ def _load() -> Optional[str]:
         return "disabled by DDPM_FAST_EXTENSION=0"
     if _registered():
         _build_info = "preloaded"
+        try:
+            table.define(NAMESPACE)  # checks the preloaded schemas against the table
+        except RuntimeError as e:
+            return str(e)
         return None
     path = _library_path()
     if path is None or not os.path.exists(path):
         return f"the compiled extension ddpm_fast._C is not built ({_BUILD_HINT})"
-    built_for = _read_build_torch(path)
-    if built_for != torch.__version__:
-        msg = (f"the compiled extension {path} was built for torch {built_for or 'unknown'} but torch "
-               f"{torch.__version__} is running; rebuild it ({_BUILD_HINT}). Using the reference backend.")
+    built_for, kernels_only = _read_build_info(path)
+    if built_for != torch.__version__ or not kernels_only:
+        why = (f"was built for torch {built_for or 'unknown'} but torch {torch.__version__} is running"
+               if built_for != torch.__version__ else "defines its own op schemas (built from an older csrc/)")
+        msg = f"the compiled extension {path} {why}; rebuild it ({_BUILD_HINT}). Using the reference backend."
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
         return msg
     try:
+        table.define(NAMESPACE)
         if os.environ.get("DDPM_FAST_EXTENSION", "") not in ("", "1"):
             torch.ops.load_library(path)
         else:
@@ -130,166 +143,9 @@ def unavailable_reason(backend: str, device_type: str) -> Optional[str]:
     return f"unknown backend {backend!r}"
 
 
-# --- fake (meta) kernels: shapes and dtypes only, for torch.compile and FakeTensor -------------
-
-_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def _check_data(name: str, x: torch.Tensor) -> None:
-    torch._check(x.dtype in _FLOATS, lambda: f"{name} must be float32, float16 or bfloat16, got {x.dtype}")
-
-
-def _check_same_shape(name: str, x: torch.Tensor, ref: torch.Tensor) -> None:
-    torch._check(x.shape == ref.shape, lambda: f"{name} has shape {tuple(x.shape)}, expected {tuple(ref.shape)}")
-
-
-def _check_step(x, m, t, table, noise):
-    _check_data("x_t", x)
-    _check_data("model_out", m)
-    _check_same_shape("model_out", m, x)
-    torch._check(t.dtype in (torch.int32, torch.int64), lambda: f"t must be int32/int64, got {t.dtype}")
-    torch._check(table.dtype == torch.float64 and table.dim() == 2, lambda: "table must be float64 [T, 16]")
-    if noise is not None:
-        _check_same_shape("noise", noise, x)
-
-
-def _empty_like(x: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
-def _register_fakes() -> None:
-    lib = "ddpm_fast::"
-
-    def philox_fake(seed, t, batch, numel, sample_offset, stream):
-        return seed.new_empty((batch, numel), dtype=torch.float32)
-
-    @torch.library.register_fake(lib + "_philox4x32_10")
-    def _(counters, key):
-        return torch.empty_like(counters, memory_format=torch.contiguous_format)
-
-    torch.library.register_fake(lib + "philox_normal")(philox_fake)
-    torch.library.register_fake(lib + "philox_uniform")(philox_fake)
-
-    @torch.library.register_fake(lib + "q_sample")
-    def _(x0, t, table, noise):
-        _check_data("x0", x0)
-        _check_data("noise", noise)
-        _check_same_shape("noise", noise, x0)
-        return _empty_like(x0)
-
-    @torch.library.register_fake(lib + "q_sample_seeded")
-    def _(x0, t, table, seed, sample_offset, target_type):
-        _check_data("x0", x0)
-        return _empty_like(x0), _empty_like(x0)
-
-    @torch.library.register_fake(lib + "reverse_step")
-    def _(x_t, model_out, t, table, noise, seed, sample_offset, prediction_type, variance_type, clip,
-          clip_range):
-        _check_step(x_t, model_out, t, table, noise)
-        return _empty_like(x_t)
-
-    @torch.library.register_fake(lib + "reverse_step_out")
-    def _(x_t, model_out, t, table, noise, seed, sample_offset, prediction_type, variance_type, clip,
-          clip_range, out):
-        _check_step(x_t, model_out, t, table, noise)
-        torch._check(out.dtype == x_t.dtype, lambda: f"out must be {x_t.dtype}, got {out.dtype}")
-        _check_same_shape("out", out, x_t)
-        return None
-
-    @torch.library.register_fake(lib + "ddim_step")
-    def _(x_t, model_out, t, t_prev, table, noise, seed, sample_offset, eta, prediction_type, clip,
-          clip_range, final_alpha_bar):
-        _check_step(x_t, model_out, t, table, noise)
-        return _empty_like(x_t)
-
-    @torch.library.register_fake(lib + "temb_add")
-    def _(h, temb):
-        _check_data("h", h)
-        _check_data("temb", temb)
-        torch._check(temb.dim() == 2 and temb.shape == h.shape[:2],
-                     lambda: f"temb must have shape {tuple(h.shape[:2])}, got {tuple(temb.shape)}")
-        return _empty_like(h)
-
-    @torch.library.register_fake(lib + "groupnorm_temb_silu")
-    def _(x, weight, bias, temb, num_groups, eps, temb_mode, apply_silu):
-        _check_data("x", x)
-        torch._check(x.dim() >= 3, lambda: f"x must be [B, C, *spatial], got {tuple(x.shape)}")
-        torch._check(weight.shape == x.shape[1:2] and bias.shape == x.shape[1:2],
-                     lambda: "weight and bias must have shape [C]")
-        if temb is not None:
-            torch._check(temb.shape == x.shape[:2], lambda: "temb must have shape [B, C]")
-        return _empty_like(x)
-
-
-# --- dispatcher registration ------------------------------------------------------------------
-
-def _has_f64(*tensors) -> bool:
-    return any(isinstance(x, torch.Tensor) and x.dtype == torch.float64 for x in tensors)
-
-
-def _register_backends() -> None:
-    ops = torch.ops.ddpm_fast
-
-    def philox_normal(seed, t, batch, numel, sample_offset, stream):
-        return ops.philox_normal(seed, t, batch, numel, sample_offset, stream)
-
-    def philox_uniform(seed, t, batch, numel, sample_offset, stream):
-        return ops.philox_uniform(seed, t, batch, numel, sample_offset, stream)
-
-    def q_sample(x0, t, table, noise):
-        if _has_f64(x0, noise):
-            return reference.q_sample(x0, t, table, noise)
-        return ops.q_sample(x0, t, table, noise)
-
-    def q_sample_seeded(x0, t, table, seed, sample_offset, target_type):
-        if _has_f64(x0):
-            return reference.q_sample_seeded(x0, t, table, seed, sample_offset, target_type)
-        return ops.q_sample_seeded(x0, t, table, seed, sample_offset, target_type)
-
-    def reverse_step(x_t, model_out, t, table, noise, seed, sample_offset, prediction_type, variance_type,
-                     clip, clip_range):
-        if _has_f64(x_t, model_out, noise):
-            return reference.reverse_step(x_t, model_out, t, table, noise, seed, sample_offset,
-                                          prediction_type, variance_type, clip, clip_range)
-        return ops.reverse_step(x_t, model_out, t, table, noise, seed, sample_offset, prediction_type,
-                                variance_type, clip, clip_range)
-
-    def reverse_step_out(x_t, model_out, t, table, noise, seed, sample_offset, prediction_type,
-                         variance_type, clip, clip_range, out):
-        """reverse_step written into ``out`` (the sampler's static buffer; may be x_t itself)."""
-        if _has_f64(x_t, model_out, noise):
-            return out.copy_(reference.reverse_step(x_t, model_out, t, table, noise, seed, sample_offset,
-                                                    prediction_type, variance_type, clip, clip_range))
-        ops.reverse_step_out(x_t, model_out, t, table, noise, seed, sample_offset, prediction_type,
-                             variance_type, clip, clip_range, out)
-        return out
-
-    def ddim_step(x_t, model_out, t, t_prev, table, noise, seed, sample_offset, eta, prediction_type, clip,
-                  clip_range, final_alpha_bar):
-        if _has_f64(x_t, model_out, noise):
-            return reference.ddim_step(x_t, model_out, t, t_prev, table, noise, seed, sample_offset, eta,
-                                       prediction_type, clip, clip_range, final_alpha_bar)
-        return ops.ddim_step(x_t, model_out, t, t_prev, table, noise, seed, sample_offset, eta,
-                             prediction_type, clip, clip_range, final_alpha_bar)
-
-    def temb_add(h, temb):
-        if _has_f64(h, temb):
-            return reference.temb_add(h, temb)
-        return ops.temb_add(h, temb)
-
-    def groupnorm_temb_silu(x, weight, bias, temb, num_groups, eps, temb_mode, apply_silu):
-        if _has_f64(x, weight, bias, temb):
-            return reference.groupnorm_temb_silu(x, weight, bias, temb, num_groups, eps, temb_mode, apply_silu)
-        return ops.groupnorm_temb_silu(x, weight, bias, temb, num_groups, eps, temb_mode, apply_silu)
-
-    for fn in (philox_normal, philox_uniform, q_sample, q_sample_seeded, reverse_step, reverse_step_out,
-               ddim_step, temb_add, groupnorm_temb_silu):
-        register(fn.__name__, "cpp")(fn)
-        register(fn.__name__, "cuda")(fn)
-
+# --- registration, from the op table ------------------------------------------------------
 
 if _load_error is None:
-    _register_fakes()
-    _register_backends()
-    from .autograd import attach_reference_backwards
-    attach_reference_backwards("ddpm_fast")  # training through the kernels (ops/autograd.py)
+    register_backend("cpp", torch_op_callers(NAMESPACE, implementations_of(reference)))
+    register_backend("cuda", torch_op_callers(NAMESPACE, implementations_of(reference)))
+    attach_reference_backwards(NAMESPACE)  # training through the kernels (ops/autograd.py)

@@ -1,20 +1,24 @@
 """Reference backend: every fused op in plain PyTorch, any device. The executable form of
 docs/ops_contract.md, and the twin every fused kernel is tested against.
 
-Signatures here are the backend interface (already validated, enums as ints, seed as an int64
-tensor); users call the friendly functions in ``ddpm_fast.ops``.
+One function per op of the op table (ops/table.py), named after it; its signature is the backend
+interface every backend implements (already validated, enums as ints, seed as an int64 tensor).
+Users call the friendly functions in ``ddpm_fast.ops``.
 """
 from __future__ import annotations
 
+import sys
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from ..noise import STREAM_Q_SAMPLE, STREAM_STEP, philox_normal, philox_uniform
+from .. import noise as _noise
+from ..noise import STREAM_Q_SAMPLE, STREAM_STEP
 from ..schedule import Col
-from .dispatch import register
+from .dispatch import register_backend
 from .enums import PRED_EPSILON, PRED_SAMPLE, TEMB_AFTER_NORM, TEMB_BEFORE_NORM, VAR_FIXED_SMALL
+from .registration import implementations_of
 
 BACKEND = "reference"
 
@@ -31,20 +35,17 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def _noise_like(x: torch.Tensor, seed: torch.Tensor, t: torch.Tensor, sample_offset: int, stream: int):
-    return philox_normal(seed, tuple(x.shape), t, sample_offset, stream, device=x.device)
+    return _noise.philox_normal(seed, tuple(x.shape), t, sample_offset, stream, device=x.device)
 
 
-@register("philox_normal", BACKEND)
-def philox_normal_op(seed, t, batch: int, numel: int, sample_offset: int, stream: int):
-    return philox_normal(seed, (batch, numel), t, sample_offset, stream, device=seed.device)
+def philox_normal(seed, t, batch: int, numel: int, sample_offset: int, stream: int):
+    return _noise.philox_normal(seed, (batch, numel), t, sample_offset, stream, device=seed.device)
 
 
-@register("philox_uniform", BACKEND)
-def philox_uniform_op(seed, t, batch: int, numel: int, sample_offset: int, stream: int):
-    return philox_uniform(seed, (batch, numel), t, sample_offset, stream, device=seed.device)
+def philox_uniform(seed, t, batch: int, numel: int, sample_offset: int, stream: int):
+    return _noise.philox_uniform(seed, (batch, numel), t, sample_offset, stream, device=seed.device)
 
 
-@register("q_sample", BACKEND)
 def q_sample(x0, t, table, noise):
     cd = _compute_dtype(x0)
     a = _coef(table, t, Col.SQRT_ALPHA_BAR, x0.dim(), cd)
@@ -52,7 +53,6 @@ def q_sample(x0, t, table, noise):
     return (a * x0.to(cd) + s * noise.to(cd)).to(x0.dtype)
 
 
-@register("q_sample_seeded", BACKEND)
 def q_sample_seeded(x0, t, table, seed, sample_offset: int, target_type: int):
     cd = _compute_dtype(x0)
     eps = _noise_like(x0, seed, t, sample_offset, STREAM_Q_SAMPLE).to(cd)
@@ -80,7 +80,6 @@ def predict_x0(x, m, table, t, prediction_type: int, cd):
             - _coef(table, t, Col.SQRT_ONE_MINUS_ALPHA_BAR, x.dim(), cd) * m)
 
 
-@register("reverse_step", BACKEND)
 def reverse_step(x_t, model_out, t, table, noise: Optional[torch.Tensor], seed, sample_offset: int,
                  prediction_type: int, variance_type: int, clip: bool, clip_range: float):
     cd = _compute_dtype(x_t)
@@ -96,22 +95,12 @@ def reverse_step(x_t, model_out, t, table, noise: Optional[torch.Tensor], seed, 
     return (mean + sigma * z).to(x_t.dtype)                                   # 4. + sigma_t z, none at t=0
 
 
-@register("reverse_step_out", BACKEND)
-def reverse_step_out(x_t, model_out, t, table, noise, seed, sample_offset: int, prediction_type: int,
-                     variance_type: int, clip: bool, clip_range: float, out: torch.Tensor):
-    """reverse_step written into ``out`` (a static buffer; may be x_t itself)."""
-    out.copy_(reverse_step(x_t, model_out, t, table, noise, seed, sample_offset, prediction_type,
-                           variance_type, clip, clip_range))
-    return out
-
-
 def _coef_mask_positive(t: torch.Tensor, ndim: int, dtype) -> torch.Tensor:
     """1.0 where t > 0 else 0.0, shaped like _coef (a tensor op: no host sync)."""
     m = (t > 0).to(dtype)
     return m.reshape(-1, *([1] * (ndim - 1))) if m.dim() > 0 else m
 
 
-@register("ddim_step", BACKEND)
 def ddim_step(x_t, model_out, t, t_prev, table, noise: Optional[torch.Tensor], seed, sample_offset: int,
               eta: float, prediction_type: int, clip: bool, clip_range: float, final_alpha_bar: float):
     cd = _compute_dtype(x_t)
@@ -129,7 +118,7 @@ def ddim_step(x_t, model_out, t, t_prev, table, noise: Optional[torch.Tensor], s
         eps = (x - sa * x0) / s1a
     else:
         x0, eps = sa * x - s1a * m, sa * m + s1a * x
-    if clip:  # clipping changes x0, so eps is re-derived from the clipped x0 (PITFALLS.md)
+    if clip:  # clipping changes x0, so eps is re-derived from the clipped x0 (docs/pitfalls.md)
         x0 = x0.clamp(-clip_range, clip_range)
         eps = (x - sa * x0) / s1a
     sigma = eta * ((1 - a_prev) / (1 - a)).sqrt() * (1 - a / a_prev).sqrt()   # Song et al. eq. 16
@@ -145,14 +134,12 @@ def _shape_like(v: torch.Tensor, ndim: int) -> torch.Tensor:
     return v.reshape(-1, *([1] * (ndim - 1))) if v.dim() > 0 else v
 
 
-@register("temb_add", BACKEND)
 def temb_add(h, temb):
     cd = _compute_dtype(h)
     view = temb.reshape(*temb.shape, *([1] * (h.dim() - 2)))
     return (h.to(cd) + view.to(cd)).to(h.dtype)
 
 
-@register("groupnorm_temb_silu", BACKEND)
 def groupnorm_temb_silu(x, weight, bias, temb: Optional[torch.Tensor], num_groups: int, eps: float,
                         temb_mode: int, apply_silu: bool):
     cd = _compute_dtype(x)
@@ -166,3 +153,7 @@ def groupnorm_temb_silu(x, weight, bias, temb: Optional[torch.Tensor], num_group
     if apply_silu:
         h = F.silu(h)
     return h.to(x.dtype)
+
+
+# reverse_step_out (the out-variant) is derived from reverse_step (ops/registration.py)
+register_backend(BACKEND, implementations_of(sys.modules[__name__]))

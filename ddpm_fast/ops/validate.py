@@ -5,9 +5,14 @@ accelerator they become device-side asserts (``torch._assert_async``), so no op 
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
+
+# The sample index n = sample_offset + b is one 32-bit Philox counter word (docs/ops_contract.md,
+# "Counter-based noise"): a batch must end at or below this, or two samples would share noise.
+COUNTER_WORD_END = 1 << 32
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 INT_DTYPES = (torch.int32, torch.int64)
@@ -97,3 +102,46 @@ def as_seed(seed, device: torch.device) -> torch.Tensor:
             raise ValueError(f"seed is on {seed.device} but the data is on {device}")
         return seed.reshape(())
     return torch.tensor(seed_to_int64(seed), dtype=torch.int64, device=device)
+
+
+def counter_offset(sample_offset, batch: int) -> int:
+    """Validate sample_offset: an int >= 0 with sample_offset + batch <= 2**32."""
+    if not isinstance(sample_offset, int) or isinstance(sample_offset, bool) or sample_offset < 0:
+        raise ValueError(f"sample_offset must be an int >= 0, got {sample_offset!r}")
+    if sample_offset + batch > COUNTER_WORD_END:
+        raise ValueError(f"sample_offset + batch must be <= 2**32 (the sample index is one 32-bit Philox "
+                         f"counter word), got sample_offset={sample_offset}, batch={batch}")
+    return sample_offset
+
+
+def check_param(name: str, value, *, low: Optional[float] = None, high: Optional[float] = None,
+                low_inclusive: bool = False, finite: bool = False) -> float:
+    """A real scalar argument as a float: not NaN, above ``low`` (inclusive or not), at most
+    ``high``, and finite if asked. Raises TypeError/ValueError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    v = float(value)
+    ok = not math.isnan(v) and (not finite or math.isfinite(v))
+    if ok and low is not None:
+        ok = v >= low if low_inclusive else v > low
+    if ok and high is not None:
+        ok = v <= high
+    if not ok:
+        lo = "" if low is None else f"{'[' if low_inclusive else '('}{low:g}, "
+        hi = "inf)" if high is None else f"{high:g}]"
+        raise ValueError(f"{name} must be a {'finite ' if finite else ''}number in {lo or '(-inf, '}{hi}, got {value!r}")
+    return v
+
+
+def check_prev_timestep(t_prev: torch.Tensor, t: torch.Tensor, T: int) -> None:
+    """DDIM's t_prev: below T and at most t (negative = the end). Host check on CPU, a device
+    assert elsewhere (no sync); skipped while torch.compile traces, as check_timestep_range."""
+    if torch.compiler.is_compiling():
+        return
+    if t_prev.device.type == "cpu":
+        if t_prev.numel() and int(t_prev.max()) >= T:
+            raise ValueError(f"t_prev out of range (< {T}): max {int(t_prev.max())}")
+        if t_prev.numel() and bool((t_prev > t).any()):
+            raise ValueError("t_prev must be <= t (DDIM steps towards t = 0)")
+    else:
+        torch._assert_async(((t_prev < T) & (t_prev <= t)).all(), "t_prev must be < T and <= t")

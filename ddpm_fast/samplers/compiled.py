@@ -83,11 +83,7 @@ def step_backend(spec: SamplerSpec) -> Optional[str]:
     """The backend whose implementation runs this spec's step ("reference", "cpp", ...)."""
     from ..ops import dispatch
     op = "reverse_step" if spec.sampler == "ddpm" else "ddim_step"
-    impl = spec.impls.get(op)
-    for backend, fn in dispatch._registry.get(op, {}).items():
-        if fn is impl:
-            return backend
-    return None
+    return dispatch.backend_of(op, spec.impls.get(op))
 
 
 def step_out_impl(spec: SamplerSpec) -> Optional[Callable]:
@@ -95,7 +91,7 @@ def step_out_impl(spec: SamplerSpec) -> Optional[Callable]:
     if spec.sampler != "ddpm" or spec.needs_pre_step:
         return None
     from ..ops import dispatch
-    return dispatch._registry.get("reverse_step_out", {}).get(step_backend(spec))
+    return dispatch.implementations("reverse_step_out").get(step_backend(spec))
 
 
 # torch.compile modes under which Inductor captures CUDA graphs of its own

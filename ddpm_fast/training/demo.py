@@ -138,7 +138,7 @@ def _backend_name(op: str = "ddim_step") -> str:
     """Which backend "auto" picks for ``op`` on the CPU (the first available in the auto order)."""
     from ..ops import dispatch
     fn = dispatch.implementation(op, "auto", torch.device("cpu"))
-    return next((b for b, f in dispatch._registry.get(op, {}).items() if f is fn), "auto")
+    return dispatch.backend_of(op, fn) or "auto"
 
 
 def _tail_mean(losses, k: int = 100) -> float:

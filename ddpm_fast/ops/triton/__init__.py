@@ -1,36 +1,40 @@
 """The "triton" backend: Triton kernels for every fused op, registered as torch ops
 ``torch.ops.ddpm_fast_triton.<op>`` (``torch.library.triton_op`` where available, so Inductor sees
-the kernels; ``custom_op`` under TRITON_INTERPRET=1) and with the backend dispatcher.
+the kernels; ``custom_op`` under TRITON_INTERPRET=1) and with the backend dispatcher, all from
+the op table (ops/table.py: schema, fake, out-variant, differentiable) in one loop.
 
 Runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1 (set before triton is first
-imported; for tests only, it is slow). One file per op: q_sample.py, reverse_step.py,
-ddim_step.py, temb_add.py, groupnorm_temb_silu.py; philox.py holds the in-kernel noise.
-Launch configs: each kernel's CONFIGS (Hopper choices, ``_common.ELEMENTWISE_CONFIGS``); the
-first is the default, DDPM_FAST_TRITON_AUTOTUNE=1 autotunes over all of them.
-Every op copies non-contiguous inputs to contiguous and returns contiguous outputs.
+imported; for tests only, it is slow). One file per op, holding its kernel, launch configs and
+launcher (a function named after the op, with the reference's signature): q_sample.py,
+reverse_step.py, ddim_step.py, temb_add.py, groupnorm_temb_silu.py; philox.py holds the
+in-kernel noise and the raw-stream ops. Launch configs: each kernel's CONFIGS
+(``_common.ELEMENTWISE_CONFIGS``); the first is the default, DDPM_FAST_TRITON_AUTOTUNE=1 autotunes
+over all of them. Every op copies non-contiguous inputs to contiguous and returns contiguous outputs.
 """
 from __future__ import annotations
 
+import inspect
+import re
+import types
 from typing import Optional
 
 import torch
 import triton  # noqa: F401 — absolute: the Triton package; failure makes this backend unavailable
 
 from ..autograd import attach_reference_backwards
-from ..dispatch import register
-from . import ddim_step as _ddim_step
-from . import groupnorm_temb_silu as _groupnorm
-from . import philox as _philox
-from . import q_sample as _q_sample
-from . import reverse_step as _reverse_step
-from . import temb_add as _temb_add
-from ._common import INTERPRET, AotSpec
+from ..dispatch import register_backend
+from ..registration import implementations_of, torch_op_callers
+from ..table import OPS
+from . import ddim_step, groupnorm_temb_silu, philox, q_sample, reverse_step, temb_add
+from ._common import INTERPRET, NAMESPACE, USE_TRITON_OP
 
-__all__ = ["unavailable_reason", "aot_specs", "AotSpec"]
+__all__ = ["unavailable_reason", "LAUNCHERS", "KERNEL_MODULES"]
 
 BACKEND = "triton"
-_ops = torch.ops.ddpm_fast_triton
-attach_reference_backwards("ddpm_fast_triton")  # training through the kernels (ops/autograd.py)
+KERNEL_MODULES = (philox, q_sample, reverse_step, ddim_step, temb_add, groupnorm_temb_silu)
+# op name -> launcher, gathered from the kernel files by the op table's names
+LAUNCHERS = implementations_of(types.SimpleNamespace(
+    **{k: v for m in KERNEL_MODULES for k, v in vars(m).items() if callable(v)}))
 
 
 def unavailable_reason(backend: str, device_type: str) -> Optional[str]:
@@ -44,78 +48,38 @@ def unavailable_reason(backend: str, device_type: str) -> Optional[str]:
     if device_type == "cpu":
         if INTERPRET:
             return None
-        return "Triton runs on CPU only with TRITON_INTERPRET=1 set before triton is imported (tests)"
+        return "Triton runs on CPU only with TRITON_INTERPRET=1 set before triton is imported"
     return f"Triton cannot run on {device_type} tensors"
 
 
-@register("philox_normal", BACKEND)
-def _impl_philox_normal(seed, t, batch: int, numel: int, sample_offset: int, stream: int):
-    return _ops.philox_normal(seed, t, batch, numel, sample_offset, stream)
+_PY_TYPES = {"Tensor": torch.Tensor, "Tensor?": Optional[torch.Tensor], "int": int, "float": float,
+             "bool": bool}
 
 
-@register("philox_uniform", BACKEND)
-def _impl_philox_uniform(seed, t, batch: int, numel: int, sample_offset: int, stream: int):
-    return _ops.philox_uniform(seed, t, batch, numel, sample_offset, stream)
+def _annotate(spec, fn) -> None:
+    """Give the launcher the table schema's argument types: triton_op infers its schema from
+    annotations (it takes no schema), so the table stays the one place the schema is written."""
+    schema = torch._C.parse_schema(spec.name + spec.schema)
+    params = [inspect.Parameter(a.name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                annotation=_PY_TYPES[str(a.type).replace("Optional[Tensor]", "Tensor?")])
+              for a in schema.arguments]
+    rets = [torch.Tensor for _ in schema.returns]
+    ret = None if not rets else rets[0] if len(rets) == 1 else tuple[tuple(rets)]
+    fn.__signature__ = inspect.Signature(params, return_annotation=ret)
 
 
-@register("q_sample", BACKEND)
-def _impl_q_sample(x0, t, table, noise):
-    return _ops.q_sample(x0, t, table, noise)
+def _define(spec, fn) -> None:
+    _annotate(spec, fn)
+    make = torch.library.triton_op if USE_TRITON_OP else torch.library.custom_op
+    op = make(spec.qualname(NAMESPACE), fn, mutates_args=spec.mutates)
+    got = re.sub(r"\(a\d+!\)", "(a!)", str(op._opoverload._schema).replace("SymInt", "int"))  # inferred
+    if got[got.index("("):] != str(torch._C.parse_schema("x" + spec.schema))[1:]:
+        raise RuntimeError(f"{spec.qualname(NAMESPACE)}: schema {got} differs from ops/table.py")
+    op.register_fake(spec.fake)
 
 
-@register("q_sample_seeded", BACKEND)
-def _impl_q_sample_seeded(x0, t, table, seed, sample_offset: int, target_type: int):
-    return _ops.q_sample_seeded(x0, t, table, seed, sample_offset, target_type)
-
-
-@register("reverse_step", BACKEND)
-def _impl_reverse_step(x_t, model_out, t, table, noise, seed, sample_offset: int, prediction_type: int,
-                 variance_type: int, clip: bool, clip_range: float):
-    return _ops.reverse_step(x_t, model_out, t, table, noise, seed, sample_offset, prediction_type,
-                             variance_type, clip, clip_range)
-
-
-@register("reverse_step_out", BACKEND)
-def _impl_reverse_step_out(x_t, model_out, t, table, noise, seed, sample_offset: int, prediction_type: int,
-                     variance_type: int, clip: bool, clip_range: float, out):
-    """reverse_step written into ``out`` (contiguous; may be x_t itself). Returns ``out``."""
-    _ops.reverse_step_out(x_t, model_out, t, table, noise, seed, sample_offset, prediction_type,
-                          variance_type, clip, clip_range, out)
-    return out
-
-
-@register("ddim_step", BACKEND)
-def _impl_ddim_step(x_t, model_out, t, t_prev, table, noise, seed, sample_offset: int, eta: float,
-              prediction_type: int, clip: bool, clip_range: float, final_alpha_bar: float):
-    return _ops.ddim_step(x_t, model_out, t, t_prev, table, noise, seed, sample_offset, eta, prediction_type,
-                          clip, clip_range, final_alpha_bar)
-
-
-@register("temb_add", BACKEND)
-def _impl_temb_add(h, temb):
-    return _ops.temb_add(h, temb)
-
-
-@register("groupnorm_temb_silu", BACKEND)
-def _impl_groupnorm_temb_silu(x, weight, bias, temb, num_groups: int, eps: float, temb_mode: int, apply_silu: bool):
-    return _ops.groupnorm_temb_silu(x, weight, bias, temb, num_groups, eps, temb_mode, apply_silu)
-
-
-def aot_specs() -> list:
-    """Every kernel specialisation the launchers can pick, for ahead-of-time compile checks.
-
-    Contract with ``ddpm_fast.tools.gpu_check`` (issue 8): a list of ``AotSpec`` with
-    ``name`` ("reverse_step[fp32,BLOCK=1024,warps=4]"), ``op``, ``fn`` (the raw @triton.jit
-    JITFunction), ``signature`` (every kernel arg in order -> "*fp32" | "*fp16" | "*bf16" |
-    "*fp64" | "*i64" | "i32" | "fp32" | "constexpr"), ``constexprs`` (name -> value),
-    ``divisible_args`` (pointers and contiguous sizes the runtime specialises as divisible by 16:
-    pass them as attrs {(index,): [["tt.divisibility", 16]]} in Triton 3.9), ``num_warps``,
-    ``num_stages`` and ``elementwise`` (True for kernels whose fp32 loads/stores should be
-    16-byte vectors: ld.global.v4 / st.global.v4 in the PTX). Built from each kernel's CONFIGS
-    and the data dtypes its launcher supports (fp32, fp16, bf16), next to the kernel.
-    Must be called in a process without TRITON_INTERPRET=1 (fn must be a JITFunction).
-    """
-    specs = []
-    for mod in (_philox, _q_sample, _reverse_step, _ddim_step, _temb_add, _groupnorm):
-        specs.extend(mod.aot_specs())
-    return specs
+for _spec in OPS:
+    if _spec.name in LAUNCHERS:
+        _define(_spec, LAUNCHERS[_spec.name])
+register_backend(BACKEND, torch_op_callers(NAMESPACE))
+attach_reference_backwards(NAMESPACE)  # training through the kernels (ops/autograd.py)

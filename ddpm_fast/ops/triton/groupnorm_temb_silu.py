@@ -11,15 +11,11 @@ the last one chunked); no autotuner here, since the choice changes the kernel's 
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import triton
 import triton.language as tl
 
-from ._common import (AOT_DTYPES, check_data, config_kwargs, define_op, div_rn, make_spec, sqrt_rn,
-                      to_compute, to_out, triton_type)
-from ._common import USE_TRITON_OP
+from ._common import USE_TRITON_OP, config_kwargs, device_guard, div_rn, sqrt_rn, to_compute, to_out
 
 # warps chosen for 8 elements (two fp32 16-byte vectors) per thread; 16 warps max per program.
 CONFIGS = [
@@ -121,62 +117,23 @@ def pick_config(M: int) -> tuple[triton.Config, bool]:
     return CONFIGS[-1], False
 
 
-@define_op("groupnorm_temb_silu")
-def groupnorm_temb_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, temb: Optional[torch.Tensor],
-                        num_groups: int, eps: float, temb_mode: int, apply_silu: bool) -> torch.Tensor:
+def groupnorm_temb_silu(x, weight, bias, temb, num_groups, eps, temb_mode, apply_silu):
     """x [B, C, *spatial]; weight, bias [C]; temb [B, C] (temb_mode 1 before / 2 after the norm).
     Returns x's dtype, contiguous."""
-    check_data("x", x)
-    if x.dim() < 2:
-        raise ValueError(f"triton backend: x must be [B, C, *spatial], got shape {tuple(x.shape)}")
-    B, C = x.shape[0], x.shape[1]
-    if num_groups <= 0 or C % num_groups:
-        raise ValueError(f"triton backend: num_groups must be a positive divisor of C={C}, got {num_groups}")
-    for name, p in (("weight", weight), ("bias", bias)):
-        check_data(name, p, x.device)
-        if p.shape != (C,):
-            raise ValueError(f"triton backend: {name} must have shape [{C}], got {tuple(p.shape)}")
-    if temb_mode not in (0, 1, 2):
-        raise ValueError(f"triton backend: temb_mode must be 0, 1 or 2, got {temb_mode}")
-    if temb_mode:
-        if temb is None:
-            raise ValueError("triton backend: temb_mode 1/2 needs a temb tensor")
-        check_data("temb", temb, x.device)
-        if temb.shape != (B, C):
-            raise ValueError(f"triton backend: temb must have shape [{B}, {C}], got {tuple(temb.shape)}")
     xc = x.contiguous()
     out = torch.empty_like(xc)
     if xc.numel() == 0:
         return out
+    B, C = xc.shape[0], xc.shape[1]
     HW = xc.numel() // (B * C)
     cpg = C // num_groups
     cfg, single = pick_config(cpg * HW)
     kernel = torch.library.wrap_triton(groupnorm_temb_silu_kernel) if USE_TRITON_OP \
         else groupnorm_temb_silu_kernel
-    kernel[(B * num_groups,)](
-        xc, weight.contiguous(), bias.contiguous(), temb.contiguous() if temb_mode else xc, out,
-        C, HW, num_groups, cpg, float(eps),
-        TEMB=temb_mode, SILU=bool(apply_silu), SINGLE=single, F64=xc.dtype == torch.float64,
-        **config_kwargs(cfg))
+    with device_guard(xc):
+        kernel[(B * num_groups,)](
+            xc, weight.contiguous(), bias.contiguous(), temb.contiguous() if temb_mode else xc, out,
+            C, HW, num_groups, cpg, float(eps),
+            TEMB=temb_mode, SILU=bool(apply_silu), SINGLE=single, F64=xc.dtype == torch.float64,
+            **config_kwargs(cfg))
     return out
-
-
-@groupnorm_temb_silu.register_fake
-def _(x, weight, bias, temb, num_groups, eps, temb_mode, apply_silu):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
-def aot_specs() -> list:
-    specs = []
-    for cfg in CONFIGS:
-        for tag, dt in AOT_DTYPES.items():
-            ty = "*" + triton_type(dt)
-            sig = {"x_ptr": ty, "w_ptr": ty, "b_ptr": ty, "temb_ptr": ty, "out_ptr": ty, "C": "i32", "HW": "i32",
-                   "G": "i32", "CPG": "i32", "eps": "fp32"}
-            single = [True, False] if cfg is CONFIGS[-1] else [True]
-            for s in single:
-                specs.append(make_spec("groupnorm_temb_silu", groupnorm_temb_silu_kernel, cfg,
-                                       tag + ("" if s else ",chunked"), sig,
-                                       {"TEMB": 1, "SILU": True, "SINGLE": s, "F64": False},
-                                       elementwise=False, sizes=("C", "HW")))
-    return specs

@@ -11,7 +11,7 @@ four word-blocks back into element order with joins and a reshape (see _philox_b
 Box-Muller's cos/sin are sincos_0_2pi (θ in [0, 2π] only), not tl.cos/tl.sin: libdevice's
 Payne-Hanek slow path for huge arguments (never taken here) made the 16-elements-per-thread
 configs spill (up to 28 B, 80-108 registers); without it every config is spill-free with
-<= 86 registers on sm_80/sm_90 (gpu_check).
+<= 86 registers on sm_80/sm_90 (make gpu-check).
 """
 from __future__ import annotations
 
@@ -19,8 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (ELEMENTWISE_CONFIGS, autotuned, check_seed, check_timestep, define_op,
-                      elementwise_grid, launch, load_timestep, make_spec)
+from ._common import autotuned, elementwise_grid, launch, load_timestep, sample_block, timestep
 
 TWO_PI_F32: tl.constexpr = tl.constexpr(6.2831854820251465)   # float32(2*pi), as ddpm_fast.noise
 TWO_POW_M23: tl.constexpr = tl.constexpr(1.1920928955078125e-07)  # 2**-23
@@ -144,9 +143,7 @@ def uniform_block(seed, start, n, t, stream, BLOCK: tl.constexpr, QPT: tl.conste
 def philox_kernel(out_ptr, seed_ptr, t_ptr, sample_offset, stream, N,
                   T_STRIDE: tl.constexpr, NORMAL: tl.constexpr, BLOCK: tl.constexpr):
     """out[b, e] (float32 [B, N]) = normal or uniform of counter (e // 4, sample_offset + b, t[b], stream)."""
-    pid = tl.program_id(0)
-    b = tl.program_id(1)
-    start = pid * BLOCK
+    b, start = sample_block(N, BLOCK)
     offs = start + tl.arange(0, BLOCK)
     seed = tl.load(seed_ptr)
     t = load_timestep(t_ptr, b, T_STRIDE)
@@ -161,61 +158,25 @@ def philox_kernel(out_ptr, seed_ptr, t_ptr, sample_offset, stream, N,
 _philox_tuned = autotuned(philox_kernel, key=["N", "T_STRIDE", "NORMAL"])
 
 
-def _philox(seed: torch.Tensor, t: torch.Tensor, batch: int, numel: int, sample_offset: int,
-            stream: int, normal: bool) -> torch.Tensor:
-    if not isinstance(seed, torch.Tensor):
-        raise TypeError("triton backend: seed must be an int64 tensor [] or [1]")
-    check_seed(seed, seed.device)
-    dev = seed.device
-    if batch < 0 or numel < 0:
-        raise ValueError(f"triton backend: batch and numel must be >= 0, got {batch}, {numel}")
-    if not 0 <= stream < 2 ** 32:
-        raise ValueError(f"triton backend: stream must be in [0, 2**32), got {stream}")
-    t_stride = check_timestep("t", t, batch, dev)
-    out = torch.empty((batch, numel), dtype=torch.float32, device=dev)
+def _philox(seed, t, batch: int, numel: int, sample_offset: int, stream: int, normal: bool) -> torch.Tensor:
+    out = torch.empty((batch, numel), dtype=torch.float32, device=seed.device)
     if batch == 0 or numel == 0:
         return out
+    t, t_stride = timestep(t)
     launch(philox_kernel, _philox_tuned, elementwise_grid(batch, numel),
-           (out, seed.reshape(()), t, sample_offset & 0xFFFFFFFF, stream, numel),
-           {"T_STRIDE": t_stride, "NORMAL": normal})
+           (out, seed.reshape(()), t, sample_offset, stream, numel), {"T_STRIDE": t_stride, "NORMAL": normal})
     return out
 
 
-@define_op("philox_normal")
-def philox_normal(seed: torch.Tensor, t: torch.Tensor, batch: int, numel: int, sample_offset: int,
-                  stream: int) -> torch.Tensor:
+def philox_normal(seed, t, batch, numel, sample_offset, stream):
     """float32 [batch, numel] standard normals of the Philox stream (docs/ops_contract.md)."""
     return _philox(seed, t, batch, numel, sample_offset, stream, True)
 
 
-@define_op("philox_uniform")
-def philox_uniform(seed: torch.Tensor, t: torch.Tensor, batch: int, numel: int, sample_offset: int,
-                   stream: int) -> torch.Tensor:
+def philox_uniform(seed, t, batch, numel, sample_offset, stream):
     """float32 [batch, numel] uniforms in (0, 1) of the Philox stream (bitwise = reference)."""
     return _philox(seed, t, batch, numel, sample_offset, stream, False)
 
 
-@philox_normal.register_fake
-def _(seed, t, batch, numel, sample_offset, stream):
-    return seed.new_empty((batch, numel), dtype=torch.float32)
-
-
-@philox_uniform.register_fake
-def _(seed, t, batch, numel, sample_offset, stream):
-    return seed.new_empty((batch, numel), dtype=torch.float32)
-
-
-def aot_specs() -> list:
-    sig = {"out_ptr": "*fp32", "seed_ptr": "*i64", "t_ptr": "*i64", "sample_offset": "i32",
-           "stream": "i32", "N": "i32"}
-    specs = []
-    for cfg in ELEMENTWISE_CONFIGS:
-        for normal in (True, False):
-            op = "philox_normal" if normal else "philox_uniform"
-            specs.append(make_spec(op, philox_kernel, cfg, "fp32", sig,
-                                   {"T_STRIDE": 1, "NORMAL": normal}, elementwise=True))
-    return specs
-
-
 __all__ = ["philox_words", "uniform_from_word", "box_muller", "normal_block", "uniform_block",
-           "philox_normal", "philox_uniform", "aot_specs"]
+           "philox_normal", "philox_uniform"]

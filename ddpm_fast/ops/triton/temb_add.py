@@ -9,8 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (AOT_DTYPES, ELEMENTWISE_CONFIGS, autotuned, check_data, define_op, launch, make_spec,
-                      to_compute, to_out, triton_type)
+from ._common import autotuned, launch, to_compute, to_out
 
 
 @triton.jit
@@ -25,14 +24,8 @@ def temb_add_kernel(h_ptr, temb_ptr, out_ptr, numel, HW, F64: tl.constexpr, BLOC
 _tuned = autotuned(temb_add_kernel, key=["numel", "HW", "F64"])
 
 
-@define_op("temb_add")
-def temb_add(h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+def temb_add(h, temb):
     """h + temb broadcast over space, h's dtype, contiguous."""
-    check_data("h", h)
-    check_data("temb", temb, h.device)
-    if h.dim() < 2 or temb.shape != h.shape[:2]:
-        raise ValueError(f"triton backend: temb must have shape [B, C] = {tuple(h.shape[:2])}, "
-                         f"got {tuple(temb.shape)}")
     x = h.contiguous()
     out = torch.empty_like(x)
     numel = x.numel()
@@ -42,19 +35,3 @@ def temb_add(h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
     launch(temb_add_kernel, _tuned, lambda meta: (triton.cdiv(numel, meta["BLOCK"]),),
            (x, temb.contiguous(), out, numel, hw), {"F64": x.dtype == torch.float64})
     return out
-
-
-@temb_add.register_fake
-def _(h, temb):
-    return torch.empty_like(h, memory_format=torch.contiguous_format)
-
-
-def aot_specs() -> list:
-    specs = []
-    for cfg in ELEMENTWISE_CONFIGS:
-        for tag, dt in AOT_DTYPES.items():
-            ty = "*" + triton_type(dt)
-            sig = {"h_ptr": ty, "temb_ptr": ty, "out_ptr": ty, "numel": "i32", "HW": "i32"}
-            specs.append(make_spec("temb_add", temb_add_kernel, cfg, tag, sig, {"F64": False},
-                                   elementwise=True, sizes=("numel", "HW")))
-    return specs

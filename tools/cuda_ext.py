@@ -33,7 +33,7 @@ def build(script: Path, out_dir: Path, log_path: Path, timeout: float = 3000) ->
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     fh = open(log_path, "w")
     return subprocess.Popen(["bash", str(script), str(out_dir)], stdout=fh, stderr=subprocess.STDOUT,
-                            env=env, cwd=Path(__file__).resolve().parents[2])
+                            env=env, cwd=Path(__file__).resolve().parents[1])
 
 
 def _head(name: str) -> str:
@@ -140,12 +140,17 @@ def kernel_records(out_dir: Path) -> tuple[list[dict], list[str]]:
 
 _REG_CHECK = r"""
 import json, sys, torch
-for lib in sys.argv[1:]:
+sys.path.insert(0, sys.argv[1])
+from tools.op_schemas import load_table
+table = load_table()
+table.define()  # the schemas, as ddpm_fast/ops/extension.py defines them before loading
+for lib in sys.argv[2:]:
     torch.ops.load_library(lib)
-ops = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("ddpm_fast::"))
+ops = [op.qualname() for op in table.OPS]
 print(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda,
                   "ops": {n: torch._C._dispatch_has_kernel_for_dispatch_key(n, "CUDA") for n in ops}}))
 """
+REPO = Path(__file__).resolve().parents[1]
 
 
 def registrations(out_dir: Path, python: Path | None = None) -> dict:
@@ -158,7 +163,7 @@ def registrations(out_dir: Path, python: Path | None = None) -> dict:
     if not Path(python).exists():
         return {"error": f"CUDA torch venv python not found: {python}"}
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "PYTHONPATH")}
-    p = subprocess.run([str(python), "-c", _REG_CHECK, *libs], capture_output=True, text=True,
+    p = subprocess.run([str(python), "-c", _REG_CHECK, str(REPO), *libs], capture_output=True, text=True,
                        env=env, timeout=600)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     if p.returncode != 0 or not lines:

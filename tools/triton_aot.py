@@ -1,6 +1,6 @@
 """Ahead-of-time compile of Triton kernel specs for sm_80 / sm_90 on a machine without a GPU.
 
-Each spec (``ddpm_fast.ops.triton.aot_specs()`` or any ``module:function`` returning the same
+Each spec (``tools.triton_specs.aot_specs()`` or any ``module:function`` returning the same
 kind of objects) names a raw ``triton.jit`` function, its signature (arg -> Triton type, with
 "constexpr" entries), the constexpr values of one launch configuration, the arguments the runtime
 specialises as divisible by 16 (16-byte aligned pointers, sizes % 16 == 0), num_warps/num_stages,
@@ -8,7 +8,7 @@ and whether the kernel is element-wise. We compile exactly that specialisation w
 ``triton.compile`` and read Triton's own ptxas -v log (TRITON_DUMP_PTXAS_LOG), so the registers
 and spills are the ones the runtime would get.
 
-The compiles run in worker subprocesses (``python -m ddpm_fast.tools.triton_aot``) whose
+The compiles run in worker subprocesses (``python -m tools.triton_aot``) whose
 environment has no TRITON_INTERPRET: under the interpreter ``triton.jit`` returns functions that
 cannot be compiled, and tests/conftest.py sets it on GPU-less machines.
 """
@@ -28,7 +28,7 @@ import warnings
 
 from .ptx_report import parse_ptxas_log, ptx_access_widths
 
-DEFAULT_SPECS = "ddpm_fast.ops.triton:aot_specs"
+DEFAULT_SPECS = "tools.triton_specs:aot_specs"
 ARCHS = (80, 90)
 _HALF_TYPES = ("fp16", "bf16", "fp8")
 
@@ -197,7 +197,7 @@ def run_workers(provider: str, archs=ARCHS, jobs: int = 2, timeout: float = 900,
         env = worker_env()
         env["TRITON_CACHE_DIR"] = cache  # fresh cache: ptxas runs (and logs) for every kernel
         procs = [subprocess.Popen(
-            [sys.executable, "-m", "ddpm_fast.tools.triton_aot", "--specs", provider,
+            [sys.executable, "-m", "tools.triton_aot", "--specs", provider,
              "--archs", ",".join(map(str, archs)), "--shard", f"{i}/{jobs}",
              "--cache-dir", cache_dir or ""],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -1,6 +1,6 @@
-"""GPU code proven on a machine without a GPU (``make gpu-check``; issue 8).
+"""GPU code proven on a machine without a GPU (``make gpu-check``).
 
-1. Every Triton kernel spec of the package (``ddpm_fast.ops.triton.aot_specs()``: each kernel x
+1. Every Triton kernel spec of the package (``tools.triton_specs.aot_specs()``: each kernel x
    autotune config x dtype) is compiled for sm_80 and sm_90 with the runtime's specialisation;
    registers / spills / shared memory come from ptxas -v, the widest global load/store from the
    PTX.
@@ -33,7 +33,7 @@ from pathlib import Path
 from . import cuda_ext
 from .triton_aot import ARCHS, DEFAULT_SPECS, default_cache_dir, run_workers
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 DEFAULT_JSON = REPO / "benchmarks" / "results" / "gpu_check.json"
 BUILD_SCRIPT = REPO / "scripts" / "build_cuda_extension.sh"
 MIN_BYTES = 16  # per thread per global load/store, element-wise kernels at fp32 (one 128-bit access)
@@ -59,11 +59,10 @@ def problems(rec: dict) -> list[str]:
 
 
 def _expected_ops() -> list[str]:
-    """The ops of the contract: those the reference backend implements."""
+    """The ops of the table (ddpm_fast/ops/table.py): each needs a CUDA kernel."""
     try:
-        import ddpm_fast.ops  # noqa: F401 — registers the reference backend
-        from ddpm_fast.ops import dispatch
-        return sorted(op for op, impls in dispatch._registry.items() if "reference" in impls)
+        from ddpm_fast.ops.table import OPS
+        return sorted(op.name for op in OPS)
     except Exception:  # noqa: BLE001
         return []
 
@@ -232,7 +231,7 @@ def _versions() -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ddpm_fast.tools.gpu_check",
+    ap = argparse.ArgumentParser(prog="python -m tools.gpu_check",
                                  description="Compile every Triton and CUDA kernel for sm_80/sm_90 "
                                              "without a GPU; report registers, spills, vector widths.")
     ap.add_argument("--skip-cuda-build", action="store_true",

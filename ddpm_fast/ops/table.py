@@ -1,0 +1,132 @@
+"""The op table: every fused op declared once — name, schema, out-variant, differentiable, fake.
+
+Everything else is generated from it in a loop: the ``ddpm_fast::`` schemas (``define``; the
+C++ extension only adds kernels, csrc/README.md), the ``ddpm_fast_triton::`` ops
+(ops/triton/__init__.py), the fakes torch.compile traces with, the reference-recompute backward
+of the differentiable ops (ops/autograd.py), the float64 fallback of the compiled backends and the
+dispatcher registrations (ops/dispatch.py ``register_backend``). Argument order is the backend
+interface of ops/reference.py; semantics: docs/ops_contract.md.
+
+This file imports only torch: scripts/build_cuda_extension.sh and tools/ load it by path in an
+environment without ddpm_fast installed.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import torch
+
+NAMESPACE = "ddpm_fast"
+
+
+def _like(arg: int) -> Callable:
+    """Fake: one contiguous tensor shaped like positional argument ``arg``."""
+    return lambda *a: torch.empty_like(a[arg], memory_format=torch.contiguous_format)
+
+
+def _pair_like(arg: int) -> Callable:
+    return lambda *a: (torch.empty_like(a[arg], memory_format=torch.contiguous_format),
+                       torch.empty_like(a[arg], memory_format=torch.contiguous_format))
+
+
+def _philox_fake(seed, t, batch, numel, sample_offset, stream):
+    return seed.new_empty((batch, numel), dtype=torch.float32)
+
+
+def _no_result(*args):
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class OpSpec:
+    """One op. ``schema``: the argument list and returns, as torch.library writes them.
+    ``out_of``: for an out-variant, the functional op whose result it writes into its last
+    argument ``out`` (the dispatcher-level function returns ``out``). ``differentiable``: gets the
+    reference-recompute backward. ``fake``: shapes and dtypes of the result from the inputs.
+    ``reference``: the reference backend implements it (every op of the contract does)."""
+    name: str
+    schema: str
+    fake: Callable
+    out_of: Optional[str] = None
+    differentiable: bool = False
+    reference: bool = True
+
+    def qualname(self, namespace: str = NAMESPACE) -> str:
+        return f"{namespace}::{self.name}"
+
+    @property
+    def mutates(self) -> tuple:
+        return ("out",) if self.out_of else ()
+
+
+_STEP_ARGS = ("Tensor x_t, Tensor model_out, Tensor t, Tensor table, Tensor? noise, Tensor? seed, "
+              "int sample_offset, int prediction_type, int variance_type, bool clip, float clip_range")
+_PHILOX_ARGS = "(Tensor seed, Tensor t, int batch, int numel, int sample_offset, int stream) -> Tensor"
+
+OPS = (
+    # counter-based noise (Philox4x32-10): float32 [batch, numel] on seed's device
+    OpSpec("philox_normal", _PHILOX_ARGS, _philox_fake),
+    OpSpec("philox_uniform", _PHILOX_ARGS, _philox_fake),
+    # the raw generator, for known-answer tests: counters int64 [n, 4], key int64 [2] -> words
+    OpSpec("_philox4x32_10", "(Tensor counters, Tensor key) -> Tensor", _like(0), reference=False),
+    OpSpec("q_sample", "(Tensor x0, Tensor t, Tensor table, Tensor noise) -> Tensor", _like(0),
+           differentiable=True),
+    OpSpec("q_sample_seeded", "(Tensor x0, Tensor t, Tensor table, Tensor seed, int sample_offset, "
+           "int target_type) -> (Tensor, Tensor)", _pair_like(0), differentiable=True),
+    OpSpec("reverse_step", f"({_STEP_ARGS}) -> Tensor", _like(0), differentiable=True),
+    OpSpec("reverse_step_out", f"({_STEP_ARGS}, Tensor(a!) out) -> ()", _no_result, out_of="reverse_step"),
+    OpSpec("ddim_step", "(Tensor x_t, Tensor model_out, Tensor t, Tensor t_prev, Tensor table, "
+           "Tensor? noise, Tensor? seed, int sample_offset, float eta, int prediction_type, bool clip, "
+           "float clip_range, float final_alpha_bar) -> Tensor", _like(0), differentiable=True),
+    OpSpec("temb_add", "(Tensor h, Tensor temb) -> Tensor", _like(0), differentiable=True),
+    OpSpec("groupnorm_temb_silu", "(Tensor x, Tensor weight, Tensor bias, Tensor? temb, int num_groups, "
+           "float eps, int temb_mode, bool apply_silu) -> Tensor", _like(0), differentiable=True),
+)
+BY_NAME = {op.name: op for op in OPS}
+
+_libraries: dict = {}  # namespace -> the torch.library.Library that defined it (kept alive)
+
+
+def defined_schema(qualname: str) -> Optional[str]:
+    """The schema registered for ``qualname`` in this process (without the name), or None."""
+    try:
+        s = str(torch._C._dispatch_find_schema_or_throw(qualname, "").schema)
+    except RuntimeError:
+        return None
+    return s[s.index("("):]
+
+
+def _normal(schema: str) -> str:
+    return str(torch._C.parse_schema("x" + schema))[1:]
+
+
+def mismatched(namespace: str = NAMESPACE) -> list:
+    """Ops of the table whose schema differs from what is registered under ``namespace``."""
+    return [op.name for op in OPS if defined_schema(op.qualname(namespace)) not in (None, _normal(op.schema))]
+
+
+def define(namespace: str = NAMESPACE) -> None:
+    """Define every op's schema under ``namespace`` once per process, with its fake. Ops that a
+    library loaded earlier already defined (the CMake build, tools/op_schemas.py) are checked
+    against the table instead."""
+    if namespace in _libraries:
+        return
+    bad = mismatched(namespace)
+    if bad:
+        raise RuntimeError(f"{namespace}:: ops {bad} are registered with schemas that differ from "
+                           "ddpm_fast/ops/table.py (a stale library was loaded first)")
+    lib = torch.library.Library(namespace, "FRAGMENT")
+    for op in OPS:
+        if defined_schema(op.qualname(namespace)) is None:
+            lib.define(op.name + op.schema)
+        torch.library.register_fake(op.qualname(namespace), op.fake, lib=lib)
+    _libraries[namespace] = lib
+
+
+def cpp_source() -> str:
+    """The TORCH_LIBRARY block defining the table's schemas in C++, for libraries loaded without
+    Python (the CMake build generates it from here; setup.py's build needs none)."""
+    defs = "\n".join(f'  m.def("{op.name}{op.schema}");' for op in OPS)
+    return ("// Generated from ddpm_fast/ops/table.py by tools/op_schemas.py; do not edit.\n"
+            "#include <torch/library.h>\n\nTORCH_LIBRARY(" + NAMESPACE + ", m) {\n" + defs + "\n}\n")

@@ -1,0 +1,319 @@
+"""The ops contract (docs/ops_contract.md), one test for every backend: each op of the op table
+(ddpm_fast/ops/table.py) x each available fused backend (cpp, cuda, triton) x data dtype x
+shape/stride case, against the reference backend evaluated in float64 on the same inputs (and
+the same Philox noise), plus opcheck of every torch op namespace over the same inputs.
+
+One tolerance rule for every backend (flash-attention's): the fused result's largest error against
+the float64 reference is at most max(floor x scale, 2 x the error of the reference run at the same
+low precision), floor = 1e-6 for float32 and half an ulp for float16 / bfloat16 (2**-11, 2**-8),
+scale = the largest magnitude among the output and the data inputs. A kernel that rounds an
+intermediate to a 16-bit dtype (instead of keeping the math in float32) fails it.
+
+Adding an op: one ``Case`` per shape/stride situation in CASES (csrc/README.md).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import pytest
+import torch
+
+from ddpm_fast.ops import dispatch, reference
+from ddpm_fast.ops.table import BY_NAME, OPS
+from ddpm_fast.schedule import NoiseSchedule
+
+HAS_CUDA = torch.cuda.is_available()
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+FLOOR = {torch.float32: 1e-6, torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}
+T = 1000
+
+
+def _backends() -> list:
+    """(backend, device) pairs that can run here, each marked for its test selection."""
+    out = []
+    for backend, dev, marks in (("cpp", "cpu", [pytest.mark.extension]),
+                                ("cuda", "cuda", [pytest.mark.extension, pytest.mark.cuda]),
+                                ("triton", "cuda" if HAS_CUDA else "cpu", [pytest.mark.triton])):
+        why = dispatch.unavailable_reason(backend, dev)
+        out.append(pytest.param(backend, dev, id=backend,
+                                marks=marks + [pytest.mark.skipif(why is not None, reason=f"{backend}: {why}")]))
+    return out
+
+
+# --- inputs -------------------------------------------------------------------------------------
+
+def _data(shape, dtype, dev, layout="contiguous"):
+    """Random data: contiguous, "transposed" (last two dims swapped: non-contiguous strides) or
+    "sliced" (every other element of the last dim of a wider tensor)."""
+    if layout == "transposed" and len(shape) >= 2:
+        return torch.randn(*shape[:-2], shape[-1], shape[-2], device=dev).transpose(-1, -2).to(dtype)
+    if layout == "sliced":
+        return torch.randn(*shape[:-1], 2 * shape[-1], device=dev)[..., ::2].to(dtype)
+    return torch.randn(shape, device=dev).to(dtype)
+
+
+def _t(B, dev, kind="per-sample", dtype=torch.int64):
+    """Timesteps: per-sample [B] (0 and T-1 included), one scalar [], an expanded [B] view
+    (stride 0), or a sliced [B] view (stride 2)."""
+    if kind == "scalar":
+        return torch.tensor(421, device=dev, dtype=dtype)
+    if kind == "expanded":
+        return torch.tensor([733], device=dev, dtype=dtype).expand(B)
+    if kind == "sliced":
+        return torch.randint(0, T, (2 * B,), device=dev, dtype=dtype)[::2]
+    t = torch.randint(0, T, (B,), device=dev, dtype=dtype)
+    t[0] = 0
+    if B > 2:
+        t[1] = T - 1
+    return t
+
+
+def _table(dev):
+    return NoiseSchedule.linear(T).table(dev)
+
+
+def _seed(dev):
+    return torch.tensor(0x1234_5678_9ABC_DEF0, dtype=torch.int64, device=dev)
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    op: str
+    name: str
+    build: Callable          # (device, dtype) -> the op's arguments (backend interface)
+    dtypes: tuple = tuple(DTYPES)
+
+    @property
+    def id(self):
+        return f"{self.op}-{self.name}"
+
+
+def _step(shape, layout, t_kind, pred, var, clip, noise=False, mixed=False):
+    def build(dev, dtype):
+        x = _data(shape, torch.float32 if mixed else dtype, dev)
+        m = _data(shape, dtype, dev, layout)
+        z = _data(shape, dtype, dev, layout) if noise else None
+        return (x, m, _t(shape[0], dev, t_kind), _table(dev), z, None if noise else _seed(dev), 11, pred, var,
+                clip, 1.0)
+    return build
+
+
+def _ddim(shape, layout, pred, eta, clip, t_prev, noise=False):
+    def build(dev, dtype):
+        B = shape[0]
+        t = torch.randint(50, T, (B,), device=dev)
+        tp = {"table": t - 50, "final": torch.full_like(t, -1),
+              "mixed": torch.where(torch.arange(B, device=dev) % 2 == 0, t - 50, -1)}[t_prev]
+        z = _data(shape, dtype, dev) if noise and eta > 0 else None
+        seed = _seed(dev) if eta > 0 and not noise else None
+        return (_data(shape, dtype, dev, layout), _data(shape, dtype, dev), t, tp, _table(dev), z, seed, 2, eta,
+                pred, clip, 1.0, 0.9991)
+    return build
+
+
+def _groupnorm(shape, groups, mode, silu, layout="contiguous", loc=1.0, spread=3.0):
+    def build(dev, dtype):
+        x = (_data(shape, torch.float32, dev, layout) * spread + loc).to(dtype)
+        w, b = _data(shape[1:2], dtype, dev), _data(shape[1:2], dtype, dev)
+        temb = _data(shape[:2], dtype, dev) if mode else None
+        return (x, w, b, temb, groups, 1e-5, mode, silu)
+    return build
+
+
+def _philox(B, numel, offset, stream, t_kind):
+    def build(dev, dtype):
+        return (_seed(dev), _t(B, dev, t_kind), B, numel, offset, stream)
+    return build
+
+
+F32 = (torch.float32,)
+CASES = [
+    Case("philox_normal", "odd", _philox(3, 37, 5, 1, "per-sample"), F32),
+    Case("philox_normal", "last-offset", _philox(2, 4099, 2 ** 32 - 2, 2, "scalar"), F32),
+    Case("philox_uniform", "odd", _philox(3, 37, 5, 1, "per-sample"), F32),
+    Case("philox_uniform", "expanded-t", _philox(4, 9, 0, 0, "expanded"), F32),
+    Case("q_sample", "odd-transposed", lambda d, dt: (_data((3, 5, 7, 9), dt, d, "transposed"), _t(3, d),
+                                                      _table(d), _data((3, 5, 7, 9), dt, d))),
+    Case("q_sample", "batch1-sliced-t", lambda d, dt: (_data((1, 1, 1, 1), dt, d), _t(1, d, "sliced"), _table(d),
+                                                       _data((1, 1, 1, 1), dt, d, "sliced"))),
+    Case("q_sample_seeded", "v-int32-t", lambda d, dt: (_data((3, 5, 7, 9), dt, d, "transposed"),
+                                                        _t(3, d, dtype=torch.int32), _table(d), _seed(d), 3, 2)),
+    Case("q_sample_seeded", "eps-expanded-t", lambda d, dt: (_data((4, 3, 6, 6), dt, d), _t(4, d, "expanded"),
+                                                             _table(d), _seed(d), 0, 0)),
+    Case("q_sample_seeded", "x0", lambda d, dt: (_data((2, 4, 5), dt, d), _t(2, d), _table(d), _seed(d), 7, 1)),
+    Case("reverse_step", "eps-small-clip", _step((3, 5, 7, 9), "transposed", "per-sample", 0, 0, True)),
+    Case("reverse_step", "v-large-noise", _step((2, 3, 8, 8), "sliced", "expanded", 2, 1, False, noise=True)),
+    Case("reverse_step", "x0-batch1", _step((1, 1, 1, 1), "contiguous", "scalar", 1, 0, True)),
+    Case("reverse_step", "mixed-dtypes", _step((3, 5, 7, 9), "sliced", "sliced", 0, 0, True, noise=True,
+                                               mixed=True)),
+    Case("reverse_step_out", "eps", lambda d, dt: (*_step((4, 3, 5, 5), "transposed", "per-sample", 0, 0, True)(d, dt),
+                                                   torch.empty(4, 3, 5, 5, dtype=dt, device=d))),
+    Case("ddim_step", "eps-deterministic", _ddim((3, 5, 7, 9), "transposed", 0, 0.0, False, "table")),
+    Case("ddim_step", "x0-eta-mixed-t-prev", _ddim((4, 3, 5, 5), "contiguous", 1, 0.5, True, "mixed")),
+    Case("ddim_step", "v-final-noise", _ddim((2, 6, 4, 4), "sliced", 2, 1.0, True, "final", noise=True)),
+    Case("temb_add", "batch1", lambda d, dt: (_data((1, 1, 1), dt, d), _data((1, 1), dt, d))),
+    Case("temb_add", "odd-transposed", lambda d, dt: (_data((3, 5, 7, 9), dt, d, "transposed"),
+                                                      _data((3, 5), dt, d))),
+    Case("temb_add", "5d", lambda d, dt: (_data((2, 6, 4, 4, 3), dt, d), _data((2, 6), dt, d, "transposed"))),
+    Case("groupnorm_temb_silu", "before-norm", _groupnorm((3, 6, 7, 9), 3, 1, True)),
+    Case("groupnorm_temb_silu", "after-norm-sliced", _groupnorm((1, 8, 6, 6), 4, 2, True, "sliced")),
+    Case("groupnorm_temb_silu", "no-temb-no-silu", _groupnorm((2, 4, 3000), 2, 0, False)),
+    Case("groupnorm_temb_silu", "large-group-large-mean", _groupnorm((1, 2, 96, 96), 1, 2, True, loc=50.0,
+                                                                     spread=0.1), F32),
+]
+PARAMS = [pytest.param(c, dt, id=f"{c.id}-{str(dt)[6:]}") for c in CASES for dt in c.dtypes]
+
+
+def test_every_op_of_the_table_has_a_case():
+    """A new table entry without a case here fails, so every op is tested on every backend."""
+    assert {c.op for c in CASES} == {op.name for op in OPS if op.reference}
+
+
+# --- the contract ---------------------------------------------------------------------------------
+
+def _f64(args):
+    return tuple(a.double() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+
+
+def _reference(op: str):
+    return dispatch.implementations(op)["reference"]
+
+
+def _results(op, args, res):
+    """The op's output tensors: the result, or ``out`` for an out-variant."""
+    if BY_NAME[op].out_of:
+        return (args[-1],)
+    return res if isinstance(res, tuple) else (res,)
+
+
+def _check(op, ours, args):
+    ref64 = _results(op, _f64(args), _reference(op)(*_f64(args)))
+    lo_args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+    ref_lo = _results(op, lo_args, _reference(op)(*lo_args))
+    data = [a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point() and a.dtype != torch.float64]
+    for o, r64, rlo in zip(ours, ref64, ref_lo):
+        assert o.dtype == rlo.dtype and o.shape == r64.shape
+        assert torch.equal(o.isnan(), r64.isnan())
+        if not o.numel():
+            continue
+        scale = max([r64.nan_to_num().abs().max().item(), 1e-30] + [a.abs().max().item() for a in data if a.numel()])
+        err = (o.double() - r64).nan_to_num().abs().max().item()
+        err_ref = (rlo.double() - r64).nan_to_num().abs().max().item()
+        bound = max(FLOOR[o.dtype if o.dtype in FLOOR else torch.float32] * scale, 2 * err_ref)
+        assert err <= bound, f"error {err:.3g} > bound {bound:.3g} (reference's own error {err_ref:.3g})"
+
+
+@pytest.mark.parametrize("backend,dev", _backends())
+@pytest.mark.parametrize("case,dtype", PARAMS)
+def test_op_matches_float64_reference(backend, dev, case, dtype):
+    args = case.build(torch.device(dev), dtype)
+    fn = dispatch.implementation(case.op, backend, torch.device(dev))
+    ours = _results(case.op, args, fn(*args))
+    if case.op == "philox_uniform":   # the uniforms are exact in float32: bitwise on every backend
+        assert torch.equal(ours[0], _reference(case.op)(*args))
+    _check(case.op, ours, args)
+
+
+@pytest.mark.parametrize("backend,dev", _backends())
+def test_float64_data_follows_the_reference(backend, dev):
+    """float64 data: the compiled backends hand it to the reference, Triton computes in float64."""
+    case = next(c for c in CASES if c.op == "reverse_step")
+    args = case.build(torch.device(dev), torch.float64)
+    got = dispatch.implementation("reverse_step", backend, torch.device(dev))(*args)
+    torch.testing.assert_close(got, _reference("reverse_step")(*args), rtol=1e-12, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend,dev", _backends())
+def test_out_of_range_timestep_is_nan_or_error(backend, dev):
+    """An out-of-range t (a direct backend call; the front checks it) is an error where the host
+    can check it without a sync (CPU) and NaN on a device (csrc/README.md), never a wild read."""
+    d = torch.device(dev)
+    x = torch.randn(2, 8, device=d)
+    t = torch.tensor([1, T], device=d)
+    fn = dispatch.implementation("q_sample", backend, d)
+    if backend == "cpp":
+        with pytest.raises(RuntimeError, match="out of range"):
+            fn(x, t, _table(d), x)
+        return
+    y = fn(x, t, _table(d), x)
+    assert y[0].isfinite().all() and y[1].isnan().all()
+    y = dispatch.implementation("ddim_step", backend, d)(x, x, torch.tensor(5, device=d), torch.tensor([T, 2], device=d),
+                                                          _table(d), None, None, 0, 0.0, 0, True, 1.0, 1.0)
+    assert y[0].isnan().all() and y[1].isfinite().all()
+
+
+# --- torch.library: schema, fakes, dispatch ------------------------------------------------------
+
+def _namespaces():
+    out = []
+    for ns, backend, dev in (("ddpm_fast", "cpp", "cpu"), ("ddpm_fast", "cuda", "cuda"),
+                             ("ddpm_fast_triton", "triton", "cuda" if HAS_CUDA else "cpu")):
+        why = dispatch.unavailable_reason(backend, dev)
+        out.append(pytest.param(ns, dev, id=f"{ns}-{dev}",
+                                marks=[pytest.mark.skipif(why is not None, reason=f"{backend}: {why}")]))
+    return out
+
+
+@pytest.mark.parametrize("ns,dev", _namespaces())
+@pytest.mark.parametrize("case", [c for c in CASES if c.name in {
+    "odd", "odd-transposed", "v-int32-t", "v-large-noise", "eps", "x0-eta-mixed-t-prev", "5d", "before-norm"}],
+    ids=lambda c: c.id)
+def test_opcheck(ns, dev, case):
+    """opcheck over the contract's inputs: schema (mutation of reverse_step_out's ``out`` only),
+    the table's fakes against the real outputs, and AOT dispatch."""
+    args = case.build(torch.device(dev), torch.bfloat16 if case.name == "v-large-noise" else torch.float32)
+    torch.library.opcheck(getattr(getattr(torch.ops, ns), case.op), args,
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+
+
+# --- the Python front: each argument rule once, the same error on every backend ---------------------
+
+def _front_backends():
+    return [pytest.param("reference", id="reference")] + [
+        pytest.param(p.values[0], id=p.id, marks=p.marks) for p in _backends() if p.values[0] != "cuda" or HAS_CUDA]
+
+
+def _bad_calls():
+    """(call, error type, message) for inputs every backend must refuse before any work."""
+    import ddpm_fast.ops as O
+    s = NoiseSchedule.linear(20)
+    x = torch.randn(2, 3, 4)
+    return [
+        (lambda b, d: O.reverse_step(x.to(d), x.to(d), 5, s, seed=1, sample_offset=2 ** 32 - 1, backend=b),
+         ValueError, r"sample_offset \+ batch must be <= 2\*\*32"),
+        (lambda b, d: O.q_sample(x.to(d), 5, s, seed=1, sample_offset=2 ** 32 + 5, backend=b),
+         ValueError, r"sample_offset \+ batch must be <= 2\*\*32"),
+        (lambda b, d: O.randn((2, 3), 1, sample_offset=2 ** 32, device=d, backend=b),
+         ValueError, r"sample_offset \+ batch must be <= 2\*\*32"),
+        (lambda b, d: O.reverse_step(x.to(d), x.to(d), 5, s, seed=1, sample_offset=-1, backend=b),
+         ValueError, "sample_offset must be an int >= 0"),
+        (lambda b, d: O.reverse_step(x.to(d), x.to(d), 5, s, seed=1, clip_range=-1.0, backend=b),
+         ValueError, r"clip_range must be a number in \(0, inf\)"),
+        (lambda b, d: O.reverse_step(x.to(d), x.to(d), 5, s, seed=1, clip_range=float("nan"), backend=b),
+         ValueError, "clip_range must be a number"),
+        (lambda b, d: O.ddim_step(x.to(d), x.to(d), 5, 2, s, final_alpha_bar=2.0, backend=b),
+         ValueError, r"final_alpha_bar must be a number in \(0, 1\]"),
+        (lambda b, d: O.ddim_step(x.to(d), x.to(d), 5, 2, s, final_alpha_bar=0.0, backend=b),
+         ValueError, "final_alpha_bar must be a number"),
+        (lambda b, d: O.ddim_step(x.to(d), x.to(d), 5, torch.tensor(7, device=d), s, backend=b),
+         ValueError, "t_prev must be <= t"),
+        (lambda b, d: O.ddim_step(x.to(d), x.to(d), 5, 2, s, eta=float("inf"), seed=1, backend=b),
+         ValueError, r"eta must be a finite number in \[0, inf\)"),
+        (lambda b, d: O.ddim_step(x.to(d), x.to(d), 5, 2, s, eta=float("nan"), seed=1, backend=b),
+         ValueError, "eta must be a finite number"),
+        (lambda b, d: O.randn((2, 3), 1, dtype=torch.int64, device=d, backend=b),
+         TypeError, "dtype must be a floating torch.dtype"),
+        (lambda b, d: O.reverse_step(x.to(d), x[:, :2].to(d), 5, s, seed=1, backend=b),
+         ValueError, "model_out has shape"),
+        (lambda b, d: O.reverse_step(x.to(d), x.to(d), 20, s, seed=1, backend=b),
+         ValueError, r"timestep 20 is out of range \[0, 20\)"),
+    ]
+
+
+@pytest.mark.parametrize("backend", _front_backends())
+def test_front_rejects_bad_input_the_same_on_every_backend(backend):
+    dev = "cuda" if backend in ("cuda", "triton") and HAS_CUDA else "cpu"
+    for call, err, match in _bad_calls():
+        with pytest.raises(err, match=match):
+            call(backend, dev)

@@ -1,0 +1,3 @@
+"""Developer tools, outside the runtime package: ``python -m tools.gpu_check`` (``make gpu-check``)
+compiles every Triton and CUDA kernel for sm_80/sm_90 without a GPU and gates on compile errors,
+spills and vector width; ``tools/op_schemas.py`` writes the op schemas as C++ for the CMake build."""
