@@ -3,9 +3,8 @@
 The ops ``torch.ops.ddpm_fast.<op>`` are defined from the op table (ops/table.py: schemas and
 fakes); loading the library adds their CPU kernels (csrc/cpu/) and CUDA kernels (csrc/cuda/).
 This module
-- refuses a library built for another torch, or one that defines its own schemas (both read
-  from the file before it is loaded) and warns, so the dispatcher falls back to the reference
-  backend;
+- refuses a library built for another torch (read from the file before it is loaded) and warns,
+  so the dispatcher falls back to the reference backend;
 - registers the ops with the dispatcher as backends "cpp" (CPU tensors) and "cuda" (CUDA tensors),
   in one loop over the table (ops/registration.py). Both call ``torch.ops.ddpm_fast.<op>``, which
   picks the kernel by device; float64 data, which the kernels do not take, goes to the reference
@@ -35,7 +34,6 @@ __all__ = ["OPS", "available", "build_info", "has_cuda_kernels", "unavailable_re
 
 OPS = tuple(op.name for op in table.OPS)
 _MARKER = b"ddpm_fast-build-info:torch="
-_LAYOUT = b";ops=table;"  # kernels only: the schemas come from ops/table.py (csrc/ops.cpp)
 _BUILD_HINT = "build it with `pip install --no-build-isolation -e .` in the repository"
 
 _load_error: Optional[str] = None
@@ -50,23 +48,25 @@ def _library_path() -> Optional[str]:
     return spec.origin if spec is not None else None
 
 
-def _read_build_info(path: str) -> tuple[Optional[str], bool]:
-    """(torch version the library was built for, whether it holds kernels only), read from the
-    marker of csrc/ops.cpp without loading the library."""
+def _read_build_torch(path: str) -> Optional[str]:
+    """The torch version recorded in the library at build time (csrc/ops.cpp), without loading it."""
     with open(path, "rb") as f:
         data = f.read()
     i = data.find(_MARKER)
     if i < 0:
-        return None, False
+        return None
     j = data.find(b";", i)
-    return data[i + len(_MARKER):j].decode("ascii", "replace"), data[j:j + len(_LAYOUT)] == _LAYOUT
+    return data[i + len(_MARKER):j].decode("ascii", "replace")
 
 
 def _registered() -> bool:
-    """True when some library already defined the ddpm_fast ops in this process (e.g. the CMake
-    build loaded with torch.ops.load_library): loading a second one would abort the process."""
-    return table.defined_schema("ddpm_fast::reverse_step") is not None and \
-        torch._C._dispatch_has_kernel_for_dispatch_key("ddpm_fast::reverse_step", "CPU")
+    """True when some library already registered the ddpm_fast kernels in this process (e.g. the
+    CMake build loaded with torch.ops.load_library): loading a second one would define or
+    register everything twice."""
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key("ddpm_fast::reverse_step", "CPU")
+    except RuntimeError:  # no such op yet
+        return False
 
 
 def _load() -> Optional[str]:
@@ -84,19 +84,20 @@ def _load() -> Optional[str]:
     path = _library_path()
     if path is None or not os.path.exists(path):
         return f"the compiled extension ddpm_fast._C is not built ({_BUILD_HINT})"
-    built_for, kernels_only = _read_build_info(path)
-    if built_for != torch.__version__ or not kernels_only:
-        why = (f"was built for torch {built_for or 'unknown'} but torch {torch.__version__} is running"
-               if built_for != torch.__version__ else "defines its own op schemas (built from an older csrc/)")
-        msg = f"the compiled extension {path} {why}; rebuild it ({_BUILD_HINT}). Using the reference backend."
+    built_for = _read_build_torch(path)
+    if built_for != torch.__version__:
+        msg = (f"the compiled extension {path} was built for torch {built_for or 'unknown'} but torch "
+               f"{torch.__version__} is running; rebuild it ({_BUILD_HINT}). Using the reference backend.")
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
         return msg
     try:
-        table.define(NAMESPACE)
+        # Kernels first, then the schemas (kernels may register before their op is defined). A
+        # library that defines the schemas itself (the CMake build) is checked against the table.
         if os.environ.get("DDPM_FAST_EXTENSION", "") not in ("", "1"):
             torch.ops.load_library(path)
         else:
             importlib.import_module("ddpm_fast._C")
+        table.define(NAMESPACE)
     except Exception as e:  # noqa: BLE001 — any load failure means "backend unavailable"
         msg = f"loading the compiled extension {path} failed: {type(e).__name__}: {e}"
         warnings.warn(msg + "; using the reference backend", RuntimeWarning, stacklevel=3)

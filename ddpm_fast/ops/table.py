@@ -108,7 +108,7 @@ def mismatched(namespace: str = NAMESPACE) -> list:
 
 def define(namespace: str = NAMESPACE) -> None:
     """Define every op's schema under ``namespace`` once per process, with its fake. Ops that a
-    library loaded earlier already defined (the CMake build, tools/op_schemas.py) are checked
+    library loaded earlier already defined (the CMake build: tools/op_schemas.py) are checked
     against the table instead."""
     if namespace in _libraries:
         return
