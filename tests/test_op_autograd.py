@@ -65,3 +65,10 @@ def test_sampler_steps_differentiate_like_the_reference(backend):
         for got, want in zip(grads(step, backend), grads(step, "reference")):
             assert got is not None
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_reverse_step_out_with_grad_is_a_clear_error():
+    from ddpm_fast import reverse_step
+    x = torch.randn(2, 3, requires_grad=True)
+    with pytest.raises(ValueError, match="has no gradient; call it without out="):
+        reverse_step(x, torch.randn(2, 3), 4, NoiseSchedule.linear(10), seed=1, out=torch.empty(2, 3))

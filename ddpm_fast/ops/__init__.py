@@ -116,6 +116,9 @@ def reverse_step(x_t: torch.Tensor, model_out: torch.Tensor, t, schedule, *,
     if out.shape != x_t.shape or out.dtype != x_t.dtype or out.device != x_t.device:
         raise ValueError(f"out must be {x_t.dtype} {tuple(x_t.shape)} on {x_t.device}, got "
                          f"{out.dtype} {tuple(out.shape)} on {out.device}")
+    if torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in (x_t, model_out, noise, out)):
+        raise ValueError("reverse_step(..., out=) writes out in place and has no gradient; call it without "
+                         "out= to differentiate through the step (or under torch.no_grad())")
     implementation("reverse_step_out", backend, x_t.device)(*args, out)  # one write, in place
     return out
 
