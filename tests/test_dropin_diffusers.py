@@ -28,7 +28,7 @@ TOL = 1e-4       # max abs over the whole loop, float32 (the issue's bound)
 
 
 def _available(backend):
-    return dispatch._unavailable_reason(backend, "cpu") is None
+    return dispatch.unavailable_reason(backend, "cpu") is None
 
 
 BACKENDS = [pytest.param(b, marks=pytest.mark.skipif(not _available(b), reason=f"no {b} backend"))
