@@ -24,6 +24,7 @@ STREAM_Q_SAMPLE = 2  # training noise of q_sample
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57   # Philox4x32 multipliers
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85   # Weyl key increments
 _MASK32 = 0xFFFFFFFF
+COUNTER_WORD_END = 1 << 32           # every counter word is 32 bits; none wraps around
 TWO_PI_F32 = 6.2831854820251465     # float32(2*pi), what the kernels use
 
 
@@ -68,10 +69,23 @@ def split_seed(seed: Union[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
     return s & _MASK32, (s >> 32) & _MASK32
 
 
+def check_sample_offset(sample_offset, batch: int) -> int:
+    """sample_offset as validated for every backend: an int >= 0 with sample_offset + batch <=
+    2**32, since the sample index n = sample_offset + b is one 32-bit counter word (beyond it two
+    samples would share their noise; docs/ops_contract.md)."""
+    if not isinstance(sample_offset, int) or isinstance(sample_offset, bool) or sample_offset < 0:
+        raise ValueError(f"sample_offset must be an int >= 0, got {sample_offset!r}")
+    if sample_offset + batch > COUNTER_WORD_END:
+        raise ValueError(f"sample_offset + batch must be <= 2**32 (the sample index is one 32-bit Philox "
+                         f"counter word), got sample_offset={sample_offset}, batch={batch}")
+    return sample_offset
+
+
 def philox_words(seed, numel: int, batch: int, timestep, sample_offset: int = 0,
                  stream: int = STREAM_STEP, device=None) -> torch.Tensor:
     """Words ``[batch, numel]`` (int64 holding uint32) for elements 0..numel-1 of samples
     sample_offset..sample_offset+batch-1. ``timestep`` is an int or an int tensor ``[]``/``[batch]``."""
+    check_sample_offset(sample_offset, batch)
     k0, k1 = split_seed(seed)
     device = device if device is not None else k0.device
     k0, k1 = k0.to(device), k1.to(device)

@@ -317,3 +317,19 @@ def test_front_rejects_bad_input_the_same_on_every_backend(backend):
     for call, err, match in _bad_calls():
         with pytest.raises(err, match=match):
             call(backend, dev)
+
+
+def test_sampler_refuses_a_batch_past_the_sample_counter():
+    """sample() calls the backends directly: its sample_offset gets the front's rule too."""
+    import ddpm_fast
+    with pytest.raises(ValueError, match=r"sample_offset \+ batch must be <= 2\*\*32"):
+        ddpm_fast.sample(lambda x, t: x, (2, 1, 2, 2), schedule=NoiseSchedule.linear(5), seed=0,
+                         sample_offset=2 ** 32 - 1)
+
+
+def test_reference_generator_refuses_a_wrapping_offset():
+    """The reference generator (ddpm_fast.noise) refuses the same offsets: offset 2**32 + 5 would
+    otherwise give exactly the noise of offset 5."""
+    from ddpm_fast import noise
+    with pytest.raises(ValueError, match=r"sample_offset \+ batch must be <= 2\*\*32"):
+        noise.philox_normal(1, (1, 4), sample_offset=2 ** 32 + 5)

@@ -10,9 +10,7 @@ from typing import Optional
 
 import torch
 
-# The sample index n = sample_offset + b is one 32-bit Philox counter word (docs/ops_contract.md,
-# "Counter-based noise"): a batch must end at or below this, or two samples would share noise.
-COUNTER_WORD_END = 1 << 32
+from ..noise import check_sample_offset as counter_offset  # noqa: F401 — the front's sample_offset rule
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 INT_DTYPES = (torch.int32, torch.int64)
@@ -102,16 +100,6 @@ def as_seed(seed, device: torch.device) -> torch.Tensor:
             raise ValueError(f"seed is on {seed.device} but the data is on {device}")
         return seed.reshape(())
     return torch.tensor(seed_to_int64(seed), dtype=torch.int64, device=device)
-
-
-def counter_offset(sample_offset, batch: int) -> int:
-    """Validate sample_offset: an int >= 0 with sample_offset + batch <= 2**32."""
-    if not isinstance(sample_offset, int) or isinstance(sample_offset, bool) or sample_offset < 0:
-        raise ValueError(f"sample_offset must be an int >= 0, got {sample_offset!r}")
-    if sample_offset + batch > COUNTER_WORD_END:
-        raise ValueError(f"sample_offset + batch must be <= 2**32 (the sample index is one 32-bit Philox "
-                         f"counter word), got sample_offset={sample_offset}, batch={batch}")
-    return sample_offset
 
 
 def check_param(name: str, value, *, low: Optional[float] = None, high: Optional[float] = None,

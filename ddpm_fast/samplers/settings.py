@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import torch
 
+from ..noise import check_sample_offset
 from ..ops.enums import VARIANCE_TYPES
 from ..schedule import Col, NoiseSchedule, respaced_table
 from . import diffusers_config, lucidrains
@@ -103,6 +104,7 @@ def make_spec(schedule: NoiseSchedule, s: dict, shape: tuple, device: torch.devi
     if sampler == "ddpm" and plan.timesteps != tuple(range(schedule.T - 1, -1, -1)):
         table = respaced_table(schedule.table("cpu"), plan.timesteps, plan.prev).to(device)
     _check_values(s, dtype, sample_offset)
+    check_sample_offset(sample_offset, int(shape[0]))  # the noise layout's range (docs/ops_contract.md)
     final = 1.0 if s["set_alpha_to_one"] else float(schedule.column(Col.ALPHA_BAR)[0])
     threshold = ((float(s["dynamic_thresholding_ratio"]), float(s["sample_max_value"]))
                  if s["thresholding"] else None)
