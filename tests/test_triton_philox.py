@@ -114,11 +114,14 @@ def test_dispatcher_randn_rand_match_reference():
 
 
 def test_bad_inputs():
+    """The front validates for every backend (tests/test_ops_contract.py), Triton included."""
+    import ddpm_fast.ops as O
     s = torch.tensor(5, dtype=torch.int64, device=DEV)
-    t = torch.tensor(3, dtype=torch.int64, device=DEV)
     with pytest.raises(TypeError, match="seed"):
-        ops.philox_normal(s.int(), t, 2, 4, 0, 1)
+        O.randn((2, 4), s.int(), backend="triton")
     with pytest.raises(ValueError, match="shape"):
-        ops.philox_normal(s, torch.tensor([1, 2, 3], device=DEV), 2, 4, 0, 1)
-    with pytest.raises(TypeError, match="int32/int64"):
-        ops.philox_normal(s, t.float(), 2, 4, 0, 1)
+        O.randn((2, 4), s, timestep=torch.tensor([1, 2, 3], device=DEV), backend="triton")
+    with pytest.raises(TypeError, match="int32 or int64"):
+        O.randn((2, 4), s, timestep=torch.tensor(3.0, device=DEV), backend="triton")
+    with pytest.raises(ValueError, match=r"out of range \[0, 4294967296\)"):
+        O.randn((2, 4), s, timestep=2 ** 32, backend="triton")

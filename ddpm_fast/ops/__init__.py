@@ -52,12 +52,7 @@ def _philox(op, shape, seed, timestep, sample_offset, stream, device, backend):
     device = torch.device(device) if device is not None else (
         seed.device if isinstance(seed, torch.Tensor) else torch.device("cpu"))
     seed_t = as_seed(seed, device)
-    if isinstance(timestep, int):
-        if not 0 <= timestep < 2 ** 32:
-            raise ValueError(f"timestep must be in [0, 2**32) (a Philox counter word), got {timestep}")
-        t = torch.tensor(timestep, dtype=torch.int64, device=device)
-    else:
-        t = timestep
+    t = as_timestep(timestep, shape[0], 2 ** 32, device)  # a Philox counter word
     numel = 1
     for s in shape[1:]:
         numel *= s
