@@ -15,7 +15,9 @@
 
 #include "ddpm_fast/philox.h"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// GCC only: clang does not honour `#pragma GCC target` (it would reject the intrinsics below), so
+// a clang build takes the scalar path.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #include <immintrin.h>
 #define DDPM_FAST_X86_SIMD 1
 #endif
