@@ -1,6 +1,10 @@
 """Build of ddpm_fast and its C++/CUDA extension ``ddpm_fast._C``.
 
-    pip install --no-build-isolation -e .      # the documented form: builds against YOUR torch
+    pip install -e .      # builds against the torch of the environment you install into
+
+pyproject.toml hands the build to build_backend/ddpm_fast_build.py, which makes that torch
+importable here even under pip's build isolation (and refuses any other torch); with
+``--no-build-isolation`` or ``python setup.py build_ext --inplace`` the torch importable here is used.
 
 Environment switches:
   DDPM_FAST_CUDA=0|1         build the CUDA kernels: default when torch has CUDA and nvcc is found
@@ -12,7 +16,9 @@ Environment switches:
   DDPM_FAST_BUILD_TEMP       object-file folder (default build/temp-<torch version>: kept between
                              `pip install -e .` runs, so ninja recompiles only what changed)
 Sources are globbed: every csrc/**/*.cpp (CPU, schemas, Python module), plus csrc/cuda/*.cu and
-csrc/cuda/*.cpp when building CUDA.
+csrc/cuda/*.cpp when building CUDA. The C++ standard and compiler flags come from
+csrc/compile_flags.cmake, which CMakeLists.txt includes too.
+The module is built for Python's limited API (abi3): one wheel serves CPython >= 3.10.
 """
 import glob
 import os
@@ -24,6 +30,9 @@ from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join("csrc")
+# Python's stable ABI from 3.10 on: the wheel tag; torch.utils.cpp_extension compiles a
+# py_limited_api extension with -DPy_LIMITED_API=0x030A0000, the same version.
+LIMITED_API = "cp310"
 
 
 def _version() -> str:
@@ -43,15 +52,34 @@ def _import_torch():
         import torch  # noqa: F401
         from torch.utils import cpp_extension  # noqa: F401
     except ImportError:
-        sys.exit(
-            "ddpm_fast: building the C++/CUDA extension needs the torch you will run it with, and "
-            "none is importable here.\n"
-            "  * Under pip's build isolation (plain `pip install -e .`) the build runs in a fresh "
-            "environment without your torch: use\n"
-            "        pip install --no-build-isolation -e .\n"
-            "  * If torch is not installed yet: pip install torch, then the command above.\n"
-            "  * For a pure-Python install (reference backend only): DDPM_FAST_BUILD_EXT=0 pip install -e .")
+        sys.exit(f"ddpm_fast: torch is not importable by {sys.executable}; install torch first (e.g. "
+                 "`pip install torch`), then run this command again (or DDPM_FAST_BUILD_EXT=0 for a "
+                 "pure-Python install without the compiled kernels)")
     return torch, cpp_extension
+
+
+def _compile_flags() -> dict:
+    """The set(NAME values...) lines of csrc/compile_flags.cmake, as NAME -> list of values."""
+    with open(os.path.join(ROOT, CSRC, "compile_flags.cmake")) as f:
+        return {m.group(1): m.group(2).split()
+                for m in re.finditer(r"^set\((DDPM_FAST_\w+)\s+([^)]*)\)", f.read(), re.M)}
+
+
+class _StaleModuleCleaner:
+    """Mixin for build_ext: when the module is copied into the source tree (--inplace, editable
+    installs), delete ddpm_fast/_C.*.so files of other ABI tags: Python prefers
+    _C.cpython-311-*.so to _C.abi3.so, so a library left by an older build would shadow the new one."""
+
+    def copy_extensions_to_source(self):
+        super().copy_extensions_to_source()
+        build_py = self.get_finalized_command("build_py")
+        for ext in self.extensions:
+            built, _ = self._get_inplace_equivalent(build_py, ext)
+            stem = os.path.basename(built).split(".")[0]
+            for old in glob.glob(os.path.join(os.path.dirname(built), stem + ".*.so")):
+                if os.path.basename(old) != os.path.basename(built):
+                    print(f"ddpm_fast: removing {old} (an older build that would shadow {built})")
+                    os.remove(old)
 
 
 def _want_cuda(torch, cpp_extension) -> bool:
@@ -81,14 +109,13 @@ def _extensions():
         cu = sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
     else:
         cu = []
+    flags = _compile_flags()
+    std = f"-std=c++{flags['DDPM_FAST_CXX_STANDARD'][0]}"  # torch adds its default only when absent
     version = f'-DDDPM_FAST_TORCH_VERSION="{torch.__version__}"'
-    # -fno-trapping-math lets GCC if-convert the clamps of exp_f32 so the SiLU loop vectorises;
-    # neither flag changes a computed value (no reassociation, no fast-math).
-    # The C++ standard is left to torch.utils.cpp_extension (C++17 up to torch 2.13, C++20 from 2.14).
-    cxx = ["-O3", "-fopenmp", "-fno-trapping-math", "-fno-math-errno", version]
+    cxx = [std, *flags["DDPM_FAST_CXX_FLAGS"], version]
     if _env_flag("DDPM_FAST_NATIVE"):
         cxx.append("-march=native")
-    nvcc = ["-O3", "-lineinfo", version]
+    nvcc = [std, *flags["DDPM_FAST_CUDA_FLAGS"], version]
     if _env_flag("DDPM_FAST_PTXAS_VERBOSE"):
         nvcc += ["-Xptxas", "-v"]
     Ext = cpp_extension.CUDAExtension if cuda else cpp_extension.CppExtension
@@ -97,8 +124,8 @@ def _extensions():
         sources=cpp + cu,
         include_dirs=[os.path.join(ROOT, CSRC, "include"), os.path.join(ROOT, CSRC)],
         extra_compile_args={"cxx": cxx, "nvcc": nvcc} if cuda else {"cxx": cxx},
-        extra_link_args=["-fopenmp"],
-        define_macros=[("DDPM_FAST_WITH_CUDA", "1")] if cuda else [],
+        extra_link_args=flags["DDPM_FAST_LINK_FLAGS"],
+        py_limited_api=True,  # csrc/python/module.cpp uses only the limited API; nothing else touches Python
     )
     print(f"ddpm_fast: building the extension for torch {torch.__version__} "
           f"({'CPU + CUDA ' + os.environ['TORCH_CUDA_ARCH_LIST'] if cuda else 'CPU only'}), "
@@ -106,7 +133,7 @@ def _extensions():
     base = cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)
     temp = os.environ.get("DDPM_FAST_BUILD_TEMP") or os.path.join(ROOT, "build", f"temp-{torch.__version__}")
 
-    class BuildExt(base):
+    class BuildExt(_StaleModuleCleaner, base):
         """pip builds in a fresh temporary folder each time; a fixed one makes rebuilds incremental."""
 
         def finalize_options(self):
@@ -133,5 +160,7 @@ setup(
     entry_points={"console_scripts": ["ddpm-fast = ddpm_fast.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
+    # the abi3 tag (cp310-abi3-<platform>) for a wheel with the limited-API module
+    options={"bdist_wheel": {"py_limited_api": LIMITED_API}} if ext_modules else {},
     zip_safe=False,
 )

@@ -10,13 +10,17 @@ cd "$(dirname "$0")/.."
 OUT=${1:-$(mktemp -d)}
 mkdir -p "$OUT"
 NVCC=${NVCC:-$(command -v nvcc || echo "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc")}
+# the C++ standard and nvcc flags of setup.py and CMakeLists.txt (csrc/compile_flags.cmake)
+cmake_set() { sed -n "s/^set($1 \(.*\))\$/\1/p" csrc/compile_flags.cmake; }
+STD=-std=c++$(cmake_set DDPM_FAST_CXX_STANDARD)
+read -r -a CUDA_FLAGS <<< "$(cmake_set DDPM_FAST_CUDA_FLAGS)"
 GENCODE=()
 for a in ${CUDA_ARCHS:-80 90}; do GENCODE+=(-gencode "arch=compute_$a,code=sm_$a"); done
 : > "$OUT/ptxas.log"
 n=0
 for f in csrc/cuda/*.cu; do
   name=$(basename "$f" .cu)
-  if ! "$NVCC" -c -std=c++17 -O3 -Icsrc/include "${GENCODE[@]}" -Xptxas -v "$f" -o "$OUT/$name.o" \
+  if ! "$NVCC" -c "$STD" "${CUDA_FLAGS[@]}" -Icsrc/include "${GENCODE[@]}" -Xptxas -v "$f" -o "$OUT/$name.o" \
       2> "$OUT/$name.log"; then
     cat "$OUT/$name.log" >&2
     echo "check_cuda_sources: $f does not compile" >&2
