@@ -11,8 +11,9 @@ deps:
 	@$(PYTHON) -m pip install -q -r requirements-dev.txt
 	@$(PYTHON) -m pip install -q --no-deps denoising-diffusion-pytorch==2.3.4
 
+# the plain command users run (README.md, "Set-up"): builds against the torch installed by deps
 install: deps
-	$(PYTHON) -m pip install -q --no-build-isolation -e .
+	$(PYTHON) -m pip install -q -e .
 
 test: install
 	$(PYTHON) -m pytest -q tests

@@ -105,13 +105,47 @@ def test_cmake_schema_source_is_generated_from_the_table(tmp_path):
     assert "TORCH_LIBRARY(ddpm_fast, m)" in out.read_text()
 
 
-def test_pyproject_build_isolation_gets_no_torch():
-    """Plain `pip install -e .` must not build against a random torch: the backend requires only
-    setuptools/wheel, and setup.py stops with a message naming --no-build-isolation."""
+def test_pyproject_builds_with_the_in_tree_backend_and_requires_no_torch():
+    """Plain `pip install -e .` must not fetch a torch into the build environment: the build
+    requirements name none, and the in-tree backend (build_backend/) brings the target's torch."""
     text = (ROOT / "pyproject.toml").read_text()
     requires = re.search(r"requires\s*=\s*\[(.*?)\]", text, re.S).group(1)
     assert "torch" not in requires
-    assert "--no-build-isolation" in (ROOT / "setup.py").read_text()
+    assert re.search(r'^build-backend\s*=\s*"ddpm_fast_build"', text, re.M)
+    assert re.search(r'^backend-path\s*=\s*\["build_backend"\]', text, re.M)
+    assert (ROOT / "build_backend" / "ddpm_fast_build.py").is_file()
+
+
+def test_backend_refuses_a_torch_of_the_build_environment_that_is_not_the_targets(tmp_path):
+    """A torch importable in the build environment (PYTHONPATH, as pip's isolation sets it) but not
+    in the environment being installed into must stop the build, naming both."""
+    fake = tmp_path / "buildenv" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('__version__ = "0.0.fake"\n')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(fake.parent), str(ROOT / "build_backend")]))
+    env.pop("DDPM_FAST_BUILD_EXT", None)
+    res = subprocess.run([sys.executable, "-c", "import ddpm_fast_build as b; b.get_requires_for_build_wheel()"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    assert "the build environment has its own torch 0.0.fake" in res.stderr, res.stderr[-2000:]
+    assert torch.__file__.replace("__init__.py", "") in res.stderr
+
+
+def test_compile_flags_live_in_one_file():
+    """setup.py, CMakeLists.txt and check_cuda_sources.sh take the C++ standard and flags from
+    csrc/compile_flags.cmake; none of them spells a flag of its own."""
+    flags = dict(re.findall(r"^set\((DDPM_FAST_\w+)\s+([^)]*)\)", (ROOT / "csrc" / "compile_flags.cmake").read_text(), re.M))
+    assert set(flags) == {"DDPM_FAST_CXX_STANDARD", "DDPM_FAST_CXX_FLAGS", "DDPM_FAST_LINK_FLAGS", "DDPM_FAST_CUDA_FLAGS"}
+    users = {"setup.py": "compile_flags.cmake", "CMakeLists.txt": "include(${CMAKE_CURRENT_SOURCE_DIR}/csrc/compile_flags.cmake)",
+             "scripts/check_cuda_sources.sh": "csrc/compile_flags.cmake"}
+    for name, reference in users.items():
+        text = (ROOT / name).read_text()
+        assert reference in text, name
+        code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+        for flag in ("-O3", "-fopenmp", "-lineinfo", "-fno-trapping-math", "-fno-math-errno"):
+            assert flag not in code, f"{name} spells {flag} itself"
+        assert not re.search(r"-std=c\+\+\d|_STANDARD\s+\d", code), f"{name} spells a C++ standard itself"
+    assert not re.search(r"DDPM_FAST_WITH_CUDA", (ROOT / "setup.py").read_text())
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
