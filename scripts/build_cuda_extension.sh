@@ -45,6 +45,9 @@ NV_INC=$("$PY" -c "import os, nvidia; print(os.path.join(list(nvidia.__path__)[0
 start=$(date +%s)
 echo "build_cuda_extension: torch $("$PY" -c 'import torch; print(torch.__version__)') (CUDA $TORCH_CUDA), archs $TORCH_CUDA_ARCH_LIST -> $OUT"
 cd "$ROOT"
+# a library of an earlier run (e.g. _C.cpython-311-*.so before the module became _C.abi3.so) would
+# be picked up below as a second match
+rm -f "$OUT"/_C*.so "$OUT"/lib/ddpm_fast/_C*.so
 if ! DDPM_FAST_CUDA=1 DDPM_FAST_PTXAS_VERBOSE=1 DDPM_FAST_BUILD_TEMP="$OUT/tmp" \
     "$PY" setup.py -q build_ext -b "$OUT/lib" \
     > "$OUT/build.log" 2>&1; then
