@@ -82,6 +82,10 @@ class _StaleModuleCleaner:
                     os.remove(old)
 
 
+def _empty_dir(path: str) -> bool:
+    return os.path.isdir(path) and not os.listdir(path)
+
+
 def _want_cuda(torch, cpp_extension) -> bool:
     forced = _env_flag("DDPM_FAST_CUDA")
     nvcc = None
@@ -139,6 +143,10 @@ def _extensions():
         def finalize_options(self):
             super().finalize_options()
             self.build_temp = temp
+            # distutils adds <venv>/include inside a virtual environment: normally empty, and a
+            # different path in each venv, which would change every compile command and make ninja
+            # rebuild everything when the same sources are installed into another venv
+            self.include_dirs = [d for d in self.include_dirs or [] if not _empty_dir(d)]
 
     return [ext], {"build_ext": BuildExt}
 

@@ -41,8 +41,13 @@ def source() -> Path:
     return src
 
 
+def _user_env() -> dict:
+    """This process's environment without PYTHONPATH (which would import the checkout's ddpm_fast)."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
 def _build_env() -> dict:
-    return dict(os.environ, DDPM_FAST_BUILD_TEMP=str(CACHE / "obj"), PIP_DISABLE_PIP_VERSION_CHECK="1")
+    return dict(_user_env(), DDPM_FAST_BUILD_TEMP=str(CACHE / "obj"), PIP_DISABLE_PIP_VERSION_CHECK="1")
 
 
 def _venv(path: Path, *, system_site_packages: bool) -> Path:
@@ -52,14 +57,14 @@ def _venv(path: Path, *, system_site_packages: bool) -> Path:
     if system_site_packages:
         # pip comes from the system site too (same pip): skipping ensurepip saves a minute
         cmd += ["--system-site-packages", "--without-pip"]
-    subprocess.run(cmd, check=True, timeout=600)
+    subprocess.run(cmd, check=True, timeout=600, env=_user_env())
     python = path / "bin" / "python"
     if system_site_packages and sys.prefix != sys.base_prefix:
         # This test itself runs in a venv (e.g. .ci/run's): "system" would mean the base python,
         # which may lack torch. Chain this venv's site-packages behind the new one's, exactly
         # where system site-packages would sit (pip's build isolation hides them the same way).
         purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                 capture_output=True, text=True, check=True).stdout.strip()
+                                 env=_user_env(), capture_output=True, text=True, check=True).stdout.strip()
         Path(purelib, "_test_runner_site.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     return python
 
@@ -77,7 +82,8 @@ def _pip_ok(python: Path, *args: str, cwd: Path) -> str:
 
 def _probe(python: Path, cwd: Path) -> dict:
     """What the installed package reports, imported from a folder without sources."""
-    res = subprocess.run([str(python), "-c", PROBE], cwd=cwd, capture_output=True, text=True, timeout=300)
+    res = subprocess.run([str(python), "-c", PROBE], cwd=cwd, env=_user_env(), capture_output=True, text=True,
+                         timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -101,7 +107,7 @@ def _assert_no_torch_installed(output: str, python: Path) -> None:
     """The install used the torch that was there: pip fetched none, and the venv holds none."""
     assert "Collecting torch" not in output and "Downloading torch" not in output, output[-3000:]
     own = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                         capture_output=True, text=True, check=True).stdout.strip()
+                         env=_user_env(), capture_output=True, text=True, check=True).stdout.strip()
     assert not (Path(own) / "torch").exists()
 
 
@@ -162,7 +168,8 @@ def test_without_torch_the_install_stops_at_once_saying_to_install_torch_first(s
     assert line is not None, out[-3000:]
     assert str(tmp_path / "venv") in line and "install torch first" in line
     assert "Collecting torch" not in out and "Building editable" not in out
-    assert subprocess.run([str(python), "-c", "import ddpm_fast"], cwd=tmp_path, capture_output=True).returncode != 0
+    assert subprocess.run([str(python), "-c", "import ddpm_fast"], cwd=tmp_path, env=_user_env(),
+                          capture_output=True).returncode != 0
 
 
 @pytest.mark.slow
@@ -191,7 +198,8 @@ def test_pure_python_install_without_the_extension_uses_the_reference_backend(so
     code = ("import json, ddpm_fast, torch; b = ddpm_fast.backends(); "
             "x = ddpm_fast.ops.temb_add(torch.ones(2, 3, 4, 4), torch.ones(2, 3)); "
             "print(json.dumps({'reference': b['reference'], 'cpp': b['cpp'], 'sum': float(x.sum())}))")
-    out = subprocess.run([str(python), "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([str(python), "-c", code], cwd=tmp_path, env=_user_env(), capture_output=True, text=True,
+                         timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     info = json.loads(out.stdout.strip().splitlines()[-1])
     assert info["reference"] == "available" and info["sum"] == 2 * 3 * 4 * 4 * 2.0
