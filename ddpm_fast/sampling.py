@@ -58,7 +58,8 @@ def sample(model: Callable, shape: Sequence[int], *,
     eta: DDIM noise weight (default 0).
     prediction_type: "epsilon" | "sample" | "v_prediction" (None: the schedule's hint, else
       epsilon; a conflicting explicit choice is an error).
-    variance_type: "fixed_small" (β̃_t, default) or "fixed_large" (β_t), or their "_log" forms.
+    variance_type: "fixed_small" (β̃_t, default) or "fixed_large" (β_t), or their "_log" forms;
+      "learned_range" / "learned" for a model with 2C output channels (``UNet(learn_sigma=True)``).
     clip_denoised, clip_range: clip the predicted x0 to [-clip_range, clip_range] (default on, 1).
     use_clipped_model_output: DDIM re-derives ε from the clipped x0 (default True with our own
       schedules; False for a diffusers scheduler, as its ``step`` does by default).

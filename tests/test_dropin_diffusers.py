@@ -235,7 +235,7 @@ def test_scheduler_class_picks_the_sampler():
 
 # --- DDPM, step by step against diffusers' step in float64 ------------------------------------
 
-VARIANCES = ["fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log"]
+VARIANCES = ["fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range"]
 
 
 def _diffusers_step64(sch, m, t, x, z, monkeypatch):
@@ -274,12 +274,33 @@ def test_ddpm_steps_equal_diffusers_formulas(backend, variance, steps, spacing, 
     g = torch.Generator().manual_seed(0)
     for i, t in enumerate(visited):
         x, m = torch.randn(SHAPE, generator=g) * 2, torch.randn(SHAPE, generator=g) * 2
+        if variance == "learned":          # the model's σ² itself
+            m = torch.cat([m, torch.rand(SHAPE, generator=g) * 0.05], 1)
+        elif variance == "learned_range":  # in [-1, 1]: between log β̃ and log β
+            m = torch.cat([m, torch.rand(SHAPE, generator=g) * 2 - 1], 1)
         tb = torch.full((SHAPE[0],), int(t))
         prev = torch.full((SHAPE[0],), spec.plan.prev[i])
         z = philox_normal(seed, SHAPE, tb, 0, STREAM_STEP)
         ref = _diffusers_step64(truth, m, t, x, z, monkeypatch)
         ours = spec.step(x, m, tb, prev, seed)
         assert _max_err(ours.double(), ref) <= 2e-5 * max(1.0, ref.abs().max().item()), int(t)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_learned_range_unet_samples_on_every_backend(backend):
+    """UNet(learn_sigma=True) (2C output channels) drives the fused DDPM step: the same
+    samples on every backend as on the reference, eager and compiled."""
+    net = ddpm_fast.UNet.tiny(in_channels=1, resolution=8, learn_sigma=True).eval()
+    assert net.out_channels == 2
+    kw = dict(schedule=ddpm_fast.NoiseSchedule.linear(20), variance_type="learned_range", seed=3)
+    ref = ddpm_fast.sample(net, (2, 1, 8, 8), backend="reference", **kw)
+    ours = ddpm_fast.sample(net, (2, 1, 8, 8), backend=backend, **kw)
+    assert torch.isfinite(ours).all() and _max_err(ours, ref) <= TOL
+    if backend != "triton":   # the interpreter makes a compiled run too slow here
+        comp = ddpm_fast.sample(net, (2, 1, 8, 8), backend=backend, compile=True, **kw)
+        assert _max_err(comp, ref) <= TOL
+    with pytest.raises(ValueError, match="twice the channels"):
+        ddpm_fast.sample(net, (2, 1, 8, 8), schedule=kw["schedule"], seed=0, backend=backend)
 
 
 def test_respaced_ddpm_whole_loop_equals_diffusers(monkeypatch):

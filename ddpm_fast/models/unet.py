@@ -38,6 +38,8 @@ class UNet(nn.Module):
         num_classes: None, or the number of classes (>= 1) for class conditioning (``y`` in
             forward, labels in [0, num_classes)).
         num_groups: GroupNorm groups (>= 1), clamped per layer to the largest divisor of its channels.
+        learn_sigma: output twice ``out_channels``: the prediction, then a learned-variance term
+            per channel (for ``sample(..., variance_type="learned_range")``).
         backend: ops backend for the fused ops ("reference", "cpp", "cuda", "triton", "auto");
             None follows the global default (``ddpm_fast.set_backend``).
     """
@@ -45,7 +47,8 @@ class UNet(nn.Module):
     def __init__(self, in_channels: int = 3, out_channels: Optional[int] = None, ch: int = 128,
                  ch_mult: Sequence[int] = (1, 2, 2, 2), num_res_blocks: int = 2,
                  attn_resolutions: Sequence[int] = (16,), dropout: float = 0.1, resolution=32,
-                 num_classes: Optional[int] = None, num_groups: int = 32, backend: Optional[str] = None):
+                 num_classes: Optional[int] = None, num_groups: int = 32, backend: Optional[str] = None,
+                 learn_sigma: bool = False):
         super().__init__()
         res = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
         ch_mult = tuple(int(m) for m in ch_mult)
@@ -58,7 +61,10 @@ class UNet(nn.Module):
         if res[0] % factor or res[1] % factor:
             raise ValueError(f"resolution {res} must be divisible by 2**(len(ch_mult)-1) = {factor}")
         self.in_channels = in_channels
-        self.out_channels = out_channels or in_channels
+        # learn_sigma: the mean prediction, then as many variance channels (Nichol & Dhariwal
+        # 2021); sample with variance_type="learned_range" (samplers/learned_variance.py)
+        self.learn_sigma = bool(learn_sigma)
+        self.out_channels = (out_channels or in_channels) * (2 if learn_sigma else 1)
         self.ch, self.ch_mult, self.num_res_blocks = ch, ch_mult, num_res_blocks
         self.attn_resolutions = tuple(attn_resolutions)
         self.resolution = res

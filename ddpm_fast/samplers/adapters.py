@@ -64,12 +64,14 @@ def unwrap_output(out: Any) -> torch.Tensor:
                     "with .sample, as diffusers models return)")
 
 
-def check_output(out: torch.Tensor, x: torch.Tensor) -> None:
-    if out.shape != x.shape:
+def check_output(out: torch.Tensor, x: torch.Tensor, learned_variance: bool = False) -> None:
+    """The model's output: x's shape, or twice its channels for a learned-variance model."""
+    want = (x.shape[0], 2 * x.shape[1], *x.shape[2:]) if learned_variance else tuple(x.shape)
+    if tuple(out.shape) != want:
         hint = ""
-        if out.dim() == x.dim() and out.shape[1] == 2 * x.shape[1]:
-            hint = (" (twice the channels: a learned-variance model; pass a callable that returns "
-                    "the first half, the mean prediction)")
+        if not learned_variance and out.dim() == x.dim() and out.shape[1] == 2 * x.shape[1]:
+            hint = (" (twice the channels: a learned-variance model; pass "
+                    "variance_type='learned_range' or 'learned')")
         raise ValueError(f"the model returned shape {tuple(out.shape)} for input {tuple(x.shape)}{hint}")
     if not out.is_floating_point():
         raise TypeError(f"the model returned {out.dtype}; expected a floating tensor")

@@ -101,7 +101,7 @@ class LoopSampler:
     def _step(self, x, i, seed, bad, check: bool = False):
         out = self.model(x, self.ts_b.index_select(0, i).reshape(x.shape[0]))
         if check:
-            check_output(out, x)
+            check_output(out, x, self.spec.learned_variance is not None)
         return self.advance(x, out, i, seed, bad)
 
     def run(self, seed: Any, x_T: Optional[torch.Tensor], model_kwargs: Optional[dict],
@@ -200,7 +200,7 @@ class GraphSampler:
                 for _ in range(WARMUP_STEPS):      # compiles, autotunes, creates cuBLAS handles
                     self._reset()
                     out = self.model(self.x, self.ts_b.index_select(0, self.i).reshape(self.x.shape[0]))
-                    check_output(out, self.x)
+                    check_output(out, self.x, self.spec.learned_variance is not None)
                     self._body()
             if side is not None:
                 torch.cuda.current_stream(dev).wait_stream(side)

@@ -17,6 +17,7 @@ from ..noise import STREAM_INIT
 from ..ops import implementation
 from ..ops.enums import PREDICTION_TYPES, VARIANCE_TYPES
 from .plan import Plan
+from .learned_variance import kernel_noise, split_output
 from .x0_rules import X0Rule, pre_step
 
 
@@ -40,6 +41,7 @@ class SamplerSpec:
     check_nan: bool = True
     threshold: Optional[tuple[float, float]] = None   # dynamic thresholding (ratio, max value)
     rederive_eps: bool = True          # DDIM: ε from the clipped x0, or the model's (diffusers)
+    learned_variance: Optional[str] = None   # "learned" | "learned_range": 2C-channel model output
     impls: dict = field(default_factory=dict)
 
     def resolve(self) -> "SamplerSpec":
@@ -75,13 +77,17 @@ class SamplerSpec:
              seed: torch.Tensor) -> torch.Tensor:
         """One fused step x_t -> x_prev (the backend's kernel; t, t_prev are device tensors),
         after the x0 pre-step when the spec's rules need one."""
-        pred, clip = self.pred_code, self.clip_denoised
+        pred, clip, noise = self.pred_code, self.clip_denoised, None
+        if self.learned_variance is not None:
+            model_out, v = split_output(model_out, x.shape[1])
+            if self.sampler == "ddpm":   # DDIM uses the mean half only
+                noise = kernel_noise(self.learned_variance, v, x, t, self.table, seed, self.sample_offset)
         if self.needs_pre_step:
             x, model_out, pred = pre_step(self.x0_rule, self.sampler, x, model_out, t, self.table, pred)
             clip = False
         if self.sampler == "ddpm":
             return self.impls["reverse_step"](
-                x, model_out, t, self.table, None, seed, self.sample_offset, pred,
+                x, model_out, t, self.table, noise, seed, self.sample_offset, pred,
                 VARIANCE_TYPES[self.variance_type], clip, self.clip_range)
         return self.impls["ddim_step"](
             x, model_out, t, t_prev, self.table, None, seed, self.sample_offset, self.eta,
@@ -130,7 +136,7 @@ def run_eager(spec: SamplerSpec, call: Callable, x: torch.Tensor, seed: torch.Te
         model_out = call(x, t.expand(B))
         if model_out.shape != x.shape:
             from .adapters import check_output
-            check_output(model_out, x)
+            check_output(model_out, x, spec.learned_variance is not None)
         tracker.update(model_out, t)
         x = spec.step(x, model_out, t, t_prev, seed)
         if intermediate_every and (i + 1) % intermediate_every == 0:

@@ -33,7 +33,9 @@ OWN_DEFAULTS = {
 # through a log; diffusers' own fixed_large_log takes the square root of that log (NaN,
 # diffusers #14569), so its intended σ = √β_t is used (docs/dropin.md).
 _KERNEL_VARIANCE = {"fixed_small": "fixed_small", "fixed_small_log": "fixed_small",
-                    "fixed_large": "fixed_large", "fixed_large_log": "fixed_large"}
+                    "fixed_large": "fixed_large", "fixed_large_log": "fixed_large",
+                    # σ_table = √β_t > 0, the divisor of samplers/learned_variance.py
+                    "learned": "fixed_large", "learned_range": "fixed_large"}
 _LEARNED = ("learned", "learned_range")
 
 
@@ -114,7 +116,8 @@ def make_spec(schedule: NoiseSchedule, s: dict, shape: tuple, device: torch.devi
                        clip_denoised=bool(s["clip_denoised"]), clip_range=float(s["clip_range"]),
                        eta=float(s["eta"]), final_alpha_bar=final, sample_offset=sample_offset,
                        backend=resolve_backend(backend), check_nan=check_nan, threshold=threshold,
-                       rederive_eps=bool(s["use_clipped_model_output"]))
+                       rederive_eps=bool(s["use_clipped_model_output"]),
+                       learned_variance=s["variance_type"] if s["variance_type"] in _LEARNED else None)
     return spec.resolve()
 
 
@@ -141,9 +144,6 @@ def _plan(T: int, s: dict):
 
 def _check_values(s: dict, dtype: torch.dtype, sample_offset: Any) -> None:
     var = s["variance_type"]
-    if var in _LEARNED:
-        raise ValueError(f"variance_type={var!r} (a model that outputs its variance) is not "
-                         "supported by ddpm_fast.sample yet")
     if var not in _KERNEL_VARIANCE:
         raise ValueError(f"variance_type must be one of {sorted(_KERNEL_VARIANCE)}, got {var!r}")
     assert set(_KERNEL_VARIANCE.values()) <= set(VARIANCE_TYPES)
