@@ -191,9 +191,6 @@ def noise_cases(draw):
 # kernels (ddpm_fast/ops/): the falsifying draws hypothesis reports are recorded here so the
 # property itself stays whole. Non-strict: a fix shows up as XPASS in the -ra summary.
 PENDING = {
-    ("q_sample", "cpp"): "sample_offset >= 2**63 reaches the C++ op and fails in its int cast "
-                         "(RuntimeError) instead of a ValueError from the front",
-    ("reverse_step", "cpp"): "sample_offset >= 2**63: RuntimeError from the C++ int cast, as q_sample",
     ("ddim_step", "*"): "final_alpha_bar below alpha_bar_t (0.5 at t=19 of linear(20)) gives NaN even "
                         "at eta=0: sigma = eta * sqrt(negative) = 0 * NaN",
     ("groupnorm_temb_silu", "*"): "eps=0 with one element per group gives 0/0 = NaN and eps=nan is "
