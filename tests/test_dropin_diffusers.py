@@ -19,7 +19,6 @@ from ddpm_fast.ops.validate import as_seed
 from ddpm_fast.samplers.settings import make_spec, resolve
 
 diffusers = pytest.importorskip("diffusers")
-import diffusers.schedulers.scheduling_ddim as ddim_mod  # noqa: E402
 import diffusers.schedulers.scheduling_ddpm as ddpm_mod  # noqa: E402
 
 T = 120          # small, so the grids stay cheap; 12 steps divide it, 11 do not
@@ -203,7 +202,8 @@ def test_explicit_steps_override_the_schedulers_own():
 
 @pytest.mark.parametrize("schedule,match", [
     (dict(diffusers.DDIMScheduler(num_train_timesteps=T).config, karras_sigmas=True), "karras_sigmas"),
-    (dict(diffusers.DDIMScheduler(num_train_timesteps=T).config, timestep_spacing="middle"), "timestep_spacing"),
+    (dict(diffusers.DDIMScheduler(num_train_timesteps=T).config, timestep_spacing="middle"),
+     "timestep_spacing"),
     (dict(diffusers.DDPMScheduler(num_train_timesteps=T).config, beta_schedule="laplace"), "beta_schedule"),
     (diffusers.EulerDiscreteScheduler(num_train_timesteps=T), "EulerDiscreteScheduler"),
     ({"num_train_timesteps": T}, "_class_name"),

@@ -18,6 +18,7 @@ import torch
 
 from ..noise import STREAM_STEP, philox_normal
 from ..schedule import Col
+from .x0_rules import coef
 
 KINDS = ("learned", "learned_range")
 
@@ -27,18 +28,13 @@ def split_output(out: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.
     return out[:, :channels], out[:, channels:]
 
 
-def _coef(table: torch.Tensor, t: torch.Tensor, col: int, ndim: int) -> torch.Tensor:
-    c = table.index_select(0, t.reshape(-1).long())[:, col].to(torch.float32)
-    return c.reshape(-1, *([1] * (ndim - 1))) if t.dim() > 0 else c.reshape(())
-
-
 def learned_sigma(kind: str, v: torch.Tensor, t: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """σ per element from the model's variance channels at t (float32)."""
     v = v.to(torch.float32)
     if kind == "learned":
         return v.clamp(min=0).sqrt()
-    min_log = _coef(table, t, Col.POSTERIOR_LOG_VARIANCE_CLIPPED, v.dim())
-    max_log = _coef(table, t, Col.BETA, v.dim()).log()
+    min_log = coef(table, t, Col.POSTERIOR_LOG_VARIANCE_CLIPPED, v.dim(), torch.float32)
+    max_log = coef(table, t, Col.BETA, v.dim(), torch.float32).log()
     frac = (v + 1) / 2
     return torch.exp(0.5 * (frac * max_log + (1 - frac) * min_log))
 
@@ -47,5 +43,5 @@ def kernel_noise(kind: str, v: torch.Tensor, x: torch.Tensor, t: torch.Tensor, t
                  seed: torch.Tensor, sample_offset: int) -> torch.Tensor:
     """The noise to hand the DDPM step run with variance "fixed_large" (σ_table = √β_t)."""
     z = philox_normal(seed, tuple(x.shape), t, sample_offset, STREAM_STEP, device=x.device)
-    scale = learned_sigma(kind, v, t, table) / _coef(table, t, Col.SIGMA_LARGE, x.dim())
+    scale = learned_sigma(kind, v, t, table) / coef(table, t, Col.SIGMA_LARGE, x.dim(), torch.float32)
     return (z * scale).to(x.dtype)

@@ -63,7 +63,7 @@ def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch
     return torch.minimum(torch.maximum(x0, -s), s) / s
 
 
-def _coef(table: torch.Tensor, t: torch.Tensor, col: int, ndim: int, dtype) -> torch.Tensor:
+def coef(table: torch.Tensor, t: torch.Tensor, col: int, ndim: int, dtype) -> torch.Tensor:
     """table[t, col] shaped to broadcast over [B, ...]; a gather, no host sync."""
     c = table.index_select(0, t.reshape(-1).long())[:, col].to(dtype)
     return c.reshape(-1, *([1] * (ndim - 1))) if t.dim() > 0 else c.reshape(())
@@ -72,8 +72,8 @@ def _coef(table: torch.Tensor, t: torch.Tensor, col: int, ndim: int, dtype) -> t
 def x0_and_eps(x: torch.Tensor, m: torch.Tensor, t: torch.Tensor, table: torch.Tensor,
                prediction_type: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(x0, ε) from the model output at t, by prediction type (as every sampler derives them)."""
-    sa = _coef(table, t, Col.SQRT_ALPHA_BAR, x.dim(), x.dtype)
-    s1a = _coef(table, t, Col.SQRT_ONE_MINUS_ALPHA_BAR, x.dim(), x.dtype)
+    sa = coef(table, t, Col.SQRT_ALPHA_BAR, x.dim(), x.dtype)
+    s1a = coef(table, t, Col.SQRT_ONE_MINUS_ALPHA_BAR, x.dim(), x.dtype)
     if prediction_type == PRED_EPSILON:
         return (x - s1a * m) / sa, m
     if prediction_type == PRED_SAMPLE:
@@ -85,7 +85,8 @@ def pre_step(rule: X0Rule, sampler: str, x: torch.Tensor, m: torch.Tensor, t: to
              table: torch.Tensor, prediction_type: int
              ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(x_t, model_out, prediction type) to give the fused step, which then runs with its own
-    clipping off; both tensors in x's dtype (a half-precision model output is not rounded again). See the module docstring for why this reproduces the rule exactly."""
+    clipping off; both tensors in x's dtype (a half-precision model output is not rounded
+    again). The module docstring says why this reproduces the rule exactly."""
     cd = torch.float64 if x.dtype == torch.float64 else torch.float32
     xc, mc = x.to(cd), m.to(cd)
     x0, eps = x0_and_eps(xc, mc, t, table, prediction_type)
@@ -97,6 +98,6 @@ def pre_step(rule: X0Rule, sampler: str, x: torch.Tensor, m: torch.Tensor, t: to
         return x, x0.to(x.dtype), PRED_SAMPLE
     if rule.rederive_eps:
         _, eps = x0_and_eps(xc, x0, t, table, PRED_SAMPLE)
-    sa = _coef(table, t, Col.SQRT_ALPHA_BAR, x.dim(), cd)
-    s1a = _coef(table, t, Col.SQRT_ONE_MINUS_ALPHA_BAR, x.dim(), cd)
+    sa = coef(table, t, Col.SQRT_ALPHA_BAR, x.dim(), cd)
+    s1a = coef(table, t, Col.SQRT_ONE_MINUS_ALPHA_BAR, x.dim(), cd)
     return (sa * x0 + s1a * eps).to(x.dtype), (sa * eps - s1a * x0).to(x.dtype), PRED_V
