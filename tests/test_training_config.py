@@ -167,3 +167,11 @@ def test_sgd_optimizer_is_plain_gradient_descent(tmp_path):
                 **small(tmp_path, steps=1, optimizer="sgd", lr=0.1, grad_clip=0.0))
     for name, p in res.model.named_parameters():
         torch.testing.assert_close(p.detach(), before[name] - 0.1 * grads[name], rtol=0, atol=1e-7)
+
+
+def test_fp16_on_the_cpu_is_a_config_error_before_the_first_step(tmp_path):
+    calls = []
+    with pytest.raises(ConfigError, match="precision: fp16 autocast needs a CUDA device"):
+        train(data=random_data(), precision="fp16", device="cpu" if torch.cuda.is_available() else None,
+              callback=lambda s, i: calls.append(s), **small(tmp_path))
+    assert calls == []

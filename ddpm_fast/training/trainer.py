@@ -125,9 +125,10 @@ def _precision(precision: str, device: torch.device):
         return torch.bfloat16, False
     if precision == "fp16":
         if device.type != "cuda":
-            raise ValueError("fp16 autocast needs a CUDA device; use precision='bf16' on the CPU")
+            raise ConfigError("precision", f"fp16 autocast needs a CUDA device (this run is on "
+                                           f"{device}); use bf16 or fp32")
         return torch.float16, True
-    raise ValueError(f"precision must be auto | fp32 | bf16 | fp16, got {precision!r}")
+    raise ConfigError("precision", f"must be auto | fp32 | bf16 | fp16, got {precision!r}")
 
 
 # -- checkpoint <-> state ------------------------------------------------------------------------
