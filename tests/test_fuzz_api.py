@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import ddpm_fast
 from ddpm_fast.data import ImageData
+from ddpm_fast.ops.dispatch import BackendUnavailableError
 from ddpm_fast.training import ConfigError, TrainConfig, train
 
 SCHEDULE = ddpm_fast.NoiseSchedule.linear(10)
@@ -48,8 +49,8 @@ sample_kwargs = st.fixed_dictionaries({}, optional={
 def test_sample_arguments_give_a_typed_error_or_finite_images(shape, kwargs):
     try:
         out = ddpm_fast.sample(_damped, shape, schedule=SCHEDULE, **kwargs)
-    except (ValueError, TypeError) as e:
-        assert str(e), "an error without a message"
+    except (ValueError, TypeError, BackendUnavailableError) as e:   # the last: backend= names one
+        assert str(e), "an error without a message"                   # this machine lacks
         return
     x = out[0] if kwargs.get("return_intermediates") else out
     assert tuple(x.shape) == tuple(shape)
