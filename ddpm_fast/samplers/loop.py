@@ -86,8 +86,9 @@ class SamplerSpec:
             x, model_out, pred = pre_step(self.x0_rule, self.sampler, x, model_out, t, self.table, pred)
             clip = False
         if self.sampler == "ddpm":
+            seed_or_none = seed if noise is None else None   # the op takes noise or a seed
             return self.impls["reverse_step"](
-                x, model_out, t, self.table, noise, seed, self.sample_offset, pred,
+                x, model_out, t, self.table, noise, seed_or_none, self.sample_offset, pred,
                 VARIANCE_TYPES[self.variance_type], clip, self.clip_range)
         return self.impls["ddim_step"](
             x, model_out, t, t_prev, self.table, None, seed, self.sample_offset, self.eta,
