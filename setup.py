@@ -83,7 +83,8 @@ class _StaleModuleCleaner:
 
 
 def _empty_dir(path: str) -> bool:
-    return os.path.isdir(path) and not os.listdir(path)
+    """A folder without a file anywhere below it (a venv's include/ holds an empty python3.X/)."""
+    return os.path.isdir(path) and not any(files for _, _, files in os.walk(path))
 
 
 def _want_cuda(torch, cpp_extension) -> bool:
