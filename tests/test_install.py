@@ -32,13 +32,37 @@ INSTALL_TIMEOUT_S = 3600  # a cold build on a busy 2-core machine
 
 @pytest.fixture(scope="module")
 def source() -> Path:
-    """A fresh copy of the sources at a fixed path. copy2 keeps the files' modification times, so
-    ninja (objects in CACHE/obj, absolute source paths) recompiles only files changed since the
-    last run."""
+    """The sources, synchronised into a fixed folder by content: a file whose bytes changed is
+    rewritten (a new modification time, newer than any object built from its old bytes), an unchanged
+    one is left alone, so ninja (objects in CACHE/obj) recompiles only what changed since the last
+    run. Copying with the checkout's own times would not do: a file edited before an object was built
+    from the previous copy would look older than that stale object."""
     src = CACHE / "src"
-    shutil.rmtree(src, ignore_errors=True)
-    shutil.copytree(ROOT, src, ignore=SKIP_IN_COPY, copy_function=shutil.copy2)
+    wanted = set()
+    for dirpath, dirnames, filenames in os.walk(ROOT):
+        ignored = SKIP_IN_COPY(dirpath, dirnames + filenames)
+        dirnames[:] = [d for d in dirnames if d not in ignored]
+        for name in filenames:
+            if name in ignored:
+                continue
+            rel = Path(dirpath, name).relative_to(ROOT)
+            wanted.add(rel)
+            _sync_file(ROOT / rel, src / rel)
+    for path in sorted(src.rglob("*"), reverse=True):   # files and then folders of the last run only
+        if path.is_file() and path.relative_to(src) not in wanted:
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
     return src
+
+
+def _sync_file(origin: Path, copy: Path) -> None:
+    data = origin.read_bytes()
+    if copy.is_file() and copy.read_bytes() == data:
+        return
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    copy.write_bytes(data)
+    shutil.copymode(origin, copy)
 
 
 def _user_env() -> dict:
