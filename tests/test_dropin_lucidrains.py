@@ -77,7 +77,7 @@ def test_ddim_sample_in_float32_on_every_backend(monkeypatch):
     theirs = _their_sample(diffusion, x_T, zeros, monkeypatch)
     monkeypatch.undo()
     for backend in ("reference", "cpp", "triton"):
-        if dispatch._unavailable_reason(backend, "cpu") is None:
+        if dispatch.unavailable_reason(backend, "cpu") is None:
             ours = ddpm_fast.sample(diffusion, SHAPE, x_T=x_T, backend=backend)
             assert ((ours + 1) / 2 - theirs).abs().max().item() <= 1e-4, backend
 
