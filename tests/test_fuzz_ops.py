@@ -191,8 +191,6 @@ def noise_cases(draw):
 # kernels (ddpm_fast/ops/): the falsifying draws hypothesis reports are recorded here so the
 # property itself stays whole. Non-strict: a fix shows up as XPASS in the -ra summary.
 PENDING = {
-    ("ddim_step", "*"): "final_alpha_bar below alpha_bar_t (0.5 at t=19 of linear(20)) gives NaN even "
-                        "at eta=0: sigma = eta * sqrt(negative) = 0 * NaN",
     ("groupnorm_temb_silu", "*"): "eps=0 with one element per group (x of shape (2, 1, 1), one "
                                   "group) gives 0/0 = NaN; the reference raises torch's 'Expected more than 1 value "
                                   "per channel' for x of shape (1, 1, 1) where cpp returns a value",

@@ -121,7 +121,9 @@ def ddim_step(x_t, model_out, t, t_prev, table, noise: Optional[torch.Tensor], s
     if clip:  # clipping changes x0, so eps is re-derived from the clipped x0 (docs/pitfalls.md)
         x0 = x0.clamp(-clip_range, clip_range)
         eps = (x - sa * x0) / s1a
-    sigma = eta * ((1 - a_prev) / (1 - a)).sqrt() * (1 - a / a_prev).sqrt()   # Song et al. eq. 16
+    # Song et al. eq. 16; 1 - a/a' < 0 where a' < a (final_alpha_bar below ᾱ_t): no posterior
+    # variance there, so σ = 0 and eta = 0 stays exactly deterministic (docs/ops_contract.md)
+    sigma = eta * ((1 - a_prev) / (1 - a)).sqrt() * (1 - a / a_prev).clamp(min=0).sqrt()
     direction = (1 - a_prev - sigma ** 2).clamp(min=0).sqrt() * eps
     out = a_prev.sqrt() * x0 + direction
     if eta > 0:

@@ -94,7 +94,7 @@ struct DdimCoefs {
   float sa, s1a;     // sqrt(abar_t), sqrt(1 - abar_t)
   float sa_prev;     // sqrt(abar_prev)
   float dir;         // sqrt(max(1 - abar_prev - sigma^2, 0))
-  float sigma;       // eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)
+  float sigma;       // eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(max(1 - abar_t / abar_prev, 0))
 };
 
 DDPM_FAST_HD DdimCoefs ddim_coefs(const double* table, int64_t t, int64_t t_prev, int64_t T, float eta,
@@ -109,7 +109,10 @@ DDPM_FAST_HD DdimCoefs ddim_coefs(const double* table, int64_t t, int64_t t_prev
   c.sa = sqrtf(a);
   c.s1a = sqrtf(1.0f - a);
   c.sa_prev = sqrtf(ap);
-  c.sigma = eta * sqrtf((1.0f - ap) / (1.0f - a)) * sqrtf(1.0f - a / ap);
+  // 1 - a/ap < 0 where ap < a (final_alpha_bar below abar_t): sigma = 0 there, so eta = 0 stays
+  // deterministic instead of 0 * sqrt(negative) = NaN (docs/ops_contract.md, ddim_step)
+  const float v = 1.0f - a / ap;
+  c.sigma = eta * sqrtf((1.0f - ap) / (1.0f - a)) * sqrtf(v > 0.0f ? v : 0.0f);
   const float d = 1.0f - ap - c.sigma * c.sigma;
   c.dir = sqrtf(d < 0.0f ? 0.0f : d);
   return c;

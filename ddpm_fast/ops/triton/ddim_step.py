@@ -51,8 +51,9 @@ def ddim_step_kernel(x_ptr, m_ptr, noise_ptr, out_ptr, t_ptr, tp_ptr, table_ptr,
     if CLIP:  # clipping changes x0, so ε is re-derived from the clipped x0
         x0 = tl.clamp(x0, -clip_range, clip_range, propagate_nan=tl.PropagateNan.ALL)
         eps = div_rn(x - sa * x0, s1a, F64)
-    # Song et al. eq. 16
-    sigma = eta * sqrt_rn(div_rn(1 - a_prev, 1 - a, F64), F64) * sqrt_rn(1 - div_rn(a, a_prev, F64), F64)
+    # Song et al. eq. 16, the variance factor clamped at 0 where a_prev < a (docs/ops_contract.md)
+    var = tl.maximum(1 - div_rn(a, a_prev, F64), 0.0)
+    sigma = eta * sqrt_rn(div_rn(1 - a_prev, 1 - a, F64), F64) * sqrt_rn(var, F64)
     direction = sqrt_rn(tl.maximum(1 - a_prev - sigma * sigma, 0.0), F64) * eps
     out = sqrt_rn(a_prev, F64) * x0 + direction
     if NOISE:
