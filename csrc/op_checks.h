@@ -95,6 +95,11 @@ inline void check_nonnegative_finite(const char* op, const char* name, double v)
               v);
 }
 
+inline void check_positive_finite(const char* op, const char* name, double v) {
+  TORCH_CHECK(std::isfinite(v) && v > 0.0, "ddpm_fast::", op, ": ", name, " must be a finite number in (0, inf), got ",
+              v);
+}
+
 inline void check_enum(const char* op, const char* name, int64_t v, int64_t n) {
   TORCH_CHECK(v >= 0 && v < n, "ddpm_fast::", op, ": ", name, " must be in [0, ", n, "), got ", v);
 }
@@ -267,7 +272,7 @@ inline GroupNormSizes check_groupnorm_temb_silu_args(const char* op, const at::T
   TORCH_CHECK(temb_mode == TEMB_NONE || temb.has_value(), "ddpm_fast::", op, ": temb_mode ", temb_mode,
               " needs a temb tensor");
   if (temb.has_value()) check_temb(op, *temb, x);
-  check_nonnegative_finite(op, "eps", eps);
+  check_positive_finite(op, "eps", eps);  // eps = 0 on a one-element group is 0/0
   return GroupNormSizes{B, C, B * C == 0 ? 0 : x.numel() / (B * C)};
 }
 

@@ -187,50 +187,31 @@ def noise_cases(draw):
     return ops.rand, (shape, seed), kw
 
 
-# Properties that fail on main today, each for a check that belongs in the ops' front or
-# kernels (ddpm_fast/ops/): the falsifying draws hypothesis reports are recorded here so the
-# property itself stays whole. Non-strict: a fix shows up as XPASS in the -ra summary.
-PENDING = {
-    ("groupnorm_temb_silu", "*"): "eps=0 with one element per group (x of shape (2, 1, 1), one "
-                                  "group) gives 0/0 = NaN; the reference raises torch's 'Expected more than 1 value "
-                                  "per channel' for x of shape (1, 1, 1) where cpp returns a value",
-}
-
-
-def backends(op):
-    """The available backends as parameters, a PENDING entry marked xfail with its reason."""
-    params = []
-    for b in AVAILABLE:
-        why = PENDING.get((op, b)) or PENDING.get((op, "*"))
-        params.append(pytest.param(b, marks=pytest.mark.xfail(reason=why, strict=False)) if why else b)
-    return pytest.mark.parametrize("backend", params)
-
-
-@backends("q_sample")
+@pytest.mark.parametrize("backend", AVAILABLE)
 def test_q_sample(backend):
     run_property(q_sample_cases(), backend)
 
 
-@backends("reverse_step")
+@pytest.mark.parametrize("backend", AVAILABLE)
 def test_reverse_step(backend):
     run_property(step_cases(ddim=False), backend)
 
 
-@backends("ddim_step")
+@pytest.mark.parametrize("backend", AVAILABLE)
 def test_ddim_step(backend):
     run_property(step_cases(ddim=True), backend)
 
 
-@backends("temb_add")
+@pytest.mark.parametrize("backend", AVAILABLE)
 def test_temb_add(backend):
     run_property(temb_add_cases(), backend)
 
 
-@backends("groupnorm_temb_silu")
+@pytest.mark.parametrize("backend", AVAILABLE)
 def test_groupnorm_temb_silu(backend):
     run_property(groupnorm_cases(), backend)
 
 
-@backends("noise")
+@pytest.mark.parametrize("backend", AVAILABLE)
 def test_randn_and_rand(backend):
     run_property(noise_cases(), backend)

@@ -174,7 +174,8 @@ def groupnorm_temb_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     if mode and temb is None:
         raise ValueError(f"temb_mode={temb_mode!r} needs a temb tensor")
     check_same_device(x=x, weight=weight, bias=bias, temb=temb)
-    eps = check_param("eps", eps, low=0.0, low_inclusive=True, finite=True)
+    # eps > 0: a group of one element has variance 0, and eps = 0 would make it 0/0
+    eps = check_param("eps", eps, low=0.0, finite=True)
     return implementation("groupnorm_temb_silu", backend, x.device)(
         x, weight, bias, temb, num_groups, eps, mode, bool(apply_silu))
 

@@ -149,7 +149,9 @@ def groupnorm_temb_silu(x, weight, bias, temb: Optional[torch.Tensor], num_group
     view = None if temb is None else temb.reshape(*temb.shape, *([1] * (x.dim() - 2))).to(cd)
     if temb_mode == TEMB_BEFORE_NORM:
         h = h + view
-    h = F.group_norm(h, num_groups, weight.to(cd), bias.to(cd), eps)
+    # the aten op, not F.group_norm: the latter refuses a single value per group ("Expected more
+    # than 1 value per channel when training") where GroupNorm is defined, (x - mean) = 0
+    h = torch.group_norm(h, num_groups, weight.to(cd), bias.to(cd), eps, False)
     if temb_mode == TEMB_AFTER_NORM:
         h = h + view
     if apply_silu:
