@@ -34,7 +34,7 @@ __all__ = ["OPS", "available", "build_info", "has_cuda_kernels", "unavailable_re
 
 OPS = tuple(op.name for op in table.OPS)
 _MARKER = b"ddpm_fast-build-info:torch="
-_BUILD_HINT = "build it with `pip install --no-build-isolation -e .` in the repository"
+_BUILD_HINT = "build it with `pip install -e .` in the repository (README.md, Set-up)"
 
 _load_error: Optional[str] = None
 _build_info: Optional[str] = None
