@@ -52,7 +52,13 @@ _WORKER = textwrap.dedent("""
         t["samples"] = res.samples.contiguous()
     save_file(t, os.path.join({out!r}, f"rank{{rank}}.safetensors"))
     print("rank", rank, "losses", res.losses, "has_samples", res.samples is not None)
+    # the process group outlives train(): a second run reuses it (re-creating it on torchrun's
+    # store could hang under load, both ranks in DDP's first collective)
+    import torch.distributed as dist
+    group = dist.group.WORLD
+    assert dist.is_initialized() and group is not None
     res = train(config(os.path.join({out!r}, "sgd"), batch_size=4, **SGD), data=make_data())
+    assert dist.group.WORLD is group
     save_file({{k: v.contiguous() for k, v in res.model.state_dict().items()}},
               os.path.join({out!r}, f"rank{{rank}}_sgd.safetensors"))
 """)

@@ -7,6 +7,7 @@ examples and noise of one process with batch N * B.
 """
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -22,7 +23,6 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    created: bool = False     # we called init_process_group (and will destroy it)
 
     @property
     def enabled(self) -> bool:
@@ -36,10 +36,10 @@ class DistInfo:
         if self.enabled:
             dist.barrier()
 
-    def close(self) -> None:
-        if self.created and dist.is_initialized():
-            dist.destroy_process_group()
-            self.created = False
+
+def _destroy_at_exit() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def setup_distributed(device: Optional[str]) -> tuple[DistInfo, torch.device]:
@@ -55,13 +55,16 @@ def setup_distributed(device: Optional[str]) -> tuple[DistInfo, torch.device]:
         dev = torch.device("cuda", local_rank)          # one GPU per process
     if world <= 1:
         return DistInfo(), dev
-    created = False
     if not dist.is_initialized():
+        # One process group for the life of the process, destroyed at exit. A second train() in
+        # the same process reuses it: destroying and re-creating the default group on torchrun's
+        # store reuses its rendezvous keys, and under load one rank can read its peer's stale
+        # address from the first group and both then wait forever in DDP's first collective.
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-        created = True
-    info = DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, created)
+        atexit.register(_destroy_at_exit)
+    info = DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
     return info, dev
 
 

@@ -284,7 +284,6 @@ def _train(cfg: TrainConfig, user_model, data, ckpt, callback) -> TrainResult:
         return _train_inner(cfg, user_model, data, ckpt, callback, info, device, timings, t_start)
     finally:
         torch.set_num_threads(threads)
-        info.close()
 
 
 def _train_inner(cfg, user_model, data, ckpt, callback, info: DistInfo, device, timings, t_start):
