@@ -203,6 +203,22 @@ def test_wrong_device_is_a_clear_error():
         ops.q_sample(x, torch.tensor(1), _table("cuda"), x)
 
 
+
+@requires_cuda
+@pytest.mark.parametrize("batch,numel", [(1, 1), (5, 1), (3, 3), (7, 5), (2, 1023), (3, 1025), (2, 4096), (600, 6)])
+def test_cuda_philox_rows_of_any_length(batch, numel):
+    """philox_kernel stages a block's counters in shared memory and stores the contiguous range
+    they cover with 16-byte accesses: rows shorter than a quad, rows that straddle blocks and
+    blocks that straddle rows give the reference's uniforms bitwise, and its normals within the
+    CUDA bound of docs/ops_contract.md (5 * 2**-24 relative)."""
+    t = torch.tensor([7 * i % 1000 for i in range(batch)])
+    args = (batch, numel, 11, 1)
+    got = ops.philox_uniform(_seed("cuda"), t.cuda(), *args).cpu()
+    assert torch.equal(got, reference.philox_uniform(_seed("cpu"), t, *args))
+    z = ops.philox_normal(_seed("cuda"), t.cuda(), *args).cpu().double()
+    want = ops.philox_normal(_seed("cpu"), t, *args).double()   # correctly rounded (test_cpu_noise.py)
+    assert ((z - want).abs() <= 6 * 2.0 ** -24 * want.abs()).all()
+
 # --- torch.library / torch.compile --------------------------------------------------------------
 
 def test_opcheck_raw_generator():

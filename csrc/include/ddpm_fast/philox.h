@@ -3,12 +3,14 @@
 //   key (k0, k1) = low/high 32 bits of the int64 seed;
 //   counter (c0, c1, c2, c3) = (element / 4, global sample, timestep, stream);
 //   u = ((w >> 9) + 0.5) * 2^-23 (exact in float32, in (0, 1));
-//   Box-Muller on word pairs (0, 1) and (2, 3): r = sqrt(-2 log u_a), theta = 2pi u_b.
+//   Box-Muller on word pairs (0, 1) and (2, 3): r = sqrt(-2 log u_a), theta = 2pi u_b
+//   (float32 here, for the CUDA kernels; the CPU kernels evaluate it in double, csrc/cpu/philox_simd.cpp).
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 
+#include "ddpm_fast/box_muller_math.h"
 #include "ddpm_fast/macros.h"
 
 namespace ddpm_fast {
@@ -67,12 +69,14 @@ DDPM_FAST_HD float uniform_from_word(uint32_t w) {
   return (static_cast<float>(w >> 9) + 0.5f) * kTwoPow23Inv;
 }
 
-// Box-Muller on one pair of uniforms (float32, as the reference): z_a = r cos(theta), z_b = r sin(theta).
+// Box-Muller on one pair of uniforms (float32, as the reference): z_a = r cos(theta), z_b = r sin(theta),
+// with the range-restricted log and sin/cos of box_muller_math.h (its header comment: error bound).
 DDPM_FAST_HD void box_muller(float ua, float ub, float& za, float& zb) {
-  const float r = sqrtf(-2.0f * logf(ua));
-  const float theta = ub * kTwoPiF32;
-  za = r * cosf(theta);
-  zb = r * sinf(theta);
+  const float r = sqrtf(-2.0f * log_unit(ua));
+  float c, s;
+  sincos_0_2pi(ub * kTwoPiF32, c, s);
+  za = mul_rn(r, c);
+  zb = mul_rn(r, s);
 }
 
 // The four standard normals of one counter.
