@@ -162,6 +162,27 @@ def test_problems_only_gate_fp32_elementwise_widths():
     assert len(gpu_check.problems(dict(rec, fp32=True, gate_loads=False))) == 1
 
 
+
+def test_problems_gate_noise_stack_frames_and_groupnorm_widths():
+    """A noise kernel with any stack frame fails; a GroupNorm kernel without 16-byte accesses
+    fails (fp32 Triton configs; CUDA's vector kernels, not its W = 1 fallback or finalize)."""
+    ok = dict(ok=True, spill_stores=0, spill_loads=0, elementwise=False, fp32=True, load_bytes=16,
+              store_bytes=16, stack=0)
+    for k in ("philox_kernel", "q_sample_seeded_kernel", "reverse_step_kernel", "ddim_step_kernel"):
+        assert gpu_check.problems(dict(ok, kernel=k)) == []
+        assert gpu_check.problems(dict(ok, kernel=k, stack=32)) == ["noise kernel has a 32 B stack frame"]
+    assert gpu_check.problems(dict(ok, kernel="groupnorm_finalize_kernel", stack=16)) == []
+    narrow = dict(ok, load_bytes=4, store_bytes=4)
+    cases = [("triton", "groupnorm_temb_silu_kernel", "-", 2), ("triton", "groupnorm_apply_kernel", "-", 2),
+             ("triton", "groupnorm_stats_kernel", "-", 1), ("cuda", "groupnorm_apply_kernel", "8", 2),
+             ("cuda", "groupnorm_stats_kernel", "8", 1), ("cuda", "groupnorm_apply_kernel", "1", 0),
+             ("cuda", "groupnorm_finalize_kernel", "-", 0)]
+    for source, kernel, config, n in cases:
+        rec = dict(narrow, source=source, kernel=kernel, config=config)
+        assert len(gpu_check.problems(rec)) == n, (source, kernel, config)
+        assert gpu_check.problems(dict(rec, load_bytes=16, store_bytes=16)) == []
+    assert gpu_check.problems(dict(narrow, source="triton", kernel="groupnorm_apply_kernel", fp32=False)) == []
+
 _NVCC_LOG = """\
 ptxas info    : 0 bytes gmem
 ptxas info    : Compiling entry function '_Z3bigPf' for 'sm_80'

@@ -38,7 +38,24 @@ DEFAULT_JSON = REPO / "benchmarks" / "results" / "gpu_check.json"
 BUILD_SCRIPT = REPO / "scripts" / "build_cuda_extension.sh"
 MIN_BYTES = 16  # per thread per global load/store, element-wise kernels at fp32 (one 128-bit access)
 
+# Kernels that draw Philox normals: their Box-Muller must not call into libm's sin/cos slow path,
+# whose local array is the only stack frame they ever had (csrc/include/ddpm_fast/box_muller_math.h).
+NOISE_KERNELS = ("philox", "q_sample_seeded", "reverse_step", "ddim_step")
+
 PASS, FAIL, INCOMPLETE = 0, 1, 3
+
+
+def _groupnorm_widths(rec: dict) -> tuple[str, ...]:
+    """Which global accesses of a GroupNorm kernel record must be 16 bytes wide: the fp32 Triton
+    kernels' loads and stores (the split path's stats kernel stores 3 scalars: loads only); the
+    CUDA vector kernels (template width 8; the W = 1 fallback and the per-row finalize kernel
+    are scalar by design)."""
+    name = rec.get("kernel", "").lower()
+    if "groupnorm" not in name or not rec.get("fp32"):
+        return ()
+    if rec.get("source") == "cuda" and ("finalize" in name or rec.get("config") != "8"):
+        return ()
+    return ("load",) if "stats" in name else ("load", "store")
 
 
 def problems(rec: dict) -> list[str]:
@@ -46,6 +63,12 @@ def problems(rec: dict) -> list[str]:
     if not rec.get("ok"):
         return ["compile failed: " + (rec.get("error") or "?").strip().splitlines()[-1][:300]]
     out = []
+    if rec.get("stack") and any(k in rec.get("kernel", "").lower() for k in NOISE_KERNELS):
+        out.append(f"noise kernel has a {rec['stack']} B stack frame")
+    for kind in _groupnorm_widths(rec):
+        b = rec.get(f"{kind}_bytes")
+        if b is not None and b < MIN_BYTES:
+            out.append(f"GroupNorm kernel: widest global {kind} {b} B < {MIN_BYTES} B")
     if rec.get("spill_stores") or rec.get("spill_loads"):
         out.append(f"spills {rec['spill_stores']} B stores / {rec['spill_loads']} B loads")
     if rec.get("elementwise") and rec.get("fp32"):
@@ -103,7 +126,7 @@ def format_summary(records: list[dict]) -> str:
         key = (r.get("source", ""), r.get("op") or r["kernel"], r.get("arch", ""))
         groups.setdefault(key, []).append(r)
     head = f"{'source':6}  {'op / kernel':28}  {'arch':5}  {'cfgs':>4}  {'regs':>7}  {'max spill':>9}  " \
-           f"{'min ld B':>8}  {'min st B':>8}  fail"
+           f"{'max stack':>9}  {'min ld B':>8}  {'min st B':>8}  fail"
     rows = [head, "-" * len(head)]
 
     def lo(vals):
@@ -113,9 +136,11 @@ def format_summary(records: list[dict]) -> str:
     for (src, name, arch), rs in sorted(groups.items()):
         regs = [r["regs"] for r in rs]
         spill = max(max(r.get("spill_stores", 0), r.get("spill_loads", 0)) for r in rs)
+        stack = max(r.get("stack") or 0 for r in rs)
         wide = [r for r in rs if r.get("fp32")] or rs
         rows.append(f"{src:6}  {name[:28]:28}  {arch:5}  {len(rs):>4}  "
-                    f"{min(regs):>3}-{max(regs):<3}  {spill:>9}  {lo(r.get('load_bytes') for r in wide):>8}  "
+                    f"{min(regs):>3}-{max(regs):<3}  {spill:>9}  {stack:>9}  "
+                    f"{lo(r.get('load_bytes') for r in wide):>8}  "
                     f"{lo(r.get('store_bytes') for r in wide):>8}  {sum(1 for r in rs if r['problems'])}")
     return "\n".join(rows)
 

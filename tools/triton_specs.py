@@ -124,18 +124,29 @@ def _temb_add() -> list:
 
 
 def _groupnorm_temb_silu() -> list:
+    gn = groupnorm_temb_silu
     specs = []
-    configs = groupnorm_temb_silu.CONFIGS
-    for cfg in configs:
-        for tag in DTYPES:
-            ty = "*" + tag
-            sig = {"x_ptr": ty, "w_ptr": ty, "b_ptr": ty, "temb_ptr": ty, "out_ptr": ty, "C": "i32", "HW": "i32",
-                   "G": "i32", "CPG": "i32", "eps": "fp32"}
-            for single in ([True, False] if cfg is configs[-1] else [True]):
-                specs.append(make_spec("groupnorm_temb_silu", groupnorm_temb_silu.groupnorm_temb_silu_kernel, cfg,
-                                       tag + ("" if single else ",chunked"), sig,
-                                       {"TEMB": 1, "SILU": True, "SINGLE": single, "F64": False},
-                                       elementwise=False, sizes=("C", "HW")))
+    configs = gn.CONFIGS
+    base = {"C": "i32", "HW": "i32", "G": "i32", "CPG": "i32"}
+    rect = {"S": "i32", "SH": "i32", "CPS": "i32", "HPS": "i32"}
+    for tag in DTYPES:
+        ty = "*" + tag
+        sig = {"x_ptr": ty, "w_ptr": ty, "b_ptr": ty, "temb_ptr": ty, "out_ptr": ty, **base, "eps": "fp32"}
+        for cfg in configs:
+            specs.append(make_spec("groupnorm_temb_silu", gn.groupnorm_temb_silu_kernel, cfg,
+                                   tag, sig, {"TEMB": 1, "SILU": True, "F64": False},
+                                   elementwise=False, sizes=("C", "HW")))
+        # the split path at its widest tile (HW >= 1024) and its narrowest rows (HW = 16)
+        for rows, hwb in ((4, 1024), (256, 16)):
+            tile = triton.Config({"ROWS": rows, "HWB": hwb}, num_warps=gn.SPLIT_WARPS, num_stages=1)
+            stats_sig = {"x_ptr": ty, "temb_ptr": ty, "part_ptr": "*fp32", **base, **rect}
+            specs.append(make_spec("groupnorm_temb_silu:split-stats", gn.groupnorm_stats_kernel, tile,
+                                   tag + ",split-stats", stats_sig, {"TEMB": 1, "F64": False},
+                                   elementwise=False, sizes=("C", "HW", "HPS")))
+            apply_sig = {**sig, "part_ptr": "*fp32", **rect}
+            specs.append(make_spec("groupnorm_temb_silu:split-apply", gn.groupnorm_apply_kernel, tile,
+                                   tag + ",split-apply", apply_sig, {"TEMB": 1, "SILU": True, "F64": False, "SB": 64},
+                                   elementwise=False, sizes=("C", "HW", "HPS")))
     return specs
 
 

@@ -189,12 +189,15 @@ at::Tensor groupnorm_temb_silu(const at::Tensor& x_in, const at::Tensor& weight_
   at::Tensor temb;
   if (temb_mode != TEMB_NONE) temb = temb_in->contiguous();
   at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
+  // scratch from torch's caching allocator, on the current stream like the launch
+  const at::Tensor workspace =
+      at::empty({groupnorm_temb_silu_workspace_floats(s.B, s.C, s.HW, num_groups)}, x.options().dtype(at::kFloat));
   check_launch(op, launch_groupnorm_temb_silu(
                        out.data_ptr(), x.data_ptr(), dtype_code(x), w.data_ptr(), dtype_code(w), b.data_ptr(),
                        dtype_code(b), temb_mode != TEMB_NONE ? temb.data_ptr() : nullptr,
                        temb_mode != TEMB_NONE ? dtype_code(temb) : DT_FLOAT32, s.B, s.C, s.HW, num_groups,
                        static_cast<float>(eps), static_cast<int>(temb_mode), apply_silu,
-                       c10::cuda::getCurrentCUDAStream()));
+                       workspace.data_ptr<float>(), c10::cuda::getCurrentCUDAStream()));
   return out;
 }
 

@@ -83,6 +83,52 @@ __device__ __forceinline__ void st4(void* p, int dt, int64_t i, int n, bool vec,
   }
 }
 
+// 8 consecutive elements [i, i + 8) as float32, i 8-element aligned and the pointer 16-byte
+// aligned: two 16-byte accesses at fp32, one at fp16/bf16 (8 x 16 bit).
+__device__ __forceinline__ void ld8(const void* p, int dt, int64_t i, float v[8]) {
+  if (dt == DT_FLOAT32) {
+    const float4* q = reinterpret_cast<const float4*>(static_cast<const float*>(p) + i);
+    const float4 a = q[0], b = q[1];
+    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+    v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+  } else {
+    const uint4 raw = *reinterpret_cast<const uint4*>(static_cast<const char*>(p) + 2 * i);
+    const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      float2 f;
+      if (dt == DT_FLOAT16) {
+        f = __half22float2(*reinterpret_cast<const __half2*>(&w[j]));
+      } else {
+        f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[j]));
+      }
+      v[2 * j] = f.x;
+      v[2 * j + 1] = f.y;
+    }
+  }
+}
+
+__device__ __forceinline__ void st8(void* p, int dt, int64_t i, const float v[8]) {
+  if (dt == DT_FLOAT32) {
+    float4* q = reinterpret_cast<float4*>(static_cast<float*>(p) + i);
+    q[0] = make_float4(v[0], v[1], v[2], v[3]);
+    q[1] = make_float4(v[4], v[5], v[6], v[7]);
+  } else {
+    uint32_t w[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if (dt == DT_FLOAT16) {
+        const __half2 h = __floats2half2_rn(v[2 * j], v[2 * j + 1]);
+        w[j] = *reinterpret_cast<const uint32_t*>(&h);
+      } else {
+        const __nv_bfloat162 h = __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
+        w[j] = *reinterpret_cast<const uint32_t*>(&h);
+      }
+    }
+    *reinterpret_cast<uint4*>(static_cast<char*>(p) + 2 * i) = make_uint4(w[0], w[1], w[2], w[3]);
+  }
+}
+
 // True when a quad of dtype dt at any 4-aligned index of p is one aligned vector access.
 inline bool quad_aligned(const void* p, int dt) {
   const uintptr_t bytes = dt == DT_FLOAT32 ? 16 : 8;

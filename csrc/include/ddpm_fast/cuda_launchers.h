@@ -60,11 +60,14 @@ cudaError_t launch_ddim_step(void* out, const void* x_t, int dtype, const void* 
 cudaError_t launch_temb_add(void* out, const void* h, int dtype, const void* temb, int temb_dtype, int64_t B,
                             int64_t C, int64_t HW, cudaStream_t stream);
 
-// x [B, C, HW]; weight, bias [C]; temb [B, C] or nullptr.
+// x [B, C, HW]; weight, bias [C]; temb [B, C] or nullptr; workspace: a float32 scratch buffer of
+// groupnorm_temb_silu_workspace_floats(B, C, HW, num_groups) elements (per-block partial
+// statistics and per-row coefficients), used on `stream` only.
+int64_t groupnorm_temb_silu_workspace_floats(int64_t B, int64_t C, int64_t HW, int64_t num_groups);
 cudaError_t launch_groupnorm_temb_silu(void* out, const void* x, int dtype, const void* weight, int w_dtype,
                                        const void* bias, int b_dtype, const void* temb, int temb_dtype,
                                        int64_t B, int64_t C, int64_t HW, int64_t num_groups, float eps,
-                                       int temb_mode, bool apply_silu, cudaStream_t stream);
+                                       int temb_mode, bool apply_silu, float* workspace, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace ddpm_fast
