@@ -10,6 +10,7 @@ from .samplers.arguments import check_device, check_model_kwargs, check_shape
 from .samplers.chunks import draw_seed
 from .samplers.eager import sample_eager
 from .samplers.fast import graph_mode, sample_fast
+from .samplers.guidance_kwargs import check_guidance
 from .samplers.settings import make_spec, resolve_model
 from .schedule import NoiseSchedule
 
@@ -26,7 +27,9 @@ def sample(model: Callable, shape: Sequence[int], *,
            clip_range: Optional[float] = None, use_clipped_model_output: Optional[bool] = None,
            thresholding: Optional[bool] = None, dynamic_thresholding_ratio: Optional[float] = None,
            sample_max_value: Optional[float] = None,
-           model_kwargs: Optional[dict] = None, backend: Optional[str] = None,
+           model_kwargs: Optional[dict] = None, uncond_kwargs: Optional[dict] = None,
+           guidance_scale: Optional[float] = None, guidance_rescale: float = 0.0,
+           backend: Optional[str] = None,
            device: Union[torch.device, str, None] = None, dtype: torch.dtype = torch.float32,
            sample_offset: int = 0, chunk_size: Optional[int] = None,
            timestep_spacing: Optional[str] = None, steps_offset: Optional[int] = None,
@@ -75,6 +78,14 @@ def sample(model: Callable, shape: Sequence[int], *,
     model_kwargs: a dict passed to every model call. Per-sample values are the tensors whose
       first dimension is B (labels, embeddings): a chunk gets its rows. Wrap a tensor shared by
       all samples that happens to have B rows in ``ddpm_fast.Shared(...)``, so chunks get it whole.
+    guidance_scale, uncond_kwargs: classifier-free guidance (Ho & Salimans 2022). Each step runs
+      the model once on 2B inputs (x and t duplicated, ``model_kwargs`` rows first, then
+      ``uncond_kwargs`` rows, e.g. ``{"y": null_labels}``; same keys, per-sample tensors of B
+      rows) and the step combines the halves of its output in the model's output space:
+      m = m_u + guidance_scale (m_c - m_u) (diffusers' convention: 1 = conditional alone, 0 =
+      unconditional), fused into the step kernel (docs/ops_contract.md).
+    guidance_rescale: Lin et al. 2023's rescale of the guided output to the conditional
+      output's per-sample std, mixed in by this factor in [0, 1] (diffusers' ``rescale_noise_cfg``).
     chunk_size: sample at most this many at a time (same results as one batch).
     x_T: start from this noise instead of the seeded one (float [B, ...]).
     check_nan: raise FloatingPointError if the model ever outputs NaN/inf (checked on the
@@ -99,15 +110,16 @@ def sample(model: Callable, shape: Sequence[int], *,
     model, schedule, settings = resolve_model(model, schedule, explicit)
     shape = check_shape(shape)
     model_kwargs = check_model_kwargs(model_kwargs)
+    guidance = check_guidance(guidance_scale, guidance_rescale, model_kwargs, uncond_kwargs, shape[0])
     home = model_device(model)
     device = torch.device(device) if device is not None else (home or torch.device("cpu"))
     check_device(device, home)
-    spec = make_spec(schedule, settings, shape, device, dtype, sample_offset, backend, check_nan)
+    spec = make_spec(schedule, settings, shape, device, dtype, sample_offset, backend, check_nan, guidance)
     every = intermediate_every if return_intermediates else 0
     mode = graph_mode(cuda_graph, device)
     if compile or mode is not None:
-        return sample_fast(spec, model, model_kwargs, seed, x_T, compile=compile, mode=mode,
+        return sample_fast(spec, model, model_kwargs, seed, x_T, uncond_kwargs, compile=compile, mode=mode,
                            auto_graph=cuda_graph is None, chunk_size=chunk_size, progress=progress,
                            every=every, schedule=schedule)
     return sample_eager(spec, model, model_kwargs, draw_seed() if seed is None else seed, x_T,
-                        chunk_size, progress, every)
+                        chunk_size, progress, every, uncond_kwargs)

@@ -27,11 +27,22 @@ def model_input_dtype(model: Any, default: torch.dtype = torch.float32) -> torch
 _DTYPE_CLASH = re.compile(r"dtype|scalar type|Input type|should be the same", re.IGNORECASE)
 
 
-def call_model(model: Callable, x: torch.Tensor, t: torch.Tensor, kwargs: dict) -> torch.Tensor:
+def call_model(model: Callable, x: torch.Tensor, t: torch.Tensor, kwargs: dict,
+               guided: bool = False) -> torch.Tensor:
     """``model(x, t, **kwargs)`` as a tensor. A dtype clash inside the model (x in one dtype,
-    its weights in another) is re-raised saying which dtype x had and how to change it."""
+    its weights in another) is re-raised saying which dtype x had and how to change it.
+    ``guided``: classifier-free guidance, one call on the 2B batch (x and t duplicated; kwargs
+    are the 2B-batch kwargs already, samplers/guidance.py), returning [2B, ...]."""
+    if guided:
+        x, t = torch.cat([x, x]), torch.cat([t, t])
     try:
         return unwrap_output(model(x, t, **kwargs))
+    except TypeError as e:
+        if not (guided and "keyword argument" in str(e)):
+            raise
+        raise TypeError(f"classifier-free guidance calls the model with the keyword arguments "
+                        f"{sorted(kwargs)} (model_kwargs / uncond_kwargs), which it does not take "
+                        f"({e}); guide a conditional model") from e
     except RuntimeError as e:
         if not _DTYPE_CLASH.search(str(e)):
             raise
@@ -64,26 +75,32 @@ def unwrap_output(out: Any) -> torch.Tensor:
                     "with .sample, as diffusers models return)")
 
 
-def check_output(out: torch.Tensor, x: torch.Tensor, learned_variance: bool = False) -> None:
-    """The model's output: x's shape, or twice its channels for a learned-variance model."""
-    want = (x.shape[0], 2 * x.shape[1], *x.shape[2:]) if learned_variance else tuple(x.shape)
+def check_output(out: torch.Tensor, x: torch.Tensor, learned_variance: bool = False,
+                 guided: bool = False) -> None:
+    """The model's output: x's shape, or twice its channels for a learned-variance model;
+    twice the batch with classifier-free guidance (the model ran on 2B inputs)."""
+    batch = 2 * x.shape[0] if guided else x.shape[0]
+    want = (batch, 2 * x.shape[1], *x.shape[2:]) if learned_variance else (batch, *x.shape[1:])
     if tuple(out.shape) != want:
         hint = ""
         if not learned_variance and out.dim() == x.dim() and out.shape[1] == 2 * x.shape[1]:
             hint = (" (twice the channels: a learned-variance model; pass "
                     "variance_type='learned_range' or 'learned')")
-        raise ValueError(f"the model returned shape {tuple(out.shape)} for input {tuple(x.shape)}{hint}")
+        given = (2 * x.shape[0], *x.shape[1:]) if guided else tuple(x.shape)
+        raise ValueError(f"the model returned shape {tuple(out.shape)} for input {given}{hint}")
     if not out.is_floating_point():
         raise TypeError(f"the model returned {out.dtype}; expected a floating tensor")
 
 
-def make_caller(model: Callable, model_kwargs: Optional[dict], dtype: torch.dtype
+def make_caller(model: Callable, model_kwargs: Optional[dict], dtype: torch.dtype, guided: bool = False
                 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``call(x, t_batch) -> tensor`` for the user's model, casting x to its dtype."""
+    """``call(x, t_batch) -> tensor`` for the user's model, casting x to its dtype (on the 2B
+    batch with ``guided``: see ``call_model``)."""
     kwargs = dict(model_kwargs or {})
 
     def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return call_model(model, x.to(dtype), t, kwargs)
+        return call_model(model, x.to(dtype), t, kwargs, guided)
+    call.kwargs = kwargs
     return call
 
 

@@ -88,7 +88,7 @@ def step_backend(spec: SamplerSpec) -> Optional[str]:
 
 def step_out_impl(spec: SamplerSpec) -> Optional[Callable]:
     """The ``reverse_step_out`` of the backend that runs this spec's reverse_step, if it has one."""
-    if spec.sampler != "ddpm" or spec.needs_pre_step or spec.learned_variance is not None:
+    if spec.sampler != "ddpm" or spec.needs_pre_step or spec.learned_variance is not None or spec.guided:
         return None
     from ..ops import dispatch
     return dispatch.implementations("reverse_step_out").get(step_backend(spec))

@@ -23,9 +23,10 @@ from typing import Any, Callable, Optional, Union
 import torch
 
 from . import cache
-from .chunks import check_x_T, chunk_ranges, draw_seed, join_chunks, slice_kwargs, sub_spec
+from .chunks import check_x_T, chunk_ranges, draw_seed, join_chunks, sub_spec
 from .compiled import compile_kwargs
 from .graph import GRAPH_MODES, GraphSampler, LoopSampler
+from .guidance_kwargs import chunk_kwargs
 from .loop import SamplerSpec, nonfinite_error
 
 __all__ = ["sample_fast", "graph_mode", "clear_cache"]
@@ -49,7 +50,7 @@ def graph_mode(cuda_graph: Union[bool, str, None], device: torch.device) -> Opti
 
 
 def sample_fast(spec: SamplerSpec, model: Callable, model_kwargs: Optional[dict], seed: Any,
-                x_T: Optional[torch.Tensor], *, compile: Union[bool, str, dict], mode: Optional[str],
+                x_T: Optional[torch.Tensor], uncond_kwargs: Optional[dict] = None, *, compile: Union[bool, str, dict], mode: Optional[str],
                 auto_graph: bool, chunk_size: Optional[int], progress: bool, every: int, schedule=None):
     """Sample ``spec.shape`` with the compiled and/or graph-captured loop (see module docstring).
 
@@ -72,7 +73,7 @@ def sample_fast(spec: SamplerSpec, model: Callable, model_kwargs: Optional[dict]
     outs, inters, bads = [], [], []
     for start, n in ranges:
         sub = spec if n == B else sub_spec(spec, start, n)
-        kw = slice_kwargs(model_kwargs, start, n, B)
+        kw = chunk_kwargs(model_kwargs, uncond_kwargs, spec.guidance, start, n, B)
         key = cache.make_key(model, sub, digest, cache.kwargs_layout(kw), mode_key)
         runner = cache.get_or_build(model, key, lambda: _build(sub, model, kw, ckw, mode, every,
                                                                auto=auto_graph),

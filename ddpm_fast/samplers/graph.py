@@ -27,6 +27,7 @@ from . import cache
 from .adapters import call_model, check_output, model_input_dtype
 from .compiled import (compile_fn, compiled_model, make_advance, make_advance_inplace, step_backend,
                        step_out_impl, step_tables)
+from .guidance import check_halves_differ
 from .loop import SamplerSpec
 
 WARMUP_STEPS = 2   # on a side stream before capture: lazy inits (cuBLAS handles, compilation)
@@ -52,13 +53,16 @@ COMPILED_MODEL_BACKEND = {"cpu": "reference"}
 
 
 class _Model:
-    """``model(x, t) -> tensor`` over the user's model (compiled or not) with live kwargs."""
+    """``model(x, t) -> tensor`` over the user's model (compiled or not) with live kwargs;
+    ``guided``: on the 2B batch of classifier-free guidance (adapters.call_model)."""
 
     def __init__(self, model: Callable, compile_kwargs: Optional[dict], kwargs: dict,
-                 device: Optional[torch.device] = None, dtype: torch.dtype = torch.float32):
+                 device: Optional[torch.device] = None, dtype: torch.dtype = torch.float32,
+                 guided: bool = False):
         self.net = compiled_model(model, compile_kwargs) if compile_kwargs is not None else model
         self.dtype = model_input_dtype(model, dtype)
         self.kwargs = kwargs
+        self.guided = guided
         self.backend = None
         if compile_kwargs is not None and device is not None:
             from ..ops import get_backend
@@ -67,10 +71,10 @@ class _Model:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if self.backend is None:
-            return call_model(self.net, x.to(self.dtype), t, self.kwargs)
+            return call_model(self.net, x.to(self.dtype), t, self.kwargs, self.guided)
         from ..ops import use_backend
         with use_backend(self.backend):
-            return call_model(self.net, x.to(self.dtype), t, self.kwargs)
+            return call_model(self.net, x.to(self.dtype), t, self.kwargs, self.guided)
 
 
 class LoopSampler:
@@ -81,7 +85,8 @@ class LoopSampler:
                  compile_kwargs: Optional[dict]):
         self.spec = spec
         self.compiled = compile_kwargs is not None
-        self.model = _Model(model, compile_kwargs, dict(model_kwargs or {}), spec.device, spec.dtype)
+        self.model = _Model(model, compile_kwargs, dict(model_kwargs or {}), spec.device, spec.dtype,
+                            spec.guided)
         self.ts_b, ps_b = step_tables(spec)
         advance = make_advance(spec, self.ts_b, ps_b)
         # A fused backend's step is one kernel already: compiling around it only adds Dynamo's
@@ -101,7 +106,9 @@ class LoopSampler:
     def _step(self, x, i, seed, bad, check: bool = False):
         out = self.model(x, self.ts_b.index_select(0, i).reshape(x.shape[0]))
         if check:
-            check_output(out, x, self.spec.learned_variance is not None)
+            check_output(out, x, self.spec.learned_variance is not None, self.spec.guided)
+            if self.spec.guided:
+                check_halves_differ(out, self.model.kwargs)
         return self.advance(x, out, i, seed, bad)
 
     def run(self, seed: Any, x_T: Optional[torch.Tensor], model_kwargs: Optional[dict],
@@ -162,7 +169,7 @@ class GraphSampler:
         self.bad = _minus1(dev)
         static_kwargs = {k: (v.detach().clone() if isinstance(v, torch.Tensor) else v)
                          for k, v in (model_kwargs or {}).items()}
-        self.model = _Model(model, compile_kwargs, static_kwargs, spec.device, spec.dtype)
+        self.model = _Model(model, compile_kwargs, static_kwargs, spec.device, spec.dtype, spec.guided)
         n_inter = self.n_steps // self.every if self.every else 0
         self.inter = torch.zeros((n_inter, *spec.shape), dtype=spec.dtype, device=dev) if n_inter else None
         self.ts_b, ps_b = step_tables(spec)
@@ -200,7 +207,9 @@ class GraphSampler:
                 for _ in range(WARMUP_STEPS):      # compiles, autotunes, creates cuBLAS handles
                     self._reset()
                     out = self.model(self.x, self.ts_b.index_select(0, self.i).reshape(self.x.shape[0]))
-                    check_output(out, self.x, self.spec.learned_variance is not None)
+                    check_output(out, self.x, self.spec.learned_variance is not None, self.spec.guided)
+                    if self.spec.guided:
+                        check_halves_differ(out, self.model.kwargs)
                     self._body()
             if side is not None:
                 torch.cuda.current_stream(dev).wait_stream(side)

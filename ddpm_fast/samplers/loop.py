@@ -16,6 +16,7 @@ import torch
 from ..noise import STREAM_INIT
 from ..ops import implementation
 from ..ops.enums import PREDICTION_TYPES, VARIANCE_TYPES
+from .guidance import Guidance, check_halves_differ, combine
 from .plan import Plan
 from .learned_variance import kernel_noise, split_output
 from .x0_rules import X0Rule, pre_step
@@ -42,6 +43,7 @@ class SamplerSpec:
     threshold: Optional[tuple[float, float]] = None   # dynamic thresholding (ratio, max value)
     rederive_eps: bool = True          # DDIM: ε from the clipped x0, or the model's (diffusers)
     learned_variance: Optional[str] = None   # "learned" | "learned_range": 2C-channel model output
+    guidance: Optional[Guidance] = None      # classifier-free guidance: model output [2B, ...]
     impls: dict = field(default_factory=dict)
 
     def resolve(self) -> "SamplerSpec":
@@ -58,6 +60,21 @@ class SamplerSpec:
     def needs_pre_step(self) -> bool:
         """True when x0 needs work the fused step does not do (samplers/x0_rules.py)."""
         return self.x0_rule.needs_pre_step(self.sampler)
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance is not None
+
+    def combined_output(self, model_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The guided model output [B, ...] from the model's [2B, ...], in plain PyTorch
+        (samplers/guidance.py); a learned-variance model's variance channels are the
+        conditional half's (as diffusers' DiT pipeline keeps them)."""
+        g, cd = self.guidance, torch.float64 if x.dtype == torch.float64 else torch.float32
+        if self.learned_variance is None:
+            return combine(model_out, g.scale, g.rescale, cd)
+        C, B = x.shape[1], x.shape[0]
+        mean = combine(model_out[:, :C], g.scale, g.rescale, cd)
+        return torch.cat([mean, model_out[:B, C:].to(cd)], dim=1)
 
     @property
     def pred_code(self) -> int:
@@ -78,6 +95,8 @@ class SamplerSpec:
         """One fused step x_t -> x_prev (the backend's kernel; t, t_prev are device tensors),
         after the x0 pre-step when the spec's rules need one."""
         pred, clip, noise = self.pred_code, self.clip_denoised, None
+        if self.guided:
+            model_out = self.combined_output(model_out, x)
         if self.learned_variance is not None:
             model_out, v = split_output(model_out, x.shape[1])
             if self.sampler == "ddpm":   # DDIM uses the mean half only
@@ -135,9 +154,11 @@ def run_eager(spec: SamplerSpec, call: Callable, x: torch.Tensor, seed: torch.Te
     for i in steps:
         t, t_prev = ts[i], prevs[i]                     # device scalars: no host sync
         model_out = call(x, t.expand(B))
-        if model_out.shape != x.shape:
+        if model_out.shape != x.shape or spec.guided:
             from .adapters import check_output
-            check_output(model_out, x, spec.learned_variance is not None)
+            check_output(model_out, x, spec.learned_variance is not None, spec.guided)
+            if spec.guided and i == 0:
+                check_halves_differ(model_out, getattr(call, "kwargs", None))   # one host read, first step only
         tracker.update(model_out, t)
         x = spec.step(x, model_out, t, t_prev, seed)
         if intermediate_every and (i + 1) % intermediate_every == 0:

@@ -95,7 +95,7 @@ def _prediction(schedule: NoiseSchedule, asked: Optional[str], foreign: Optional
 
 def make_spec(schedule: NoiseSchedule, s: dict, shape: tuple, device: torch.device,
               dtype: torch.dtype, sample_offset: int, backend: Optional[str],
-              check_nan: bool) -> SamplerSpec:
+              check_nan: bool, guidance=None) -> SamplerSpec:
     """The SamplerSpec of resolved settings ``s``, every value checked."""
     sampler = s["sampler"]
     if sampler == "ddim":
@@ -117,7 +117,8 @@ def make_spec(schedule: NoiseSchedule, s: dict, shape: tuple, device: torch.devi
                        eta=float(s["eta"]), final_alpha_bar=final, sample_offset=sample_offset,
                        backend=resolve_backend(backend), check_nan=check_nan, threshold=threshold,
                        rederive_eps=bool(s["use_clipped_model_output"]),
-                       learned_variance=s["variance_type"] if s["variance_type"] in _LEARNED else None)
+                       learned_variance=s["variance_type"] if s["variance_type"] in _LEARNED else None,
+                       guidance=guidance)
     return spec.resolve()
 
 
