@@ -5,6 +5,8 @@
     torchrun --nproc_per_node 2 -m ddpm_fast train ...        # multi-process (DDP)
     ddpm-fast sample --checkpoint runs/digits/last.safetensors --n 64 --seed 0 \\
         --sampler ddim --steps 50 --out grid.png
+    ddpm-fast train --conditional --cond-drop 0.1 --out-dir runs/cond   # class-conditional
+    ddpm-fast sample --checkpoint runs/cond/last.safetensors --class 7 --guidance 3 --n 64
     ddpm-fast demo                                            # what `make demo` runs
 
 An error prints one line (what was wrong, which option, what to do) and exits with status 1;
@@ -23,6 +25,9 @@ from typing import Optional, Sequence
 
 __all__ = ["main", "build_parser"]
 
+# training options whose flag is not the field's name with dashes (the field's flag works too)
+_FLAG_ALIASES = {"cond_drop_prob": "--cond-drop"}
+
 _PRED_ALIASES = {"eps": "epsilon", "epsilon": "epsilon", "x0": "sample", "sample": "sample",
                  "v": "v_prediction", "v_prediction": "v_prediction"}
 
@@ -31,7 +36,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     from .training.config import TrainConfig
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
+        flags = [f"--{f.name.replace('_', '-')}"]
+        if f.name in _FLAG_ALIASES:
+            flags.insert(0, _FLAG_ALIASES[f.name])
+        flag = flags[-1]
         hint = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_ = f"(default: {default!r})"
@@ -47,7 +55,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
         else:
             base = typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Union else hint
-            p.add_argument(flag, type=base if base in (int, float) else str, default=None, help=help_)
+            p.add_argument(*flags, dest=f.name, type=base if base in (int, float) else str, default=None,
+                           help=help_)
 
 
 def _debug_flag(p: argparse.ArgumentParser, default) -> None:
@@ -56,6 +65,8 @@ def _debug_flag(p: argparse.ArgumentParser, default) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .training.demo import DEMO_CONFIG, DEMO_GUIDANCE
+    DEMO_STEPS = DEMO_CONFIG["steps"]
     ap = argparse.ArgumentParser(prog="ddpm-fast", description="Fast DDPM training and sampling.")
     _debug_flag(ap, False)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -67,7 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("sample", help="sample a grid from a checkpoint's EMA weights")
     sp.add_argument("--checkpoint", required=True)
-    sp.add_argument("--n", type=int, default=64)
+    sp.add_argument("--n", type=int, default=None,
+                    help="images (default 64); with --class all, images per class (default 8)")
+    sp.add_argument("--class", dest="class_", default=None, metavar="K|all|none",
+                    help="conditional checkpoints: the class to draw, 'all' (default: one row per "
+                         "class) or 'none' (the null class: the unconditional model)")
+    sp.add_argument("--guidance", type=float, default=None,
+                    help="classifier-free guidance scale w: eps_u + w (eps_c - eps_u); 1 (default) "
+                         "is the conditional model alone")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
     sp.add_argument("--steps", type=int, default=None,
@@ -83,12 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="print the digits quality metric (digits checkpoints)")
     sp.add_argument("--threads", type=int, default=None)
 
-    dm = sub.add_parser("demo", help="train on the embedded digits for a few minutes, sample, report")
+    dm = sub.add_parser("demo", help="train a class-conditional model on the embedded digits, "
+                                     "sample one row per class, report")
     dm.add_argument("--out-dir", default="out")
     dm.add_argument("--steps", type=int, default=None,
-                    help="training steps (default: as many as fit in --train-minutes on this machine)")
-    dm.add_argument("--train-minutes", type=float, default=4.0)
-    dm.add_argument("--threads", type=int, default=None)
+                    help=f"training steps (default: {DEMO_STEPS}, the same on every machine)")
+    dm.add_argument("--threads", type=int, default=None,
+                    help="CPU threads (default: 1, the same on every machine)")
+    dm.add_argument("--guidance", type=float, default=DEMO_GUIDANCE,
+                    help=f"classifier-free guidance scale of the samples (default: {DEMO_GUIDANCE:g})")
     dm.add_argument("--seed", type=int, default=0)
     dm.add_argument("--no-reference", action="store_true", help="skip the reference-backend timing")
     for p in (tr, sp, dm):       # --debug after the command too; SUPPRESS keeps a top-level --debug
@@ -125,29 +146,74 @@ def _sample_cmd(args) -> int:
     from .schedule import NoiseSchedule
     from .training.trainer import load_for_sampling
     from .utils.image import save_grid
-    from .training.trainer import image_shape_of
+    from .training.trainer import image_shape_of, num_classes_of
+    from .training.conditioning import guidance_kwargs
     _check_sample_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     model, cfg, ckpt = load_for_sampling(args.checkpoint, use_ema=not args.no_ema, device=args.device)
     shape = image_shape_of(ckpt, args.checkpoint)
+    labels, nrow, what = _sample_labels(args, num_classes_of(ckpt, args.checkpoint))
+    n = labels.shape[0] if labels is not None else (args.n or 64)
+    guide = {} if labels is None else guidance_kwargs(
+        labels.to(args.device), model.null_class, 1.0 if args.guidance is None else args.guidance)
     schedule = NoiseSchedule.make(cfg.schedule, cfg.T)
     steps = args.steps          # sample() decides what steps means for the sampler, or refuses
     t0 = time.perf_counter()
-    x = sample(model, (args.n, *shape), schedule=schedule, sampler=args.sampler, steps=steps,
+    x = sample(model, (n, *shape), schedule=schedule, sampler=args.sampler, steps=steps,
                eta=args.eta, seed=args.seed, prediction_type=cfg.prediction_type, backend=args.backend,
-               device=args.device, chunk_size=args.batch_size, compile=args.compile)
+               device=args.device, chunk_size=args.batch_size, compile=args.compile, **guide)
     dt = time.perf_counter() - t0
-    save_grid(x, args.out, scale=max(1, 64 // max(shape[1:])))
+    save_grid(x, args.out, nrow=nrow, scale=max(1, 64 // max(shape[1:])))
     nsteps = steps or cfg.T
-    print(f"sampled {args.n} images ({args.sampler}, {nsteps} steps, seed {args.seed}) in {dt:.2f} s "
-          f"({args.n / dt:.1f} images/s, {dt / nsteps * 1e3:.1f} ms/step) -> {args.out}")
-    if args.metric and cfg.data in ("digits", "sklearn-digits") and shape == (1, 16, 16) and args.n >= 2:
+    print(f"sampled {n} images{what} ({args.sampler}, {nsteps} steps, seed {args.seed}) in {dt:.2f} s "
+          f"({n / dt:.1f} images/s, {dt / nsteps * 1e3:.1f} ms/step) -> {args.out}")
+    if args.metric and cfg.data in ("digits", "sklearn-digits") and shape == (1, 16, 16) and n >= 2:
         import os
         from .metrics import DigitsMetric
         cache = os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "digits_classifier.safetensors")
-        print(DigitsMetric(cache=cache).evaluate(x))
+        real = labels is not None and args.class_ != "none"       # the null class is no digit
+        print(DigitsMetric(cache=cache).evaluate(x, labels if real else None))
     return 0
+
+
+def _check_guidance(w: float) -> None:
+    import math
+    if not (math.isfinite(w) and w >= 0):
+        raise OptionError("--guidance", f"must be a finite number >= 0 (1: the conditional model "
+                                        f"alone, 0: the unconditional one), got {w}")
+
+
+def _sample_labels(args, K):
+    """(labels int64 [n] or None, images per grid row or None, text for the summary line) for
+    ``--class`` / ``--guidance`` / ``--n`` on a checkpoint with K classes (None: unconditional)."""
+    import torch
+    from .training.conditioning import class_rows
+    if K is None:
+        for flag, v in (("--class", args.class_), ("--guidance", args.guidance)):
+            if v is not None:
+                raise OptionError(flag, "the checkpoint is unconditional (trained without --conditional): "
+                                        "leave it out")
+        return None, None, ""
+    if args.guidance is not None:
+        _check_guidance(args.guidance)
+    w = 1.0 if args.guidance is None else args.guidance
+    choice = "all" if args.class_ is None else args.class_.strip().lower()
+    if choice == "all":
+        per = args.n or 8
+        return class_rows(K, per), per, f" ({per} per class, one row per class, guidance {w:g})"
+    if choice == "none":
+        if args.guidance is not None:
+            raise OptionError("--guidance", "--class none samples the unconditional model (the null "
+                                            "class): guidance needs a class")
+        return torch.full((args.n or 64,), K, dtype=torch.int64), None, " (null class: unconditional)"
+    try:
+        k = int(choice)
+    except ValueError:
+        k = -1
+    if not 0 <= k < K:
+        raise OptionError("--class", f"must be a class in 0..{K - 1}, 'all' or 'none', got {args.class_!r}")
+    return torch.full((args.n or 64,), k, dtype=torch.int64), None, f" of class {k} (guidance {w:g})"
 
 
 class OptionError(ValueError):
@@ -158,7 +224,7 @@ class OptionError(ValueError):
 
 
 def _check_sample_args(args) -> None:
-    if args.n < 1:
+    if args.n is not None and args.n < 1:
         raise OptionError("--n", f"the number of images must be >= 1, got {args.n}")
     for flag, v in (("--threads", args.threads), ("--batch-size", args.batch_size), ("--steps", args.steps)):
         if v is not None and v < 1:
@@ -169,7 +235,7 @@ def _one_line(e: BaseException) -> str:
     """The error as one line; a training option is named by its flag (--min-snr-gamma)."""
     from .training.config import ConfigError
     if isinstance(e, ConfigError):
-        text = f"--{e.field.replace('_', '-')}: {e.reason}"
+        text = f"{_FLAG_ALIASES.get(e.field, '--' + e.field.replace('_', '-'))}: {e.reason}"
     else:
         text = str(e) or type(e).__name__
         if not isinstance(e, (ValueError, TypeError, FileNotFoundError)):   # say what kind it is
@@ -183,8 +249,12 @@ def _run(args) -> int:
     if args.command == "sample":
         return _sample_cmd(args)
     from .training.demo import run_demo
+    for flag, v in (("--steps", args.steps), ("--threads", args.threads)):
+        if v is not None and v < 1:
+            raise OptionError(flag, f"must be >= 1 (or left out), got {v}")
+    _check_guidance(args.guidance)
     return run_demo(out_dir=args.out_dir, steps=args.steps, threads=args.threads, seed=args.seed,
-                    reference=not args.no_reference, train_minutes=args.train_minutes)
+                    reference=not args.no_reference, guidance=args.guidance)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,6 +1,6 @@
 """UNet construction and forward inputs that used to be accepted and give NaN or a misleading
 error: ch 2 or 3 (the sinusoidal embedding divides by dim // 2 - 1 = 0), num_classes=0,
-num_groups=0, class labels outside [0, num_classes), an input dtype that is not the weights'."""
+num_groups=0, class labels outside [0, num_classes] (num_classes is the null class), an input dtype that is not the weights'."""
 import math
 
 import pytest
@@ -60,8 +60,9 @@ def test_class_labels_outside_the_range_are_named():
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([1, 2])
     with torch.no_grad():
         m(x, t, y=torch.tensor([0, 2]))
-        for bad in ([0, 3], [-1, 0]):
-            with pytest.raises(ValueError, match=r"in \[0, num_classes=3\)"):
+        m(x, t, y=torch.tensor([3, 3]))          # 3 = num_classes is the null class
+        for bad in ([0, 4], [-1, 0]):
+            with pytest.raises(ValueError, match=r"in \[0, num_classes=3\]"):
                 m(x, t, y=torch.tensor(bad))
         y = torch.tensor([0, 1])
         m(x, t, y=y)

@@ -213,11 +213,25 @@ def _find(folder: str, stem: str) -> Optional[str]:
     return None
 
 
+def _sibling_labels(images_path: str) -> Optional[str]:
+    """The labels file next to an images file named in the MNIST way
+    (``*-images-idx3-ubyte[.gz]`` -> ``*-labels-idx1-ubyte[.gz]``, also with dots), if present."""
+    folder, name = os.path.split(images_path)
+    for img, lab in (("images-idx3", "labels-idx1"), ("images.idx3", "labels.idx1")):
+        if img in name:
+            stem = name.replace(img, lab)
+            stem = stem[:-3] if stem.endswith(".gz") else stem
+            return _find(folder, stem.replace("labels.idx1", "labels-idx1"))
+    return None
+
+
 def mnist_idx(path: str | os.PathLike, split: str = "train", resolution: Optional[int] = None,
               labels_path: Optional[str | os.PathLike] = None) -> ImageData:
     """MNIST / Fashion-MNIST from IDX files: ``path`` is either an images file
     (``train-images-idx3-ubyte[.gz]``) or a folder holding the standard file names
-    (``split`` = "train" or "test" picks which). uint8 [N, 1, 28, 28] (or resized)."""
+    (``split`` = "train" or "test" picks which). uint8 [N, 1, 28, 28] (or resized).
+    Labels (int64 [N]) come from ``labels_path``, else from the labels file of the split
+    (``train-labels-idx1-ubyte[.gz]``) beside the images; without one, ``labels`` is None."""
     path = os.fspath(path)
     if os.path.isdir(path):
         if split not in _MNIST_NAMES:
@@ -230,6 +244,8 @@ def mnist_idx(path: str | os.PathLike, split: str = "train", resolution: Optiona
             labels_path = _find(path, lab_stem)
     else:
         images_path = path
+        if labels_path is None:
+            labels_path = _sibling_labels(images_path)
     arr = read_idx(images_path)
     if arr.ndim == 3:
         arr = arr[:, None]

@@ -5,7 +5,9 @@ untouched) on 80% of scikit-learn's digits; the other 20% are held out. For a se
 - Fréchet distance (FD) between Gaussians fitted to the classifier's penultimate features of the
   images and of the classifier's training digits;
 - mean max-class confidence (softmax) — recognisable digits score near the real ones;
-- the spread of predicted classes (how many of the 10 digits appear).
+- the spread of predicted classes (how many of the 10 digits appear);
+- for class-conditional samples (``labels`` given): the class accuracy, the fraction of images
+  the classifier assigns to the class they were generated for.
 The same numbers for as many held-out real digits give the scale: generated numbers close to
 the real ones mean "looks like digits to the classifier".
 """
@@ -142,12 +144,20 @@ class QualityReport:
     real_confidence: float
     real_classes_seen: int
     classifier_accuracy: float
+    # conditional samples only: fraction classified as their requested class; the real
+    # baseline is the classifier's accuracy on the same held-out digits as real_frechet's
+    class_accuracy: Optional[float] = None
+    real_class_accuracy: Optional[float] = None
 
     def __str__(self) -> str:
-        return (f"quality (digits classifier, acc {self.classifier_accuracy:.3f}) on {self.n} images: "
+        text = (f"quality (digits classifier, acc {self.classifier_accuracy:.3f}) on {self.n} images: "
                 f"FD {self.frechet:.2f} (real digits {self.real_frechet:.2f}), "
                 f"confidence {self.confidence:.3f} (real {self.real_confidence:.3f}), "
                 f"classes {self.classes_seen}/10 (real {self.real_classes_seen}/10)")
+        if self.class_accuracy is not None:
+            text += (f", class accuracy {self.class_accuracy:.3f} "
+                     f"(real {self.real_class_accuracy:.3f})")
+        return text
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -166,25 +176,59 @@ class DigitsMetric:
             self.ref_mu, self.ref_cov = gaussian_stats(self.model.features(train_x))
 
     @torch.no_grad()
-    def _numbers(self, x: torch.Tensor) -> tuple[float, float, int]:
+    def _numbers(self, x: torch.Tensor) -> tuple[float, float, int, torch.Tensor]:
         x = x.detach().float().cpu().clamp(-1, 1)
         feats = self.model.features(x)
         probs = F.softmax(self.model.head(feats), dim=1)
         mu, cov = gaussian_stats(feats)
         fd = frechet_distance(mu, cov, self.ref_mu, self.ref_cov)
-        return fd, float(probs.max(1).values.mean()), int(probs.argmax(1).unique().numel())
+        pred = probs.argmax(1)
+        return fd, float(probs.max(1).values.mean()), int(pred.unique().numel()), pred
 
-    def evaluate(self, images: torch.Tensor) -> QualityReport:
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """The classifier's class (int64 [N]) of images float [N, 1, 16, 16] in [-1, 1]."""
+        _check_images(images)
+        return self.model(images.detach().float().cpu().clamp(-1, 1)).argmax(1)
+
+    def evaluate(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None) -> QualityReport:
         """images: float [N, 1, 16, 16] in [-1, 1], N >= 2. Real baseline: N held-out digits
-        (all 359 when N is larger) — FD depends on N, so compare at the same N."""
-        if images.dim() != 4 or tuple(images.shape[1:]) != (1, 16, 16):
-            raise ValueError(f"expected images [N, 1, 16, 16], got {tuple(images.shape)}")
+        (all 359 when N is larger) — FD depends on N, so compare at the same N.
+        labels: for class-conditional samples, the class (int64 [N] in 0..9) each was generated
+        for; the report then holds the class accuracy (None without labels)."""
+        _check_images(images)
         n = images.shape[0]
-        fd, conf, seen = self._numbers(images)
+        labels = _check_labels(labels, n)
+        fd, conf, seen, pred = self._numbers(images)
         k = min(n, self.heldout_x.shape[0])
         sel = torch.randperm(self.heldout_x.shape[0], generator=torch.Generator().manual_seed(self.seed))[:k]
-        rfd, rconf, rseen = self._numbers(self.heldout_x[sel])
-        return QualityReport(n, fd, conf, seen, rfd, rconf, rseen, self.accuracy)
+        rfd, rconf, rseen, rpred = self._numbers(self.heldout_x[sel])
+        acc = real_acc = None
+        if labels is not None:
+            acc = float((pred == labels).double().mean())
+            real_acc = float((rpred == self.heldout_y[sel]).double().mean())
+        return QualityReport(n, fd, conf, seen, rfd, rconf, rseen, self.accuracy, acc, real_acc)
+
+
+def _check_images(images) -> None:
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or tuple(images.shape[1:]) != (1, 16, 16):
+        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"expected images [N, 1, 16, 16], got {got}")
+
+
+def _check_labels(labels, n: int) -> Optional[torch.Tensor]:
+    """labels as int64 [n] on the CPU, each in 0..9 (the digits' classes), or None."""
+    if labels is None:
+        return None
+    if not isinstance(labels, torch.Tensor) or labels.shape != (n,) or labels.is_floating_point() \
+            or labels.dtype == torch.bool:
+        got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"labels must be an integer tensor [{n}] (the class of each image), got {got}")
+    labels = labels.detach().cpu().long()
+    if n and (int(labels.min()) < 0 or int(labels.max()) > 9):
+        raise ValueError(f"labels must be digit classes in 0..9, got values in "
+                         f"[{int(labels.min())}, {int(labels.max())}] (the null class is not a class)")
+    return labels
 
 
 def digits_quality(images: torch.Tensor, *, seed: int = 0, cache: Optional[str] = None) -> QualityReport:

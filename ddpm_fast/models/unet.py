@@ -35,8 +35,9 @@ class UNet(nn.Module):
         attn_resolutions: feature-map sides (heights) at which self-attention is applied.
         dropout: dropout in every ResBlock, between its second norm and conv.
         resolution: input image size, int or (H, W); inputs must have exactly this size.
-        num_classes: None, or the number of classes (>= 1) for class conditioning (``y`` in
-            forward, labels in [0, num_classes)).
+        num_classes: None, or the number of classes K (>= 1) for class conditioning (``y`` in
+            forward). Label K is the reserved null class ("no label", :attr:`null_class`),
+            the unconditional input of classifier-free guidance: the embedding has K + 1 rows.
         num_groups: GroupNorm groups (>= 1), clamped per layer to the largest divisor of its channels.
         learn_sigma: output twice ``out_channels``: the prediction, then a learned-variance term
             per channel (for ``sample(..., variance_type="learned_range")``).
@@ -80,7 +81,8 @@ class UNet(nn.Module):
             return AttnBlock(c, G, backend) if side in self.attn_resolutions else nn.Identity()
 
         self.temb = nn.Sequential(nn.Linear(ch, temb_ch), nn.SiLU(), nn.Linear(temb_ch, temb_ch))
-        self.class_emb = nn.Embedding(num_classes, temb_ch) if num_classes is not None else None
+        # one row per class and a last one for the null class (classifier-free guidance)
+        self.class_emb = nn.Embedding(num_classes + 1, temb_ch) if num_classes is not None else None
         self._checked_labels = None     # (data_ptr, version, shape) of the last y found in range
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
 
@@ -143,6 +145,13 @@ class UNet(nn.Module):
                     pass
             break
 
+    @property
+    def null_class(self) -> Optional[int]:
+        """The label of the null class (``num_classes``), or None for an unconditional model.
+        Training drops labels to it (``train(cond_drop_prob=...)``); sampling passes it as the
+        unconditional input of classifier-free guidance."""
+        return self.num_classes
+
     # --- backend --------------------------------------------------------------------------------
 
     @property
@@ -164,7 +173,8 @@ class UNet(nn.Module):
         """x: float (B, in_channels, H, W) with (H, W) = ``resolution``, in the weights' dtype
         (any dtype under ``torch.autocast``); t: timesteps, int or float tensor (B,), a scalar
         tensor or a Python number (broadcast to B); y: int64 class labels (B,) in
-        [0, num_classes), required iff ``num_classes`` is set. Returns (B, out_channels, H, W)."""
+        [0, num_classes] (num_classes = the null class), required iff ``num_classes`` is set.
+        Returns (B, out_channels, H, W)."""
         B = self._check_inputs(x, y)
         if not torch.compiler.is_compiling():
             resolve_ops(self._backend, x.device)  # cached; raises if the backend cannot run here
@@ -228,16 +238,18 @@ class UNet(nn.Module):
                             f"convert the model (model.to({x.dtype})), or run under torch.autocast")
 
     def _check_labels(self, y: torch.Tensor) -> None:
-        """Labels in [0, num_classes), read once per label tensor (a host sync, skipped while
-        compiling or capturing a CUDA graph; a sampling loop passes the same y every step)."""
+        """Labels in [0, num_classes] (the last one is the null class), read once per label
+        tensor (a host sync, skipped while compiling or capturing a CUDA graph; a sampling
+        loop passes the same y every step)."""
         if torch.compiler.is_compiling() or (y.is_cuda and torch.cuda.is_current_stream_capturing()):
             return
         key = (y.data_ptr(), y._version, tuple(y.shape), y.device)
         if key == self._checked_labels:
             return
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
-            raise ValueError(f"class labels y must be in [0, num_classes={self.num_classes}), got "
-                             f"values in [{int(y.min())}, {int(y.max())}]")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) > self.num_classes):
+            raise ValueError(f"class labels y must be in [0, num_classes={self.num_classes}] "
+                             f"({self.num_classes} is the null class), got values in "
+                             f"[{int(y.min())}, {int(y.max())}]")
         self._checked_labels = key
 
     @staticmethod

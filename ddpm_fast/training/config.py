@@ -16,8 +16,8 @@ __all__ = ["TrainConfig", "ConfigError", "STRUCTURAL_KEYS"]
 
 # keys that must not change when resuming: they change the model's shapes, the meaning of its
 # output, or the data stream (which makes the resumed run differ from an uninterrupted one)
-STRUCTURAL_KEYS = ("data", "resolution", "channels", "model", "model_kwargs", "schedule", "T", "optimizer",
-                   "prediction_type", "seed", "batch_size")
+STRUCTURAL_KEYS = ("data", "resolution", "channels", "model", "model_kwargs", "conditional", "schedule",
+                   "T", "optimizer", "prediction_type", "seed", "batch_size")
 
 
 @dataclass
@@ -28,6 +28,11 @@ class TrainConfig:
     channels: Optional[int] = None       # image folders: 1 or 3 (None: detect)
     model: str = "tiny"                  # a UNet preset: "tiny" | "ddpm_cifar10"; "custom" = passed in
     model_kwargs: dict = field(default_factory=dict)   # overrides of the preset (ch, ch_mult, ...)
+    # class-conditional on the data's labels (K classes: UNet num_classes=K, label K = null class);
+    # each label is dropped to the null class with probability cond_drop_prob, which trains the
+    # unconditional model of classifier-free guidance (ddpm_fast/training/conditioning.py)
+    conditional: bool = False
+    cond_drop_prob: float = 0.1
     # diffusion
     schedule: str = "linear"
     T: int = 1000
@@ -64,6 +69,7 @@ class TrainConfig:
     sample_n: int = 64
     sampler: str = "ddim"                # for the grids: ddim (sample_steps) | ddpm (all T)
     sample_steps: int = 50
+    sample_guidance: float = 3.0         # conditional runs: classifier-free guidance scale of the grids
     metric: bool = True                  # the digits quality metric at the end (digits data only)
     progress: bool = True
 

@@ -21,7 +21,7 @@ _CHOICES = {"lr_schedule": ("constant", "cosine"), "precision": ("auto", "fp32",
 _MIN_INT = {"steps": 0, "batch_size": 1, "T": 2, "max_nonfinite": 1, "seed": 0, "warmup_steps": 0,
             "log_every": 1, "ckpt_every": 0, "sample_every": 0, "sample_n": 0, "sample_steps": 1}
 _OPTIONAL_MIN_INT = {"resolution": 1, "threads": 1}
-_BOOLS = ("compile", "metric", "progress")
+_BOOLS = ("compile", "metric", "progress", "conditional")
 
 
 class ConfigError(ValueError):
@@ -67,6 +67,10 @@ def _check_floats(c) -> None:
     number("weight_decay", lambda v: 0 <= v < math.inf, "a finite number >= 0")
     number("grad_clip", lambda v: v >= 0, "a max gradient norm > 0, or 0 to turn clipping off")
     number("ema_decay", lambda v: 0 <= v <= 1, "in [0, 1] (0: no averaging, e.g. 0.999)")
+    number("cond_drop_prob", lambda v: 0 <= v <= 1,
+           "in [0, 1]: the probability that a label is replaced by the null class (e.g. 0.1)")
+    number("sample_guidance", lambda v: 0 <= v < math.inf,
+           "a finite number >= 0 (1: the conditional model alone, 0: the unconditional one)")
     if c.min_snr_gamma is not None:
         number("min_snr_gamma", lambda v: 0 < v < math.inf,
                "a finite number > 0 (e.g. 5.0), or None to turn the min-SNR weighting off")
@@ -91,6 +95,9 @@ def _check_strings(c) -> None:
     if not isinstance(c.model_kwargs, dict) or not all(isinstance(k, str) for k in c.model_kwargs):
         raise ConfigError("model_kwargs", f"must be a dict of UNet arguments (e.g. {{'ch': 16}}), "
                                           f"got {c.model_kwargs!r}")
+    if "num_classes" in c.model_kwargs:
+        raise ConfigError("model_kwargs", "num_classes comes from the data's labels: train with "
+                                          "conditional=True (--conditional) instead")
 
 
 def _check_devices(c) -> None:

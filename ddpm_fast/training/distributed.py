@@ -75,15 +75,22 @@ def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
     return start, start + base + (1 if rank < extra else 0)
 
 
-def sample_sharded(model, n: int, image_shape, info: DistInfo, **sample_kwargs) -> Optional[torch.Tensor]:
+def sample_sharded(model, n: int, image_shape, info: DistInfo, *, labels: Optional[torch.Tensor] = None,
+                   null_class: Optional[int] = None, guidance: float = 1.0,
+                   **sample_kwargs) -> Optional[torch.Tensor]:
     """Sample n images across the ranks: rank r draws its slice with ``sample_offset`` = the
     slice's first global index, so the result equals ``ddpm_fast.sample(model, (n, ...))`` in one
-    process with the same seed. Returns all n images (CPU, float32) on rank 0, None elsewhere."""
+    process with the same seed. ``labels`` (int64 [n]) condition a model taking ``y``, guided
+    with scale ``guidance`` against ``null_class`` (training/conditioning.py). Returns all n
+    images (CPU, float32) on rank 0, None elsewhere."""
     from ..sampling import sample
+    from .conditioning import guidance_kwargs
     start, stop = shard_range(n, info.rank, info.world_size)
     device = sample_kwargs.pop("device", None)
     out = None
     if stop > start:
+        if labels is not None:
+            sample_kwargs.update(guidance_kwargs(labels[start:stop].to(device), null_class, guidance))
         out = sample(model, (stop - start, *image_shape), sample_offset=start, device=device, **sample_kwargs)
     if not info.enabled:
         return out.float().cpu()

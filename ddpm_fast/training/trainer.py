@@ -5,6 +5,8 @@ Each step s is a pure function of (config, weights, optimizer state, s):
 - timesteps: uniform over [0, T) from the Philox stream keyed by mix(seed, s, 2), per global sample;
 - noise and target: the fused ``q_sample(..., seed=mix(seed, s), return_target=...)`` draws ε in the
   kernel, counted by global sample index (so ranks split one global batch);
+- conditional runs: a label is dropped to the null class where the Philox uniform keyed by
+  mix(seed, s, 3), per global sample, is below ``cond_drop_prob`` (training/conditioning.py);
 - torch's RNG (dropout) is reseeded with mix(seed, s, 1, rank).
 So ``resume`` (weights, EMA, optimizer, grad scaler, step and loss log from the checkpoint)
 continues exactly where the interrupted run was, and its final weights equal an uninterrupted run's.
@@ -28,6 +30,7 @@ from ..data.indices import mix_seed
 from ..schedule import Col, NoiseSchedule
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from .config import STRUCTURAL_KEYS, ConfigError, TrainConfig
+from .conditioning import class_count, class_rows, drop_labels
 from .config_rules import TARGETS
 from .distributed import DistInfo, sample_sharded, setup_distributed
 
@@ -45,6 +48,7 @@ class TrainResult:
     checkpoint: Optional[str]
     config: TrainConfig
     samples: Optional[torch.Tensor] = None   # the final grid's images, float [n, C, H, W]
+    sample_labels: Optional[torch.Tensor] = None  # conditional runs: their classes, int64 [n]
     quality: object = None                   # metrics.digits.QualityReport on digits data
     images_per_second: float = 0.0
     timings: dict = field(default_factory=dict)
@@ -52,11 +56,14 @@ class TrainResult:
 
 # -- model and data ------------------------------------------------------------------------------
 
-def build_model(config: TrainConfig, image_shape) -> nn.Module:
-    """The UNet preset named by ``config.model`` for images (C, H, W), with ``model_kwargs``."""
+def build_model(config: TrainConfig, image_shape, num_classes: Optional[int] = None) -> nn.Module:
+    """The UNet preset named by ``config.model`` for images (C, H, W), with ``model_kwargs``;
+    class-conditional on ``num_classes`` classes (plus the null class) when given."""
     from ..models.unet import UNet
     C, H, W = image_shape
     kw = dict(config.model_kwargs)
+    if num_classes is not None:
+        kw["num_classes"] = num_classes
     if config.model == "tiny":
         return UNet.tiny(in_channels=C, resolution=(H, W) if H != W else H, **kw)
     if config.model == "ddpm_cifar10":
@@ -183,7 +190,7 @@ def load_for_sampling(path: str, *, use_ema: bool = True, device=None,
     if model is None:
         if cfg.model == "custom":
             raise ValueError(f"{path} holds a custom model: pass model= to load its weights")
-        model = build_model(cfg, image_shape_of(ckpt, path))
+        model = build_model(cfg, image_shape_of(ckpt, path), num_classes_of(ckpt, path))
     weights = ckpt.ema if (use_ema and ckpt.ema is not None) else ckpt.model
     _load_weights(model, weights, path, ckpt.config)
     model.eval().requires_grad_(False)
@@ -198,6 +205,17 @@ def _config_of(ckpt: Checkpoint, path) -> TrainConfig:
     except (ConfigError, TypeError) as e:
         raise CheckpointError(f"{path}: its training config is not valid here ({e}); it was "
                               "written by another version of ddpm_fast or edited by hand") from None
+
+
+def num_classes_of(ckpt: Checkpoint, path) -> Optional[int]:
+    """K of a class-conditional checkpoint (stored by :func:`train`), None for an unconditional one."""
+    if not ckpt.config.get("conditional", False):
+        return None
+    k = ckpt.extra.get("num_classes")
+    if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
+        raise CheckpointError(f"{path}: a conditional run's checkpoint without num_classes >= 1 in its "
+                              f"metadata (got {k!r}); it was not written by ddpm_fast.train")
+    return k
 
 
 def image_shape_of(ckpt: Checkpoint, path) -> tuple[int, int, int]:
@@ -299,8 +317,9 @@ def _train_inner(cfg, user_model, data, ckpt, callback, info: DistInfo, device, 
     table = schedule.table(device)
     amp_dtype, use_scaler = _precision(cfg.precision, device)
 
+    K = _num_classes(cfg, data, ckpt)                             # None: unconditional
     torch.manual_seed(mix_seed(cfg.seed, 0xC0FFEE))             # initial weights: same on all ranks
-    net = user_model if user_model is not None else build_model(cfg, image_shape)
+    net = user_model if user_model is not None else build_model(cfg, image_shape, K)
     net.to(device).train()
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = _optimizer(cfg, net.parameters())
@@ -331,6 +350,8 @@ def _train_inner(cfg, user_model, data, ckpt, callback, info: DistInfo, device, 
         os.makedirs(out_dir, exist_ok=True)
     extra = {"image_shape": list(image_shape), "data_name": data.name, "world_size": info.world_size,
              "n_params": sum(p.numel() for p in net.parameters())}
+    if K is not None:
+        extra["num_classes"] = K
     B, N, W = cfg.batch_size, len(data), info.world_size
     offset = info.rank * B
     bar = None
@@ -365,13 +386,14 @@ def _train_inner(cfg, user_model, data, ckpt, callback, info: DistInfo, device, 
         x0 = data.batch(idx, device)                                           # (B, C, H, W)
         u = ops.rand((B,), mix_seed(cfg.seed, step, 2), sample_offset=offset, device=device)
         t = (u * cfg.T).long().clamp_(max=cfg.T - 1)                          # (B,) in [0, T)
+        kw = {} if K is None else {"y": _labels(data, idx, cfg, K, step, offset, device)}
         x_t, tgt = ops.q_sample(x0, t, table, seed=mix_seed(cfg.seed, step), sample_offset=offset,
                                 return_target=target, backend=_q_backend(cfg.backend))
         # 2. forward in the autocast dtype, loss in float32
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None), _model_ops(cfg, device):
-            pred = _prediction(fwd(x_t, t), tgt)
+            pred = _prediction(fwd(x_t, t, **kw), tgt)
         per_sample = (pred.float() - tgt.float()).pow(2).flatten(1).mean(1)    # (B,)
         w = _loss_weight(t, table, target, cfg.min_snr_gamma)
         loss = (per_sample * w).mean() if w is not None else per_sample.mean()
@@ -422,7 +444,7 @@ def _train_inner(cfg, user_model, data, ckpt, callback, info: DistInfo, device, 
         if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
             write_checkpoint()
         if cfg.sample_every and step % cfg.sample_every == 0 and step < cfg.steps:
-            _grid(ema, cfg, image_shape, schedule, info, device, step)
+            _grid(ema, cfg, image_shape, schedule, info, device, step, K)
         if callback is not None:
             callback(step, {"loss": loss_val, "lr": lr_at(step - 1, cfg), "grad_norm": gnorm_val})
     if bar is not None:
@@ -434,21 +456,23 @@ def _train_inner(cfg, user_model, data, ckpt, callback, info: DistInfo, device, 
         write_checkpoint()
     saved_path = ckpt_file
     # final grid, loss curve, metric (rank 0 writes; every rank samples its slice)
-    samples, quality = None, None
+    samples, labels, quality = None, None, None
     if cfg.sample_n > 0:
         t0 = time.perf_counter()
-        samples = _grid(ema, cfg, image_shape, schedule, info, device, step, final=True)
+        samples, labels = _grid(ema, cfg, image_shape, schedule, info, device, step, K, final=True)
         timings["sample_s"] = time.perf_counter() - t0
     if info.is_main:
         if samples is not None and cfg.metric and _is_digits(cfg) and tuple(image_shape) == (1, 16, 16):
             t0 = time.perf_counter()
             from ..metrics import DigitsMetric
-            quality = DigitsMetric(cache=os.path.join(out_dir, "digits_classifier.safetensors")).evaluate(samples)
+            metric = DigitsMetric(cache=os.path.join(out_dir, "digits_classifier.safetensors"))
+            quality = metric.evaluate(samples, labels)
             timings["metric_s"] = time.perf_counter() - t0
             print(str(quality), file=sys.stderr)
     timings["total_s"] = time.perf_counter() - t_start
     return TrainResult(model=net, ema=ema, step=step, losses=losses, checkpoint=saved_path, config=cfg,
-                       samples=samples, quality=quality, images_per_second=ips, timings=timings)
+                       samples=samples, sample_labels=labels, quality=quality, images_per_second=ips,
+                       timings=timings)
 
 
 def _optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
@@ -480,16 +504,43 @@ def _q_backend(backend: Optional[str]) -> Optional[str]:
     return None if backend in (None, "auto") else backend
 
 
+def _num_classes(cfg: TrainConfig, data: ImageData, ckpt) -> Optional[int]:
+    """K for a conditional run (from the data's labels; a resumed run must see the same K)."""
+    if not cfg.conditional:
+        return None
+    K = class_count(data.labels, data.name)
+    if ckpt is not None and ckpt.extra.get("num_classes") != K:
+        raise CheckpointError(f"{ckpt.path}: trained on {ckpt.extra.get('num_classes')} classes, the "
+                              f"data {data.name!r} has {K}: resume with the checkpoint's data")
+    return K
+
+
+def _labels(data: ImageData, idx: torch.Tensor, cfg: TrainConfig, K: int, step: int, offset: int,
+            device) -> torch.Tensor:
+    """The batch's labels (int64 [B] on device), each dropped to the null class K with
+    probability cfg.cond_drop_prob, keyed by (seed, step, global sample index)."""
+    y = data.labels.index_select(0, idx).to(device)
+    return drop_labels(y, cfg.cond_drop_prob, K, mix_seed(cfg.seed, step, 3), sample_offset=offset)
+
+
 def _grid(ema, cfg: TrainConfig, image_shape, schedule, info: DistInfo, device, step: int,
-          final: bool = False) -> Optional[torch.Tensor]:
-    """Sample cfg.sample_n images from the EMA model (sharded over ranks), write the PNG grid."""
-    x = sample_sharded(ema, cfg.sample_n, image_shape, info, schedule=schedule, sampler=cfg.sampler,
+          K: Optional[int] = None, final: bool = False):
+    """Sample cfg.sample_n images from the EMA model (sharded over ranks), write the PNG grid.
+    Conditional runs draw sample_n // K per class (at least 1), one row per class, guided with
+    cfg.sample_guidance. Returns (images or None, labels or None)."""
+    labels, guide, nrow, n = None, {}, None, cfg.sample_n
+    if K is not None:
+        nrow = max(1, cfg.sample_n // K)
+        labels = class_rows(K, nrow)
+        n = labels.shape[0]
+        guide = dict(labels=labels, null_class=K, guidance=cfg.sample_guidance)
+    x = sample_sharded(ema, n, image_shape, info, schedule=schedule, sampler=cfg.sampler,
                        steps=cfg.sample_steps if cfg.sampler == "ddim" else None, seed=cfg.seed,
                        prediction_type=TARGETS[cfg.prediction_type], backend=cfg.backend or "auto",
-                       device=device)
+                       device=device, **guide)
     if info.is_main and x is not None:
         from ..utils.image import save_grid
         scale = max(1, 64 // max(image_shape[1:]))
         name = "samples.png" if final else f"samples_{step:07d}.png"
-        save_grid(x, os.path.join(cfg.out_dir, name), scale=scale)
-    return x
+        save_grid(x, os.path.join(cfg.out_dir, name), nrow=nrow, scale=scale)
+    return x, labels
