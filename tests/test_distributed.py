@@ -20,7 +20,7 @@ TINY = {"ch": 8, "ch_mult": [1, 2], "attn_resolutions": [8]}
 
 def make_data():
     g = torch.Generator().manual_seed(0)
-    return ImageData(torch.rand(48, 1, 16, 16, generator=g) * 2 - 1, name="random")
+    return ImageData(torch.rand(48, 1, 16, 16, generator=g) * 2 - 1, labels=torch.arange(48) % 3, name="random")
 
 
 def config(out_dir, batch_size, **kw):
@@ -33,6 +33,9 @@ def config(out_dir, batch_size, **kw):
 # plain SGD without clipping: the update is lr * the all-reduced gradient, so a sum instead of a
 # mean over the ranks doubles it (AdamW normalises the gradient's scale away and would not see it)
 SGD = dict(optimizer="sgd", grad_clip=0.0, lr=0.5, warmup_steps=0, sample_n=0)
+# class-conditional, half the labels dropped to the null class: the drops are keyed by the
+# global sample index, so the ranks' halves are the single process's batch; 2 samples per class
+COND = dict(conditional=True, cond_drop_prob=0.5, sample_n=6, sample_guidance=1.0)
 
 
 _WORKER = textwrap.dedent("""
@@ -41,7 +44,7 @@ _WORKER = textwrap.dedent("""
     import torch
     from safetensors.torch import save_file
     sys.path.insert(0, {here!r})
-    from test_distributed import SGD, config, make_data
+    from test_distributed import COND, SGD, config, make_data
     from ddpm_fast.training import train
     rank = int(os.environ["RANK"])
     assert int(os.environ["WORLD_SIZE"]) == 2
@@ -61,6 +64,11 @@ _WORKER = textwrap.dedent("""
     assert dist.group.WORLD is group
     save_file({{k: v.contiguous() for k, v in res.model.state_dict().items()}},
               os.path.join({out!r}, f"rank{{rank}}_sgd.safetensors"))
+    res = train(config(os.path.join({out!r}, "cond"), batch_size=4, **COND), data=make_data())
+    t = {{k: v.contiguous() for k, v in res.model.state_dict().items()}}
+    if res.samples is not None:
+        t["samples"] = res.samples.contiguous()
+    save_file(t, os.path.join({out!r}, f"rank{{rank}}_cond.safetensors"))
 """)
 
 
@@ -144,3 +152,17 @@ def test_sharded_sample_equals_single_process_sample(two_rank_run):
     assert r0["samples"].shape == (5, 1, 16, 16)
     torch.testing.assert_close(r0["samples"], x, atol=1e-5, rtol=0)
 
+
+
+def test_conditional_two_ranks_match_one_process(two_rank_run, tmp_path):
+    """Label drops and the per-class sample grid are split over the ranks by global sample
+    index: the same labels, weights and images as one process with the global batch."""
+    from safetensors.torch import load_file
+    out = two_rank_run[2]
+    r0, r1 = (load_file(str(out / f"rank{r}_cond.safetensors")) for r in range(2))
+    single = train(config(tmp_path, batch_size=8, **COND), data=make_data())
+    assert "samples" not in r1 and torch.equal(single.sample_labels, torch.tensor([0, 0, 1, 1, 2, 2]))
+    for k, p in single.model.state_dict().items():
+        assert torch.equal(r0[k], r1[k]), k
+        torch.testing.assert_close(r0[k], p, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(r0["samples"], single.samples, atol=1e-5, rtol=0)

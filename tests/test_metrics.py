@@ -65,3 +65,36 @@ def test_cached_classifier_gives_the_same_numbers(metric, cache):
 def test_metric_rejects_wrong_shapes(metric):
     with pytest.raises(ValueError):
         metric.evaluate(torch.zeros(4, 3, 16, 16))
+
+
+def test_class_accuracy_on_known_labels(metric):
+    x = metric.heldout_x[:40]
+    with torch.no_grad():
+        pred = metric.model(x).argmax(1)             # the classifier's own answers, read directly
+    assert torch.equal(metric.predict(x), pred)
+    assert metric.evaluate(x, pred).class_accuracy == 1.0
+    assert metric.evaluate(x, (pred + 1) % 10).class_accuracy == 0.0
+    half = torch.cat([pred[:20], (pred[20:] + 3) % 10])
+    assert metric.evaluate(x, half).class_accuracy == 0.5
+    plain = metric.evaluate(x)
+    assert plain.class_accuracy is None and "class accuracy" not in str(plain)
+
+
+def test_class_accuracy_of_real_digits_with_their_true_labels(metric):
+    # scikit-learn's labels are the independent truth; the real baseline scores the same
+    # held-out selection, so for those images both numbers coincide
+    n = 64
+    sel = torch.randperm(metric.heldout_x.shape[0], generator=torch.Generator().manual_seed(metric.seed))[:n]
+    r = metric.evaluate(metric.heldout_x[sel], metric.heldout_y[sel])
+    assert r.class_accuracy > 0.9 and r.class_accuracy == r.real_class_accuracy
+    assert f"class accuracy {r.class_accuracy:.3f} (real {r.real_class_accuracy:.3f})" in str(r)
+    assert r.as_dict()["class_accuracy"] == r.class_accuracy
+
+
+@pytest.mark.parametrize("labels,why", [(torch.zeros(3, dtype=torch.int64), r"integer tensor \[4\]"),
+                                        (torch.zeros(4), r"integer tensor \[4\]"),
+                                        (torch.tensor([0, 1, 2, 10]), r"0\.\.9.*null class"),
+                                        (torch.tensor([0, -1, 2, 3]), r"0\.\.9")])
+def test_bad_labels_are_refused(metric, labels, why):
+    with pytest.raises(ValueError, match=why):
+        metric.evaluate(metric.heldout_x[:4], labels)
