@@ -34,55 +34,6 @@ __device__ __forceinline__ void st(void* p, int dt, int64_t i, float v) {
   }
 }
 
-// 4 consecutive elements [i, i + n) (n <= 4) as float32. With `vec` (the caller checked that every
-// quad starts 4-element aligned) a full quad is one 16-byte (fp32) or 8-byte (fp16/bf16) access.
-__device__ __forceinline__ void ld4(const void* p, int dt, int64_t i, int n, bool vec, float v[4]) {
-  if (vec && n == 4) {
-    if (dt == DT_FLOAT32) {
-      const float4 f = *reinterpret_cast<const float4*>(static_cast<const float*>(p) + i);
-      v[0] = f.x; v[1] = f.y; v[2] = f.z; v[3] = f.w;
-    } else if (dt == DT_FLOAT16) {
-      const uint2 raw = *reinterpret_cast<const uint2*>(static_cast<const __half*>(p) + i);
-      const __half2* h = reinterpret_cast<const __half2*>(&raw);
-      const float2 a = __half22float2(h[0]), b = __half22float2(h[1]);
-      v[0] = a.x; v[1] = a.y; v[2] = b.x; v[3] = b.y;
-    } else {
-      const uint2 raw = *reinterpret_cast<const uint2*>(static_cast<const __nv_bfloat16*>(p) + i);
-      const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
-      const float2 a = __bfloat1622float2(h[0]), b = __bfloat1622float2(h[1]);
-      v[0] = a.x; v[1] = a.y; v[2] = b.x; v[3] = b.y;
-    }
-    return;
-  }
-#pragma unroll
-  for (int j = 0; j < 4; ++j) v[j] = j < n ? ld(p, dt, i + j) : 0.0f;
-}
-
-__device__ __forceinline__ void st4(void* p, int dt, int64_t i, int n, bool vec, const float v[4]) {
-  if (vec && n == 4) {
-    if (dt == DT_FLOAT32) {
-      *reinterpret_cast<float4*>(static_cast<float*>(p) + i) = make_float4(v[0], v[1], v[2], v[3]);
-    } else if (dt == DT_FLOAT16) {
-      uint2 raw;
-      __half2* h = reinterpret_cast<__half2*>(&raw);
-      h[0] = __floats2half2_rn(v[0], v[1]);
-      h[1] = __floats2half2_rn(v[2], v[3]);
-      *reinterpret_cast<uint2*>(static_cast<__half*>(p) + i) = raw;
-    } else {
-      uint2 raw;
-      __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&raw);
-      h[0] = __floats2bfloat162_rn(v[0], v[1]);
-      h[1] = __floats2bfloat162_rn(v[2], v[3]);
-      *reinterpret_cast<uint2*>(static_cast<__nv_bfloat16*>(p) + i) = raw;
-    }
-    return;
-  }
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    if (j < n) st(p, dt, i + j, v[j]);
-  }
-}
-
 // 8 consecutive elements [i, i + 8) as float32, i 8-element aligned and the pointer 16-byte
 // aligned: two 16-byte accesses at fp32, one at fp16/bf16 (8 x 16 bit).
 __device__ __forceinline__ void ld8(const void* p, int dt, int64_t i, float v[8]) {
@@ -129,19 +80,39 @@ __device__ __forceinline__ void st8(void* p, int dt, int64_t i, const float v[8]
   }
 }
 
-// True when a quad of dtype dt at any 4-aligned index of p is one aligned vector access.
-inline bool quad_aligned(const void* p, int dt) {
-  const uintptr_t bytes = dt == DT_FLOAT32 ? 16 : 8;
-  return p == nullptr || reinterpret_cast<uintptr_t>(p) % bytes == 0;
+// 8 consecutive elements [i, i + n) (n <= 8) as float32. With `vec` (the caller checked that
+// every octet starts 8-element aligned on a 16-byte aligned pointer) a full octet is two 16-byte
+// accesses at fp32 and one at fp16/bf16.
+__device__ __forceinline__ void ld8(const void* p, int dt, int64_t i, int n, bool vec, float v[8]) {
+  if (vec && n == 8) {
+    ld8(p, dt, i, v);
+    return;
+  }
+#pragma unroll
+  for (int j = 0; j < 8; ++j) v[j] = j < n ? ld(p, dt, i + j) : 0.0f;
 }
 
+__device__ __forceinline__ void st8(void* p, int dt, int64_t i, int n, bool vec, const float v[8]) {
+  if (vec && n == 8) {
+    st8(p, dt, i, v);
+    return;
+  }
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    if (j < n) st(p, dt, i + j, v[j]);
+  }
+}
+
+// True when every 8-element aligned octet of p (any dtype) is 16-byte aligned.
+inline bool octet_aligned(const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
 // Whether a step kernel (reverse_step, ddim_step) over samples of N elements may use vector
-// accesses: quads never straddle samples and every quad of out, x_t, model_out and the given
-// noise is one aligned access.
-inline bool step_quads_aligned(int64_t N, const void* out, const void* x_t, int dtype, const void* model_out,
-                               int m_dtype, const NoiseArg& noise) {
-  return N % 4 == 0 && quad_aligned(out, dtype) && quad_aligned(x_t, dtype) && quad_aligned(model_out, m_dtype) &&
-         quad_aligned(noise.noise, noise.noise_dtype);
+// accesses: octets never straddle samples and every octet of out, x_t, model_out and the given
+// noise is 16-byte aligned.
+inline bool step_octets_aligned(int64_t N, const void* out, const void* x_t, const void* model_out,
+                                const NoiseArg& noise) {
+  return N % 8 == 0 && octet_aligned(out) && octet_aligned(x_t) && octet_aligned(model_out) &&
+         octet_aligned(noise.noise);
 }
 
 __device__ __forceinline__ int64_t timestep(const TimestepArg& t, int64_t b) {
@@ -155,6 +126,22 @@ inline unsigned int blocks_for(int64_t work) {
   return static_cast<unsigned int>(blocks < 1 ? 1 : (blocks > cap ? cap : blocks));
 }
 
+// Elements [8 o, 8 o + 8) of a sample are one octet: the unit of work of the element-wise kernels
+// (one 16-byte access at 16 bit, two at fp32; the normals of Philox counters 2 o and 2 o + 1).
+__host__ __device__ __forceinline__ int64_t octets(int64_t B, int64_t N) { return B * ((N + 7) / 8); }
+
+// Octet idx (sample-major) of B samples of N elements: sample b, octet o, first element i, n <= 8
+// elements.
+struct Octet {
+  int64_t b, o, i;
+  int n;
+};
+
+__device__ __forceinline__ Octet octet(int64_t idx, int64_t N) {
+  const int64_t per = (N + 7) / 8, b = idx / per, o = idx - b * per;
+  return Octet{b, o, b * N + 8 * o, static_cast<int>(N - 8 * o < 8 ? N - 8 * o : 8)};
+}
+
 // The 4 standard normals of counter (q, sample_offset + b, t, stream) under the device seed.
 __device__ __forceinline__ void philox_normals(const int64_t* seed, int64_t q, int64_t n, int64_t t, uint32_t stream,
                                                float z[4]) {
@@ -162,6 +149,13 @@ __device__ __forceinline__ void philox_normals(const int64_t* seed, int64_t q, i
   const Philox4 p = philox4x32_10(static_cast<uint32_t>(q), static_cast<uint32_t>(n), static_cast<uint32_t>(t),
                                   stream, seed_lo(s), seed_hi(s));
   normals4(p, z);
+}
+
+// The normals of octet u's elements (counters 2 o and, when it has more than 4 elements, 2 o + 1).
+__device__ __forceinline__ void octet_normals(const int64_t* seed, const Octet& u, int64_t n, int64_t t,
+                                              uint32_t stream, float z[8]) {
+  philox_normals(seed, 2 * u.o, n, t, stream, z);
+  if (u.n > 4) philox_normals(seed, 2 * u.o + 1, n, t, stream, z + 4);
 }
 
 }  // namespace cuda

@@ -188,9 +188,9 @@ def pick_config(M: int) -> triton.Config | None:
     return None
 
 
-# the split path: [ROWS, HWB] tiles of TILE elements, 16 warps (8 elements, 32 bytes at fp32, per thread)
+# the split path: [ROWS, HWB] tiles of TILE elements, 8 warps (16 elements per thread)
 TILE = 4096
-SPLIT_WARPS = 16
+SPLIT_WARPS = 8
 MIN_PROGRAMS = 512      # programs wanted in flight (several per SM) when B * G alone is fewer
 
 
