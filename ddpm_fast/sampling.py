@@ -34,6 +34,9 @@ def sample(model: Callable, shape: Sequence[int], *,
            sample_offset: int = 0, chunk_size: Optional[int] = None,
            timestep_spacing: Optional[str] = None, steps_offset: Optional[int] = None,
            set_alpha_to_one: Optional[bool] = None,
+           solver_order: Optional[int] = None, solver_type: Optional[str] = None,
+           lower_order_final: Optional[bool] = None, final_sigmas_type: Optional[str] = None,
+           use_karras_sigmas: Optional[bool] = None,
            x_T: Optional[torch.Tensor] = None, check_nan: bool = True, progress: bool = False,
            return_intermediates: bool = False, intermediate_every: int = 100,
            compile: bool = False, cuda_graph: Optional[bool] = None):
@@ -49,12 +52,21 @@ def sample(model: Callable, shape: Sequence[int], *,
       x is given in the dtype of an ``nn.Module``'s parameters, to any other callable in ``dtype``.
     shape: a tuple of ints or a torch.Size (floats and strings are refused, not rounded).
     schedule: a NoiseSchedule, a schedule name ("linear", "cosine", ...; T = 1000), or a diffusers
-      ``DDPMScheduler``/``DDIMScheduler`` (or its config dict): then that scheduler's own loop is
+      ``DDPMScheduler``/``DDIMScheduler``/``DPMSolverMultistepScheduler``/
+      ``UniPCMultistepScheduler`` (or its config dict): then that scheduler's own loop is
       reproduced from its config, every field honoured or refused by name (docs/dropin.md).
       Default: linear, T = 1000.
     Sampler settings (each None = the diffusers scheduler's config if one is given, else
     ddpm_fast's default; an explicit value always wins — docs/dropin.md has the table):
-    sampler: "ddpm" (ancestral; default, or the scheduler's class) or "ddim" (``eta``).
+    sampler: "ddpm" (ancestral; default, or the scheduler's class), "ddim" (``eta``), or the
+      few-step multistep solvers "dpmsolver++" (DPM-Solver++, diffusers'
+      ``DPMSolverMultistepScheduler``) and "unipc" (``UniPCMultistepScheduler``), 20 steps by
+      default, diffusers' linspace spacing.
+    solver_order, solver_type, lower_order_final, final_sigmas_type, use_karras_sigmas: the
+      multistep solvers' settings, as diffusers names them: order 1-3 (default 2); "midpoint" |
+      "heun" (dpmsolver++, default midpoint) or "bh1" | "bh2" (unipc, default bh2); a lower
+      order on the last steps of a run under 15 steps (default True); the last sigma "zero"
+      (default) or "sigma_min"; Karras sigmas (default False).
     steps: respaced steps (DDPM: as ``DDPMScheduler.set_timesteps(steps)``; DDIM default T),
       spaced by ``timestep_spacing`` ("leading" | "trailing" | "linspace") + ``steps_offset``.
     timesteps: the visited timesteps themselves (strictly decreasing), for either sampler.
@@ -106,7 +118,10 @@ def sample(model: Callable, shape: Sequence[int], *,
                     use_clipped_model_output=use_clipped_model_output, thresholding=thresholding,
                     dynamic_thresholding_ratio=dynamic_thresholding_ratio,
                     sample_max_value=sample_max_value, timestep_spacing=timestep_spacing,
-                    steps_offset=steps_offset, set_alpha_to_one=set_alpha_to_one)
+                    steps_offset=steps_offset, set_alpha_to_one=set_alpha_to_one,
+                    solver_order=solver_order, solver_type=solver_type,
+                    lower_order_final=lower_order_final, final_sigmas_type=final_sigmas_type,
+                    use_karras_sigmas=use_karras_sigmas)
     model, schedule, settings = resolve_model(model, schedule, explicit)
     shape = check_shape(shape)
     model_kwargs = check_model_kwargs(model_kwargs)

@@ -3,6 +3,10 @@
 PRED_EPSILON, PRED_SAMPLE, PRED_V = 0, 1, 2
 VAR_FIXED_SMALL, VAR_FIXED_LARGE = 0, 1
 TEMB_NONE, TEMB_BEFORE_NORM, TEMB_AFTER_NORM = 0, 1, 2
+# columns of multistep_update's coefficient table (float64 [steps, MS_WIDTH]); the history
+# slots' coefficients are columns MS_HISTORY .. MS_HISTORY + MS_MAX_HISTORY - 1
+MS_X0_X, MS_X0_M, MS_X, MS_X0, MS_HISTORY = 0, 1, 2, 3, 4
+MS_MAX_HISTORY, MS_WIDTH = 3, 8
 
 PREDICTION_TYPES = {"epsilon": PRED_EPSILON, "sample": PRED_SAMPLE, "v_prediction": PRED_V}
 # accepted spellings (diffusers, lucidrains' objectives) -> canonical name

@@ -17,7 +17,8 @@ from .. import noise as _noise
 from ..noise import STREAM_Q_SAMPLE, STREAM_STEP
 from ..schedule import Col
 from .dispatch import register_backend
-from .enums import PRED_EPSILON, PRED_SAMPLE, TEMB_AFTER_NORM, TEMB_BEFORE_NORM, VAR_FIXED_SMALL
+from .enums import (MS_HISTORY, MS_X, MS_X0, MS_X0_M, MS_X0_X, PRED_EPSILON, PRED_SAMPLE,
+                    TEMB_AFTER_NORM, TEMB_BEFORE_NORM, VAR_FIXED_SMALL)
 from .registration import implementations_of
 
 BACKEND = "reference"
@@ -134,6 +135,19 @@ def ddim_step(x_t, model_out, t, t_prev, table, noise: Optional[torch.Tensor], s
 
 def _shape_like(v: torch.Tensor, ndim: int) -> torch.Tensor:
     return v.reshape(-1, *([1] * (ndim - 1))) if v.dim() > 0 else v
+
+
+def multistep_update(x, model_out, history, table, step):
+    """One multistep-solver step from its coefficient row (samplers/multistep.py builds the
+    table): x0 = a·x + b·m; x_next = c_x·x + c_0·x0 + Σ_k c_k·history[k]. Returns (x_next, x0)."""
+    cd = _compute_dtype(x)
+    row = table.index_select(0, step.reshape(-1).long()).reshape(-1).to(cd)   # a gather: no sync
+    xc, m = x.to(cd), model_out.to(cd)
+    x0 = row[MS_X0_X] * xc + row[MS_X0_M] * m
+    out = row[MS_X] * xc + row[MS_X0] * x0
+    for k in range(history.shape[0]):
+        out = out + row[MS_HISTORY + k] * history[k].to(cd)
+    return out.to(x.dtype), x0.to(x.dtype)
 
 
 def temb_add(h, temb):

@@ -79,6 +79,10 @@ OPS = (
     OpSpec("ddim_step", "(Tensor x_t, Tensor model_out, Tensor t, Tensor t_prev, Tensor table, "
            "Tensor? noise, Tensor? seed, int sample_offset, float eta, int prediction_type, bool clip, "
            "float clip_range, float final_alpha_bar) -> Tensor", _like(0), differentiable=True),
+    # one step of a multistep solver (DPM-Solver++, UniPC): x0 = a x + b model_out, then
+    # x_next = c_x x + c_0 x0 + sum_k c_k history[k], coefficients = row `step` of `table`
+    OpSpec("multistep_update", "(Tensor x, Tensor model_out, Tensor history, Tensor table, Tensor step) "
+           "-> (Tensor, Tensor)", _pair_like(0)),
     OpSpec("temb_add", "(Tensor h, Tensor temb) -> Tensor", _like(0), differentiable=True),
     OpSpec("groupnorm_temb_silu", "(Tensor x, Tensor weight, Tensor bias, Tensor? temb, int num_groups, "
            "float eps, int temb_mode, bool apply_silu) -> Tensor", _like(0), differentiable=True),

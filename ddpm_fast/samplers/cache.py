@@ -72,7 +72,7 @@ def make_key(model, spec, schedule_digest: str, kwargs_layout: tuple, mode: tupl
         "schedule": schedule_digest,
         "sampler": (spec.sampler, plan.timesteps, plan.prev, spec.prediction_type, spec.variance_type,
                     spec.clip_denoised, spec.clip_range, spec.eta, spec.final_alpha_bar, spec.check_nan,
-                    spec.threshold, spec.rederive_eps, spec.learned_variance, spec.guidance),
+                    spec.threshold, spec.rederive_eps, spec.learned_variance, spec.guidance, spec.solver),
         "backend": (spec.backend, get_backend()),
         "sample_offset": spec.sample_offset,
         "model_kwargs": kwargs_layout,

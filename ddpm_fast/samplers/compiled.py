@@ -39,17 +39,18 @@ def step_tables(spec: SamplerSpec) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def make_advance(spec: SamplerSpec, ts_b: torch.Tensor, ps_b: torch.Tensor) -> Callable:
-    """``advance(x, out, i, seed, bad) -> (x_prev, i + 1, bad)``, pure (no input is mutated)."""
+    """``advance(x, out, i, seed, bad, history) -> (x_prev, i + 1, bad)``, pure except for a
+    multistep solver's x0 ring ``history`` (None for DDPM/DDIM), written in place."""
     B = spec.shape[0]
     check_nan = spec.check_nan
 
-    def ddpm_fast_advance(x, model_out, i, seed, bad):
+    def ddpm_fast_advance(x, model_out, i, seed, bad, history=None):
         t = ts_b.index_select(0, i).reshape(B)
         t_prev = ps_b.index_select(0, i).reshape(B)
         if check_nan:
             first = ~torch.isfinite(model_out).all() & (bad < 0)
             bad = torch.where(first, t[:1], bad)
-        return spec.step(x, model_out, t, t_prev, seed), i + 1, bad
+        return spec.step(x, model_out, t, t_prev, seed, i, history), i + 1, bad
 
     return ddpm_fast_advance
 
@@ -63,7 +64,7 @@ def make_advance_inplace(spec: SamplerSpec, ts_b: torch.Tensor, ps_b: torch.Tens
     check_nan = spec.check_nan
     var = VARIANCE_TYPES[spec.variance_type]
 
-    def ddpm_fast_advance_(x, model_out, i, seed, bad):
+    def ddpm_fast_advance_(x, model_out, i, seed, bad, history=None):
         t = ts_b.index_select(0, i).reshape(B)
         if check_nan:
             first = ~torch.isfinite(model_out).all() & (bad < 0)
@@ -73,7 +74,7 @@ def make_advance_inplace(spec: SamplerSpec, ts_b: torch.Tensor, ps_b: torch.Tens
                      spec.clip_denoised, spec.clip_range, x)
         else:
             t_prev = ps_b.index_select(0, i).reshape(B)
-            x.copy_(spec.step(x, model_out, t, t_prev, seed))
+            x.copy_(spec.step(x, model_out, t, t_prev, seed, i, history))
         i.add_(1)
 
     return ddpm_fast_advance_
@@ -82,7 +83,7 @@ def make_advance_inplace(spec: SamplerSpec, ts_b: torch.Tensor, ps_b: torch.Tens
 def step_backend(spec: SamplerSpec) -> Optional[str]:
     """The backend whose implementation runs this spec's step ("reference", "cpp", ...)."""
     from ..ops import dispatch
-    op = "reverse_step" if spec.sampler == "ddpm" else "ddim_step"
+    op = spec.step_op
     return dispatch.backend_of(op, spec.impls.get(op))
 
 

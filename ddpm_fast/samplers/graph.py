@@ -98,18 +98,19 @@ class LoopSampler:
         with torch.random.fork_rng(devices=_cuda_devices(spec.device)), torch.no_grad():
             # compiles now (not inside the user's loop), and checks the model's output shape
             x = torch.zeros(spec.shape, dtype=spec.dtype, device=spec.device)
-            self._step(x, _zeros(spec.device), seed_tensor(0, spec.device), _minus1(spec.device), check=True)
+            self._step(x, _zeros(spec.device), seed_tensor(0, spec.device), _minus1(spec.device),
+                       spec.new_history(), check=True)
 
     def describe(self) -> dict:
         return dict(self.info)
 
-    def _step(self, x, i, seed, bad, check: bool = False):
+    def _step(self, x, i, seed, bad, history=None, check: bool = False):
         out = self.model(x, self.ts_b.index_select(0, i).reshape(x.shape[0]))
         if check:
             check_output(out, x, self.spec.learned_variance is not None, self.spec.guided)
             if self.spec.guided:
                 check_halves_differ(out, self.model.kwargs)
-        return self.advance(x, out, i, seed, bad)
+        return self.advance(x, out, i, seed, bad, history)
 
     def run(self, seed: Any, x_T: Optional[torch.Tensor], model_kwargs: Optional[dict],
             progress: bool = False, intermediate_every: int = 0):
@@ -119,10 +120,11 @@ class LoopSampler:
         seed_t = seed_tensor(seed, spec.device)
         x = spec.initial_noise(seed_t) if x_T is None else x_T.to(spec.device, spec.dtype)
         i, bad = _zeros(spec.device), _minus1(spec.device)
+        history = spec.new_history()
         inters = []
         with contextlib.ExitStack() as stack:
             for k in _steps(len(spec.plan), progress, spec.sampler):
-                x, i, bad = self._step(x, i, seed_t, bad)
+                x, i, bad = self._step(x, i, seed_t, bad, history)
                 if k == 0 and self.compiled:
                     stack.enter_context(_skip_guard_eval())
                 if intermediate_every and (k + 1) % intermediate_every == 0:
@@ -167,6 +169,7 @@ class GraphSampler:
         self.i = _zeros(dev)
         self.seed = torch.zeros((), dtype=torch.int64, device=dev)
         self.bad = _minus1(dev)
+        self.history = spec.new_history()   # a multistep solver's x0 ring (None otherwise)
         static_kwargs = {k: (v.detach().clone() if isinstance(v, torch.Tensor) else v)
                          for k, v in (model_kwargs or {}).items()}
         self.model = _Model(model, compile_kwargs, static_kwargs, spec.device, spec.dtype, spec.guided)
@@ -188,7 +191,7 @@ class GraphSampler:
     def _body(self) -> None:
         """One step on the static buffers: what the graph records."""
         out = self.model(self.x, self.ts_b.index_select(0, self.i).reshape(self.x.shape[0]))
-        self.advance(self.x, out, self.i, self.seed, self.bad)
+        self.advance(self.x, out, self.i, self.seed, self.bad, self.history)
 
     def _loop_body(self) -> None:
         """All steps, copying x into the intermediates buffer every ``every`` steps."""
@@ -236,6 +239,8 @@ class GraphSampler:
         self.x.zero_()
         self.i.zero_()
         self.bad.fill_(-1)
+        if self.history is not None:
+            self.history.zero_()
 
     def run(self, seed: Any, x_T: Optional[torch.Tensor], model_kwargs: Optional[dict],
             progress: bool = False, intermediate_every: int = 0):
@@ -256,6 +261,8 @@ class GraphSampler:
         self.x.copy_(spec.initial_noise(self.seed) if x_T is None else x_T)
         self.i.zero_()
         self.bad.fill_(-1)
+        if self.history is not None:
+            self.history.zero_()
         inters = []
         if self.mode == "loop":
             self._replay()
@@ -278,7 +285,7 @@ class GraphSampler:
         if self.graph is not None:
             self.graph.reset()
         self.graph = self._replay = None
-        self.x = self.inter = self.advance = self.model = None
+        self.x = self.inter = self.advance = self.model = self.history = None
 
 
 def _zeros(device) -> torch.Tensor:

@@ -9,17 +9,17 @@ reported once at the end).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
 from ..noise import STREAM_INIT
 from ..ops import implementation
-from ..ops.enums import PREDICTION_TYPES, VARIANCE_TYPES
+from ..ops.enums import MS_X0_M, MS_X0_X, PREDICTION_TYPES, VARIANCE_TYPES
 from .guidance import Guidance, check_halves_differ, combine
 from .plan import Plan
 from .learned_variance import kernel_noise, split_output
-from .x0_rules import X0Rule, pre_step
+from .x0_rules import X0Rule, dynamic_threshold, pre_step
 
 
 @dataclass
@@ -44,13 +44,37 @@ class SamplerSpec:
     rederive_eps: bool = True          # DDIM: ε from the clipped x0, or the model's (diffusers)
     learned_variance: Optional[str] = None   # "learned" | "learned_range": 2C-channel model output
     guidance: Optional[Guidance] = None      # classifier-free guidance: model output [2B, ...]
+    # multistep solvers (samplers/multistep.py): the solver, its float64 [steps, 8] coefficient
+    # table on the device, and K, the number of x0 predictions the loop keeps
+    solver: Optional[Any] = None
+    solver_table: Optional[torch.Tensor] = None
+    solver_table_x0: Optional[torch.Tensor] = None   # the same for an x0 input (a = 0, b = 1)
+    history: int = 0
     impls: dict = field(default_factory=dict)
 
     def resolve(self) -> "SamplerSpec":
         """Look the op implementations up once (the loop calls them directly)."""
-        ops = ["philox_normal", "reverse_step" if self.sampler == "ddpm" else "ddim_step"]
+        ops = ["philox_normal", self.step_op]
         self.impls = {op: implementation(op, self.backend, self.device) for op in ops}
         return self
+
+    @property
+    def step_op(self) -> str:
+        """The fused op of one step."""
+        if self.multistep:
+            return "multistep_update"
+        return "reverse_step" if self.sampler == "ddpm" else "ddim_step"
+
+    @property
+    def multistep(self) -> bool:
+        return self.solver_table is not None
+
+    def new_history(self) -> Optional[torch.Tensor]:
+        """The multistep solver's x0 ring ``[K, *shape]`` (zeros: an unused slot's weight is 0,
+        and 0 * garbage could be NaN), or None for DDPM/DDIM."""
+        if not self.multistep:
+            return None
+        return torch.zeros((self.history, *self.shape), dtype=self.dtype, device=self.device)
 
     @property
     def x0_rule(self) -> X0Rule:
@@ -91,12 +115,16 @@ class SamplerSpec:
         return z.reshape(self.shape).to(self.dtype)
 
     def step(self, x: torch.Tensor, model_out: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor,
-             seed: torch.Tensor) -> torch.Tensor:
+             seed: torch.Tensor, i: Optional[torch.Tensor] = None,
+             history: Optional[torch.Tensor] = None) -> torch.Tensor:
         """One fused step x_t -> x_prev (the backend's kernel; t, t_prev are device tensors),
-        after the x0 pre-step when the spec's rules need one."""
-        pred, clip, noise = self.pred_code, self.clip_denoised, None
+        after the x0 pre-step when the spec's rules need one. A multistep solver also takes the
+        step number ``i`` (int64 [1] device tensor) and its x0 ring ``history``, updated in place."""
         if self.guided:
             model_out = self.combined_output(model_out, x)
+        if self.multistep:
+            return self._multistep(x, model_out, i, history)
+        pred, clip, noise = self.pred_code, self.clip_denoised, None
         if self.learned_variance is not None:
             model_out, v = split_output(model_out, x.shape[1])
             if self.sampler == "ddpm":   # DDIM uses the mean half only
@@ -112,6 +140,33 @@ class SamplerSpec:
         return self.impls["ddim_step"](
             x, model_out, t, t_prev, self.table, None, seed, self.sample_offset, self.eta,
             pred, clip, self.clip_range, self.final_alpha_bar)
+
+
+    def _multistep(self, x, model_out, i, history):
+        """x_{i+1} from the fused multistep update; step i's x0 goes into ring slot i mod K
+        (the slot of the oldest prediction, which this step was the last to read)."""
+        table = self.solver_table
+        if self.threshold is not None or self.clip_denoised:
+            # x0 needs a per-sample quantile (or a clamp): computed here from the table's own
+            # conversion coefficients, then handed to the update as an x0 prediction
+            model_out = multistep_x0(x, model_out, table, i, self.x0_rule)
+            table = self.solver_table_x0
+        x_next, x0 = self.impls["multistep_update"](x, model_out, history, table, i)
+        if self.history:
+            history.index_copy_(0, torch.remainder(i.reshape(1), self.history), x0.unsqueeze(0))
+        return x_next
+
+
+def multistep_x0(x, model_out, table, i, rule: X0Rule) -> torch.Tensor:
+    """x0 = a x + b model_out at step i, thresholded (Imagen, diffusers' rule) or clipped."""
+    cd = torch.float64 if x.dtype == torch.float64 else torch.float32
+    row = table.index_select(0, i.reshape(-1).long()).reshape(-1).to(cd)
+    x0 = row[MS_X0_X] * x.to(cd) + row[MS_X0_M] * model_out.to(cd)
+    if rule.threshold is not None:
+        x0 = dynamic_threshold(x0, *rule.threshold)
+    elif rule.clip:
+        x0 = x0.clamp(-rule.clip_range, rule.clip_range)
+    return x0.to(x.dtype)
 
 
 def nonfinite_error(t: int) -> FloatingPointError:
@@ -144,6 +199,8 @@ def run_eager(spec: SamplerSpec, call: Callable, x: torch.Tensor, seed: torch.Te
               progress: bool = False, intermediate_every: int = 0):
     """The T-step loop in eager mode. Returns (x0, intermediates)."""
     ts, prevs = spec.plan.device_tensors(spec.device)
+    step_numbers = torch.arange(len(spec.plan), dtype=torch.int64, device=spec.device)
+    history = spec.new_history()
     B = spec.shape[0]
     tracker = NonFiniteTracker(spec.device, spec.check_nan)
     intermediates = []
@@ -160,7 +217,7 @@ def run_eager(spec: SamplerSpec, call: Callable, x: torch.Tensor, seed: torch.Te
             if spec.guided and i == 0:
                 check_halves_differ(model_out, getattr(call, "kwargs", None))   # one host read, first step only
         tracker.update(model_out, t)
-        x = spec.step(x, model_out, t, t_prev, seed)
+        x = spec.step(x, model_out, t, t_prev, seed, step_numbers[i:i + 1], history)
         if intermediate_every and (i + 1) % intermediate_every == 0:
             intermediates.append(x.clone())
     tracker.raise_if_bad()

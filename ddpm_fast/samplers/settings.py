@@ -10,13 +10,15 @@ from typing import Any, Optional
 import torch
 
 from ..noise import check_sample_offset
-from ..ops.enums import VARIANCE_TYPES
+from ..ops.enums import MS_X0_M, MS_X0_X, VARIANCE_TYPES
 from ..schedule import Col, NoiseSchedule, respaced_table
 from . import diffusers_config, lucidrains
 from .adapters import canonical_prediction
 from .arguments import check_dtype, check_eta, check_schedule_table, resolve_backend
 from .loop import SamplerSpec
-from .plan import PREV_RULES, custom_plan, ddim_plan, ddpm_plan
+from . import multistep
+from .multistep import MULTISTEP_SAMPLERS, SolverConfig
+from .plan import PREV_RULES, Plan, custom_plan, ddim_plan, ddpm_plan
 
 # ddpm_fast's own rules, for a NoiseSchedule or a schedule name. They differ from diffusers'
 # defaults in two places, both cleaner: DDIM lands on the next visited timestep, and ε is
@@ -27,7 +29,19 @@ OWN_DEFAULTS = {
     "use_clipped_model_output": True, "thresholding": False, "dynamic_thresholding_ratio": 0.995,
     "sample_max_value": 1.0, "timestep_spacing": "leading", "steps_offset": 0,
     "set_alpha_to_one": True, "prev_rule": "next",
+    # multistep solvers (samplers/multistep.py); None: the sampler's diffusers default
+    "solver_order": None, "solver_type": None, "lower_order_final": True, "euler_at_final": False,
+    "final_sigmas_type": "zero", "use_karras_sigmas": False, "karras_round": True, "sigma_min": None,
+    "sigma_max": None, "lambda_min_clipped": -float("inf"), "disable_corrector": (),
+    "held_timesteps": None,
 }
+# What DPMSolverMultistepScheduler / UniPCMultistepScheduler default to where ddpm_fast's own
+# DDPM/DDIM defaults differ: linspace spacing, no x0 clipping, order 2 (and 20 steps unless
+# steps= or timesteps= is given).
+MULTISTEP_DEFAULTS = {"timestep_spacing": "linspace", "clip_denoised": False, "solver_order": 2}
+MULTISTEP_STEPS = 20
+# settings that only a multistep sampler reads: asking for them with DDPM/DDIM is an error
+_MULTISTEP_ONLY = ("solver_order", "solver_type", "final_sigmas_type", "use_karras_sigmas")
 
 # diffusers' variance types -> the fused kernel's. The "_log" variants are the same σ computed
 # through a log; diffusers' own fixed_large_log takes the square root of that log (NaN,
@@ -72,6 +86,14 @@ def resolve(schedule: Any, explicit: dict) -> tuple[NoiseSchedule, dict]:
 
 def _merge(schedule: NoiseSchedule, foreign: dict, explicit: dict) -> tuple[NoiseSchedule, dict]:
     settings = dict(OWN_DEFAULTS)
+    sampler = explicit.get("sampler") or foreign.get("sampler") or OWN_DEFAULTS["sampler"]
+    if sampler in MULTISTEP_SAMPLERS:
+        settings.update(MULTISTEP_DEFAULTS)
+    else:
+        asked = [k for k in _MULTISTEP_ONLY if explicit.get(k) is not None]
+        if asked:
+            raise ValueError(f"{', '.join(asked)} apply to sampler='dpmsolver++' or 'unipc' only, "
+                             f"not sampler={sampler!r}")
     settings.update(foreign)
     settings.update({k: v for k, v in explicit.items() if v is not None})
     settings["prediction_type"] = _prediction(schedule, explicit.get("prediction_type"),
@@ -101,6 +123,8 @@ def make_spec(schedule: NoiseSchedule, s: dict, shape: tuple, device: torch.devi
     if sampler == "ddim":
         s["eta"] = check_eta(s["eta"])
     dtype = check_dtype(dtype)
+    if sampler in MULTISTEP_SAMPLERS:
+        return _multistep_spec(schedule, s, shape, device, dtype, sample_offset, backend, check_nan, guidance)
     plan = _plan(schedule.T, s)
     table = schedule.table(device)
     if sampler == "ddpm" and plan.timesteps != tuple(range(schedule.T - 1, -1, -1)):
@@ -122,10 +146,69 @@ def make_spec(schedule: NoiseSchedule, s: dict, shape: tuple, device: torch.devi
     return spec.resolve()
 
 
+def solver_config(s: dict) -> SolverConfig:
+    """The multistep solver of resolved settings ``s``, checked (samplers/multistep.py)."""
+    order = s["solver_order"]
+    if isinstance(order, bool) or not isinstance(order, int):
+        raise TypeError(f"solver_order must be an int (1, 2 or 3), got {type(order).__name__} {order!r}")
+    for name in ("lower_order_final", "euler_at_final", "use_karras_sigmas"):
+        if not isinstance(s[name], bool):
+            raise TypeError(f"{name} must be a bool, got {type(s[name]).__name__} {s[name]!r}")
+    return SolverConfig(
+        s["sampler"], order, s["solver_type"], lower_order_final=s["lower_order_final"],
+        euler_at_final=s["euler_at_final"], final_sigmas_type=s["final_sigmas_type"],
+        karras=s["use_karras_sigmas"], karras_round=bool(s["karras_round"]), sigma_min=s["sigma_min"],
+        sigma_max=s["sigma_max"], lambda_min_clipped=float(s["lambda_min_clipped"]),
+        disable_corrector=tuple(int(i) for i in s["disable_corrector"])).check()
+
+
+def _multistep_spec(schedule: NoiseSchedule, s: dict, shape: tuple, device: torch.device,
+                    dtype: torch.dtype, sample_offset: int, backend: Optional[str],
+                    check_nan: bool, guidance=None) -> SamplerSpec:
+    """The spec of a DPM-Solver++ / UniPC run: its timesteps and per-step coefficient table."""
+    if s["eta"]:
+        raise ValueError(f"eta applies to sampler='ddim' only, not sampler={s['sampler']!r} "
+                         "(the multistep solvers are deterministic)")
+    if s["variance_type"] in _LEARNED:
+        raise ValueError(f"variance_type={s['variance_type']!r} (a 2C-channel model) is not supported by "
+                         f"sampler={s['sampler']!r}")
+    cfg = solver_config(s)
+    steps, timesteps = s["steps"], s["timesteps"]
+    if timesteps is not None and steps is not None:
+        raise ValueError("pass steps or timesteps, not both")
+    if timesteps is None and steps is None:
+        steps = MULTISTEP_STEPS
+    if s["timestep_spacing"] not in multistep.SPACINGS:
+        raise ValueError(f"timestep_spacing must be one of {multistep.SPACINGS}, got {s['timestep_spacing']!r}")
+    mp = multistep.make_plan(schedule, cfg, s["prediction_type"], steps, timesteps,
+                             s["timestep_spacing"], int(s["steps_offset"]))
+    held = s["held_timesteps"]
+    if held is not None and list(held) != list(mp.timesteps):
+        raise ValueError(f"the scheduler's own timesteps after set_timesteps are {list(held)}, but its "
+                         f"config gives {list(mp.timesteps)}; pass steps= or timesteps= explicitly")
+    _check_values(s, dtype, sample_offset)
+    check_sample_offset(sample_offset, int(shape[0]))
+    threshold = ((float(s["dynamic_thresholding_ratio"]), float(s["sample_max_value"]))
+                 if s["thresholding"] else None)
+    ts = tuple(mp.timesteps)
+    coefs = torch.tensor(mp.coefs, dtype=torch.float64)
+    coefs_x0 = coefs.clone()
+    coefs_x0[:, MS_X0_X], coefs_x0[:, MS_X0_M] = 0.0, 1.0
+    spec = SamplerSpec(shape=shape, device=device, dtype=dtype, table=schedule.table(device),
+                       plan=Plan(ts, ts[1:] + (-1,)), sampler=s["sampler"],
+                       prediction_type=s["prediction_type"], variance_type="fixed_small",
+                       clip_denoised=bool(s["clip_denoised"]), clip_range=float(s["clip_range"]),
+                       eta=0.0, final_alpha_bar=1.0, sample_offset=sample_offset,
+                       backend=resolve_backend(backend), check_nan=check_nan, threshold=threshold,
+                       solver=cfg, solver_table=coefs.to(device), solver_table_x0=coefs_x0.to(device),
+                       history=mp.history, guidance=guidance)
+    return spec.resolve()
+
+
 def _plan(T: int, s: dict):
     sampler, steps, timesteps = s["sampler"], s["steps"], s["timesteps"]
     if sampler not in ("ddpm", "ddim"):
-        raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
+        raise ValueError(f"sampler must be one of 'ddpm', 'ddim', 'dpmsolver++', 'unipc', got {sampler!r}")
     if s["prev_rule"] not in PREV_RULES:
         raise ValueError(f"prev_rule must be one of {PREV_RULES}, got {s['prev_rule']!r}")
     if timesteps is not None:
