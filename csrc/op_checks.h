@@ -243,6 +243,38 @@ inline ScheduleArgs check_ddim_step_args(const char* op, const at::Tensor& x, co
   return a;
 }
 
+// multistep_update: x, model_out [B, ...] of one shape; history [K, *x.shape], K <= MS_MAX_HISTORY;
+// table float64 [steps, MS_WIDTH]; step int32/int64 [] or [1] in [0, steps) (checked on the CPU).
+struct MultistepArgs {
+  at::Tensor table;
+  at::Tensor step;
+};
+
+inline MultistepArgs check_multistep_update_args(const char* op, const at::Tensor& x, const at::Tensor& m,
+                                                 const at::Tensor& history, const at::Tensor& table,
+                                                 const at::Tensor& step) {
+  check_data(op, "x", x, x.device());
+  check_data(op, "model_out", m, x.device());
+  check_data(op, "history", history, x.device());
+  check_batched(op, "x", x, 2);
+  check_same_shape(op, "model_out", m, x);
+  TORCH_CHECK(history.dim() == x.dim() + 1 && history.size(0) <= MS_MAX_HISTORY &&
+                  history.sizes().slice(1) == x.sizes(),
+              "ddpm_fast::", op, ": history must have shape [K, *x.shape] with K <= ", int(MS_MAX_HISTORY),
+              ", got ", history.sizes(), " for x of shape ", x.sizes());
+  MultistepArgs a;
+  TORCH_CHECK(table.scalar_type() == at::kDouble && table.dim() == 2 && table.size(1) == MS_WIDTH &&
+                  table.size(0) > 0,
+              "ddpm_fast::", op, ": table must be float64 [steps, ", int(MS_WIDTH), "], got ", table.scalar_type(),
+              " ", table.sizes());
+  TORCH_CHECK(table.device() == x.device(), "ddpm_fast::", op, ": table is on ", table.device(),
+              " but the data is on ", x.device());
+  a.table = table.contiguous();
+  TORCH_CHECK(step.numel() == 1, "ddpm_fast::", op, ": step must have shape [] or [1], got ", step.sizes());
+  a.step = check_timestep(op, "step", step, 1, a.table.size(0), x.device());
+  return a;
+}
+
 inline void check_temb_add_args(const char* op, const at::Tensor& h, const at::Tensor& temb) {
   check_data(op, "h", h, h.device());
   check_batched(op, "h", h, 3);

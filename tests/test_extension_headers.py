@@ -38,6 +38,9 @@ def test_enums_header_matches_python():
         "Variance": {"VAR_FIXED_SMALL": enums.VAR_FIXED_SMALL, "VAR_FIXED_LARGE": enums.VAR_FIXED_LARGE},
         "TembMode": {"TEMB_NONE": enums.TEMB_NONE, "TEMB_BEFORE_NORM": enums.TEMB_BEFORE_NORM,
                      "TEMB_AFTER_NORM": enums.TEMB_AFTER_NORM},
+        "MultistepColumn": {"MS_X0_X": enums.MS_X0_X, "MS_X0_M": enums.MS_X0_M, "MS_X": enums.MS_X,
+                            "MS_X0": enums.MS_X0, "MS_HISTORY": enums.MS_HISTORY,
+                            "MS_MAX_HISTORY": enums.MS_MAX_HISTORY, "MS_WIDTH": enums.MS_WIDTH},
         "Stream": {"STREAM_INIT": noise.STREAM_INIT, "STREAM_STEP": noise.STREAM_STEP,
                    "STREAM_Q_SAMPLE": noise.STREAM_Q_SAMPLE},
     }

@@ -30,7 +30,7 @@ SOLVERS = [("dpmsolver++", o, st) for o in (1, 2, 3) for st in ("midpoint", "heu
 def _unet(seed=0):
     torch.manual_seed(seed)
     return UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
-                       block_out_channels=(16, 16), norm_num_groups=4,
+                       block_out_channels=(8, 8), norm_num_groups=4,
                        down_block_types=("DownBlock2D", "DownBlock2D"),
                        up_block_types=("UpBlock2D", "UpBlock2D")).eval()
 
@@ -70,6 +70,8 @@ def test_run_equals_diffusers_loop(unet, sampler, order, solver_type, steps):
     want = diffusers_loop(unet, sch, _x_T(), steps)
     got = ddpm_fast.sample(unet, SHAPE, schedule=sch, x_T=_x_T(), backend="reference")
     assert (got - want).abs().max().item() <= TOL
+    if steps != 10:
+        return
     # the same run from keyword arguments on the scheduler's betas
     got_kw = ddpm_fast.sample(unet, SHAPE, schedule=NoiseSchedule.from_diffusers(sch), x_T=_x_T(),
                               sampler=sampler, steps=steps, solver_order=order, solver_type=solver_type,

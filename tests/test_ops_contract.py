@@ -127,6 +127,20 @@ def _philox(B, numel, offset, stream, t_kind):
     return build
 
 
+def _multistep(shape, K, layout, step_kind="scalar", mixed=False):
+    """Random coefficients (some large, as 1/alpha is early in eps-prediction runs), K history
+    buffers, the step as [] or [1]."""
+    def build(dev, dtype):
+        g = torch.Generator().manual_seed(K)
+        table = (torch.randn(5, 8, generator=g, dtype=torch.float64) * torch.tensor(
+            [30.0, 30.0, 1, 1, 1, 1, 1, 0], dtype=torch.float64)).to(dev)
+        h = _data((K, *shape), dtype, dev, layout)
+        step = torch.tensor(3, device=dev) if step_kind == "scalar" else torch.tensor([4], device=dev,
+                                                                                         dtype=torch.int32)
+        return (_data(shape, dtype, dev, layout), _data(shape, torch.float32 if mixed else dtype, dev), h, table, step)
+    return build
+
+
 F32 = (torch.float32,)
 CASES = [
     Case("philox_normal", "odd", _philox(3, 37, 5, 1, "per-sample"), F32),
@@ -152,6 +166,10 @@ CASES = [
     Case("ddim_step", "eps-deterministic", _ddim((3, 5, 7, 9), "transposed", 0, 0.0, False, "table")),
     Case("ddim_step", "x0-eta-mixed-t-prev", _ddim((4, 3, 5, 5), "contiguous", 1, 0.5, True, "mixed")),
     Case("ddim_step", "v-final-noise", _ddim((2, 6, 4, 4), "sliced", 2, 1.0, True, "final", noise=True)),
+    Case("multistep_update", "k0-odd", _multistep((3, 5, 7), 0, "contiguous")),
+    Case("multistep_update", "k1-transposed", _multistep((2, 3, 5, 9), 1, "transposed", "one", mixed=True)),
+    Case("multistep_update", "k2-sliced", _multistep((1, 1, 3, 3), 2, "sliced")),
+    Case("multistep_update", "k3-odd", _multistep((3, 5, 7, 9), 3, "transposed")),
     Case("temb_add", "batch1", lambda d, dt: (_data((1, 1, 1), dt, d), _data((1, 1), dt, d))),
     Case("temb_add", "odd-transposed", lambda d, dt: (_data((3, 5, 7, 9), dt, d, "transposed"),
                                                       _data((3, 5), dt, d))),
@@ -243,6 +261,23 @@ def test_out_of_range_timestep_is_nan_or_error(backend, dev):
     assert y[0].isnan().all() and y[1].isfinite().all()
 
 
+@pytest.mark.parametrize("backend,dev", _backends())
+def test_multistep_step_past_the_table_is_nan_or_error(backend, dev):
+    """multistep_update reads its coefficient row at ``step`` on the device: past the table it is
+    an error on the CPU and NaN elsewhere, as a timestep is."""
+    d = torch.device(dev)
+    x = torch.randn(2, 8, device=d)
+    table = torch.ones(3, 8, dtype=torch.float64, device=d)
+    fn = dispatch.implementation("multistep_update", backend, d)
+    h = torch.zeros(1, 2, 8, device=d)
+    if backend == "cpp":
+        with pytest.raises(RuntimeError, match="out of range"):
+            fn(x, x, h, table, torch.tensor(3, device=d))
+        return
+    out, x0 = fn(x, x, h, table, torch.tensor(3, device=d))
+    assert out.isnan().all() and x0.isnan().all()
+
+
 # --- torch.library: schema, fakes, dispatch ------------------------------------------------------
 
 def _namespaces():
@@ -257,7 +292,8 @@ def _namespaces():
 
 @pytest.mark.parametrize("ns,dev", _namespaces())
 @pytest.mark.parametrize("case", [c for c in CASES if c.name in {
-    "odd", "odd-transposed", "v-int32-t", "v-large-noise", "eps", "x0-eta-mixed-t-prev", "5d", "before-norm"}],
+    "odd", "odd-transposed", "v-int32-t", "v-large-noise", "eps", "x0-eta-mixed-t-prev", "5d", "before-norm",
+    "k3-odd"}],
     ids=lambda c: c.id)
 def test_opcheck(ns, dev, case):
     """opcheck over the contract's inputs: schema (mutation of reverse_step_out's ``out`` only),

@@ -18,7 +18,8 @@ from typing import Any, Iterable
 
 import triton
 
-from ddpm_fast.ops.triton import ddim_step, groupnorm_temb_silu, philox, q_sample, reverse_step, temb_add
+from ddpm_fast.ops.triton import (ddim_step, groupnorm_temb_silu, multistep_update, philox, q_sample, reverse_step,
+                                  temb_add)
 from ddpm_fast.ops.triton._common import ELEMENTWISE_CONFIGS
 
 DTYPES = ("fp32", "fp16", "bf16")
@@ -112,6 +113,18 @@ def _ddim_step() -> list:
     return specs
 
 
+def _multistep_update() -> list:
+    specs = []
+    for cfg in ELEMENTWISE_CONFIGS:
+        for tag in DTYPES:
+            ty = "*" + tag
+            sig = {"x_ptr": ty, "m_ptr": ty, "h_ptr": ty, "out_ptr": ty, "x0_ptr": ty, "table_ptr": "*fp64",
+                   "step_ptr": "*i64", "N": "i32", "S": "i32"}
+            specs.append(make_spec("multistep_update", multistep_update.multistep_update_kernel, cfg, tag, sig,
+                                   {"K": 3, "F64": False}, elementwise=True))
+    return specs
+
+
 def _temb_add() -> list:
     specs = []
     for cfg in ELEMENTWISE_CONFIGS:
@@ -152,5 +165,5 @@ def _groupnorm_temb_silu() -> list:
 
 def aot_specs() -> list:
     """Every kernel x launch config x data dtype (see the module docstring)."""
-    return (_philox() + _q_sample() + _reverse_step() + _ddim_step() + _temb_add()
+    return (_philox() + _q_sample() + _reverse_step() + _ddim_step() + _multistep_update() + _temb_add()
             + _groupnorm_temb_silu())

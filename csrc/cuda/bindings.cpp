@@ -8,6 +8,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <tuple>
+
 #include "../op_checks.h"
 #include "ddpm_fast/cuda_launchers.h"
 
@@ -178,6 +180,23 @@ at::Tensor temb_add(const at::Tensor& h_in, const at::Tensor& temb_in) {
   return out;
 }
 
+std::tuple<at::Tensor, at::Tensor> multistep_update(const at::Tensor& x_in, const at::Tensor& m_in,
+                                                    const at::Tensor& h_in, const at::Tensor& table_in,
+                                                    const at::Tensor& step_in) {
+  const char* op = "multistep_update";
+  const MultistepArgs a = check_multistep_update_args(op, x_in, m_in, h_in, table_in, step_in);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous(), m = m_in.contiguous(), h = h_in.contiguous();
+  at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
+  at::Tensor x0 = at::empty_like(x, at::MemoryFormat::Contiguous);
+  const TimestepArg step{a.step.data_ptr(), a.step.scalar_type() == at::kLong, 0};
+  check_launch(op, launch_multistep_update(out.data_ptr(), x0.data_ptr(), x.data_ptr(), dtype_code(x), m.data_ptr(),
+                                           dtype_code(m), h.data_ptr(), dtype_code(h), h.size(0),
+                                           a.table.data_ptr<double>(), a.table.size(0), step, x.numel(),
+                                           c10::cuda::getCurrentCUDAStream()));
+  return {out, x0};
+}
+
 at::Tensor groupnorm_temb_silu(const at::Tensor& x_in, const at::Tensor& weight_in, const at::Tensor& bias_in,
                                const c10::optional<at::Tensor>& temb_in, int64_t num_groups, double eps,
                                int64_t temb_mode, bool apply_silu) {
@@ -212,6 +231,7 @@ TORCH_LIBRARY_IMPL(ddpm_fast, CUDA, m) {
   m.impl("reverse_step", &reverse_step);
   m.impl("reverse_step_out", &reverse_step_out);
   m.impl("ddim_step", &ddim_step);
+  m.impl("multistep_update", &multistep_update);
   m.impl("temb_add", &temb_add);
   m.impl("groupnorm_temb_silu", &groupnorm_temb_silu);
 }

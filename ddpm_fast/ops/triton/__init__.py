@@ -25,13 +25,13 @@ from ..autograd import attach_reference_backwards
 from ..dispatch import register_backend
 from ..registration import implementations_of, torch_op_callers
 from ..table import OPS
-from . import ddim_step, groupnorm_temb_silu, philox, q_sample, reverse_step, temb_add
+from . import ddim_step, groupnorm_temb_silu, multistep_update, philox, q_sample, reverse_step, temb_add
 from ._common import INTERPRET, NAMESPACE, USE_TRITON_OP
 
 __all__ = ["unavailable_reason", "LAUNCHERS", "KERNEL_MODULES"]
 
 BACKEND = "triton"
-KERNEL_MODULES = (philox, q_sample, reverse_step, ddim_step, temb_add, groupnorm_temb_silu)
+KERNEL_MODULES = (philox, q_sample, reverse_step, ddim_step, multistep_update, temb_add, groupnorm_temb_silu)
 # op name -> launcher, gathered from the kernel files by the op table's names
 LAUNCHERS = implementations_of(types.SimpleNamespace(
     **{k: v for m in KERNEL_MODULES for k, v in vars(m).items() if callable(v)}))
