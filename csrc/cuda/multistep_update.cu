@@ -26,32 +26,33 @@ __device__ __forceinline__ Row load_row(const double* table, int64_t S, const Ti
   return row;
 }
 
-// One thread per 4 consecutive elements; K history buffers of N elements each.
+// One thread per octet (8 consecutive elements: 16-byte accesses, common.cuh); K history
+// buffers of N elements each.
 template <int K>
 __global__ void multistep_update_kernel(void* out, void* x0_out, const void* x, int xdt, const void* m, int mdt,
                                         const void* h, int hdt, const double* table, int64_t S, TimestepArg step,
                                         int64_t N, bool vec) {
   const Row c = load_row(table, S, step);
-  const int64_t nq = (N + 3) / 4;
+  const int64_t nq = (N + 7) / 8;
   for (int64_t q = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; q < nq; q += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t i = 4 * q;
-    const int n = static_cast<int>(N - i < 4 ? N - i : 4);
-    float xv[4], mv[4], hv[4];
-    ld4(x, xdt, i, n, vec, xv);
-    ld4(m, mdt, i, n, vec, mv);
+    const int64_t i = 8 * q;
+    const int n = static_cast<int>(N - i < 8 ? N - i : 8);
+    float xv[8], mv[8], hv[8];
+    ld8(x, xdt, i, n, vec, xv);
+    ld8(m, mdt, i, n, vec, mv);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
+    for (int j = 0; j < 8; ++j) {
       mv[j] = c.a * xv[j] + c.b * mv[j];
       xv[j] = c.cx * xv[j] + c.c0 * mv[j];
     }
 #pragma unroll
     for (int k = 0; k < K; ++k) {
-      ld4(h, hdt, k * N + i, n, vec, hv);
+      ld8(h, hdt, k * N + i, n, vec, hv);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) xv[j] += c.ch[k] * hv[j];
+      for (int j = 0; j < 8; ++j) xv[j] += c.ch[k] * hv[j];
     }
-    st4(out, xdt, i, n, vec, xv);
-    st4(x0_out, xdt, i, n, vec, mv);
+    st8(out, xdt, i, n, vec, xv);
+    st8(x0_out, xdt, i, n, vec, mv);
   }
 }
 
@@ -61,9 +62,10 @@ cudaError_t launch_multistep_update(void* out, void* x0, const void* x, int dtyp
                                     int m_dtype, const void* history, int h_dtype, int64_t K, const double* table,
                                     int64_t steps, TimestepArg step, int64_t N, cudaStream_t stream) {
   if (N == 0) return cudaSuccess;
-  const bool vec = N % 4 == 0 && quad_aligned(out, dtype) && quad_aligned(x0, dtype) && quad_aligned(x, dtype) &&
-                   quad_aligned(model_out, m_dtype) && (K == 0 || quad_aligned(history, h_dtype));
-  const unsigned int grid = blocks_for((N + 3) / 4);
+  // octets of every buffer 16-byte aligned (each history slot starts N elements on: N % 8 == 0)
+  const bool vec = N % 8 == 0 && octet_aligned(out) && octet_aligned(x0) && octet_aligned(x) &&
+                   octet_aligned(model_out) && (K == 0 || octet_aligned(history));
+  const unsigned int grid = blocks_for((N + 7) / 8);
   switch (K) {
     case 0: multistep_update_kernel<0><<<grid, kThreads, 0, stream>>>(out, x0, x, dtype, model_out, m_dtype, history,
                                                                       h_dtype, table, steps, step, N, vec); break;
