@@ -1,26 +1,25 @@
-// CUDA kernels of groupnorm_temb_silu: silu(GroupNorm(x [+ temb]) [+ temb]) in three launches that
-// read x twice and write it once, whatever the number of groups:
-//   1. groupnorm_stats_kernel: a group (contiguous, count = C/G * HW elements) is split across `splits` blocks
-//      (enough blocks to fill the GPU even when B * G is small); each block merges its elements'
-//      float32 mean / M2 (Chan et al.: per 8-element vector, then across threads and warps), no
-//      E[x^2] - E[x]^2 cancellation, and writes one partial (mean, M2);
-//   2. groupnorm_finalize_kernel: one thread per (sample, channel) merges its group's partials and folds mean,
-//      rstd, weight, bias and temb into y = (x - shift) * scale + add for that row;
-//   3. groupnorm_apply_kernel: element-wise over all of x, 8 elements per thread (16-byte accesses).
-// Channels are tracked incrementally along each thread's grid-stride walk (one integer division
-// per thread, none per element). The vector path needs HW % 8 == 0 and 16-byte aligned x / out;
-// otherwise the same kernels run one element at a time (W = 1).
-#include <algorithm>
-
+// CUDA kernels of groupnorm_temb_silu: silu(GroupNorm(x [+ temb]) [+ temb]) in three launches
+// that read x twice and write it once, whatever the number of groups:
+//   1. groupnorm_stats_kernel: a group (contiguous, count = C/G * HW elements) is split across
+//      `splits` blocks (ddpm_fast/groupnorm_plan.h: enough blocks to fill the GPU even when B * G
+//      is small); each block merges its elements' float32 mean / M2 (Chan et al.: per 8-element
+//      vector, then across threads and warps; no E[x^2] - E[x]^2 cancellation) into one partial;
+//   2. groupnorm_finalize_kernel: one thread per (sample, channel) merges its group's partials
+//      and folds mean, rstd, weight, bias and temb into y = (x - shift) * scale + add;
+//   3. groupnorm_apply_kernel: element-wise over all of x, 8 elements per thread (16-byte
+//      accesses).
+// Channels are tracked incrementally along each thread's grid-stride walk (RowWalk: integer
+// divisions once per thread, none per element). The vector path needs HW % 8 == 0 and 16-byte
+// aligned x / out; otherwise the same kernels run one element at a time (W = 1).
 #include "common.cuh"
+#include "ddpm_fast/groupnorm_plan.h"
 
 namespace ddpm_fast {
 namespace cuda {
 namespace {
 
-constexpr int kVec = 8;                   // elements per vector access (16 bytes at 16 bit)
-constexpr int64_t kStatsPerBlock = 16384;  // elements a stats block takes at least, before splitting for occupancy
-constexpr int64_t kMinBlocks = 512;        // stats blocks wanted in flight (several per SM)
+constexpr int kVec = kGroupNormVec;
+static_assert(kGroupNormThreads == kThreads, "groupnorm_plan.h sizes blocks of kThreads threads");
 
 // A running float32 (count, mean, M2) and Chan's merge of two of them.
 struct Moments {
@@ -72,23 +71,6 @@ __device__ __forceinline__ void store_vec(void* p, int dt, int64_t i, const floa
     st(p, dt, i, v[0]);
   }
 }
-
-// Position (row, offset in row) of a thread walking rows of HW elements in steps of `step`
-// elements: advanced without division (HW % W == 0, so a W-vector never straddles rows).
-struct RowWalk {
-  int64_t row, col, step_rows, step_cols, HW;
-  __device__ __forceinline__ RowWalk(int64_t start, int64_t step, int64_t hw)
-      : row(start / hw), col(start - (start / hw) * hw), step_rows(step / hw), step_cols(step - (step / hw) * hw),
-        HW(hw) {}
-  __device__ __forceinline__ void advance() {
-    row += step_rows;
-    col += step_cols;
-    if (col >= HW) {
-      col -= HW;
-      ++row;
-    }
-  }
-};
 
 // Block blockIdx.x = group * splits + k takes elements [k * chunk, min((k + 1) * chunk, count))
 // of its group; partial[blockIdx.x] = their (mean, M2).
@@ -167,30 +149,8 @@ __global__ void __launch_bounds__(kThreads) groupnorm_apply_kernel(void* out, co
   }
 }
 
-struct GnPlan {
-  int64_t count, splits, chunk;
-};
-
-// Blocks per group: enough for kMinBlocks stats blocks in all, at least one per kStatsPerBlock
-// elements, at most one per kThreads vectors (more would leave threads idle); chunk a multiple
-// of the vector width w and no split empty. count > 0 and B * G > 0.
-GnPlan plan(int64_t B, int64_t C, int64_t HW, int64_t G, int64_t w) {
-  GnPlan p;
-  p.count = C / G * HW;
-  const int64_t useful = (p.count + kThreads * w - 1) / (kThreads * w);
-  int64_t splits = (kMinBlocks + B * G - 1) / (B * G);
-  const int64_t by_size = (p.count + kStatsPerBlock - 1) / kStatsPerBlock;
-  if (splits < by_size) splits = by_size;
-  if (splits > useful) splits = useful;
-  if (splits < 1) splits = 1;
-  const int64_t per = (p.count + splits - 1) / splits;
-  p.chunk = (per + w - 1) / w * w;
-  p.splits = (p.count + p.chunk - 1) / p.chunk;
-  return p;
-}
-
 bool vector_path(const void* out, const void* x, int64_t HW) {
-  return HW % kVec == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
+  return HW % kVec == 0 && octet_aligned(x) && octet_aligned(out);
 }
 
 }  // namespace
@@ -198,7 +158,7 @@ bool vector_path(const void* out, const void* x, int64_t HW) {
 int64_t groupnorm_temb_silu_workspace_floats(int64_t B, int64_t C, int64_t HW, int64_t num_groups) {
   if (B * C * HW == 0) return 0;
   // whichever path the launch takes (it depends on the pointers' alignment)
-  const int64_t splits = std::max(plan(B, C, HW, num_groups, 1).splits, plan(B, C, HW, num_groups, kVec).splits);
+  const int64_t splits = groupnorm_workspace_splits(B, C, HW, num_groups);
   return 2 * B * num_groups * splits + 3 * B * C;
 }
 
@@ -208,7 +168,7 @@ cudaError_t launch_groupnorm_temb_silu(void* out, const void* x, int dtype, cons
                                        bool apply_silu, float* workspace, cudaStream_t stream) {
   if (B * C * HW == 0) return cudaSuccess;
   const bool vec = vector_path(out, x, HW);
-  const GnPlan p = plan(B, C, HW, num_groups, vec ? kVec : 1);
+  const GroupNormPlan p = groupnorm_plan(B, C, HW, num_groups, vec ? kVec : 1);
   const int64_t stats_blocks = B * num_groups * p.splits;
   if (stats_blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
   float2* partial = reinterpret_cast<float2*>(workspace);
@@ -218,22 +178,23 @@ cudaError_t launch_groupnorm_temb_silu(void* out, const void* x, int dtype, cons
   const bool before = temb_mode == TEMB_BEFORE_NORM;
   const auto blocks = static_cast<unsigned int>(stats_blocks);
   if (vec) {
-    groupnorm_stats_kernel<kVec><<<blocks, kThreads, 0, stream>>>(x, dtype, temb, temb_dtype, before, C, HW, num_groups,
-                                                           p.count, p.chunk, p.splits, partial);
+    groupnorm_stats_kernel<kVec><<<blocks, kThreads, 0, stream>>>(x, dtype, temb, temb_dtype, before, C, HW,
+                                                                  num_groups, p.count, p.chunk, p.splits, partial);
   } else {
     groupnorm_stats_kernel<1><<<blocks, kThreads, 0, stream>>>(x, dtype, temb, temb_dtype, before, C, HW, num_groups,
-                                                        p.count, p.chunk, p.splits, partial);
+                                                               p.count, p.chunk, p.splits, partial);
   }
-  groupnorm_finalize_kernel<<<blocks_for(B * C), kThreads, 0, stream>>>(partial, weight, w_dtype, bias, b_dtype, temb,
-                                                                 temb_dtype, temb_mode, B, C, num_groups, p.count,
-                                                                 p.chunk, p.splits, eps, shift, scale, add);
+  groupnorm_finalize_kernel<<<blocks_for(B * C), kThreads, 0, stream>>>(partial, weight, w_dtype, bias, b_dtype,
+                                                                        temb, temb_dtype, temb_mode, B, C, num_groups,
+                                                                        p.count, p.chunk, p.splits, eps, shift,
+                                                                        scale, add);
   const int64_t total = B * C * HW;
   if (vec) {
-    groupnorm_apply_kernel<kVec><<<blocks_for(total / kVec), kThreads, 0, stream>>>(out, x, dtype, shift, scale, add,
-                                                                             apply_silu, total, HW);
+    groupnorm_apply_kernel<kVec><<<blocks_for(total / kVec), kThreads, 0, stream>>>(out, x, dtype, shift, scale,
+                                                                                     add, apply_silu, total, HW);
   } else {
-    groupnorm_apply_kernel<1><<<blocks_for(total), kThreads, 0, stream>>>(out, x, dtype, shift, scale, add, apply_silu,
-                                                                   total, HW);
+    groupnorm_apply_kernel<1><<<blocks_for(total), kThreads, 0, stream>>>(out, x, dtype, shift, scale, add,
+                                                                          apply_silu, total, HW);
   }
   return cudaGetLastError();
 }
