@@ -34,8 +34,9 @@ def config(out_dir, batch_size, **kw):
 # mean over the ranks doubles it (AdamW normalises the gradient's scale away and would not see it)
 SGD = dict(optimizer="sgd", grad_clip=0.0, lr=0.5, warmup_steps=0, sample_n=0)
 # class-conditional, half the labels dropped to the null class: the drops are keyed by the
-# global sample index, so the ranks' halves are the single process's batch; 2 samples per class
-COND = dict(conditional=True, cond_drop_prob=0.5, sample_n=6, sample_guidance=1.0)
+# global sample index, so the ranks' halves are the single process's batch; 2 samples per class,
+# guided (each rank passes its rows of the labels and of the null labels)
+COND = dict(conditional=True, cond_drop_prob=0.5, sample_n=6, sample_guidance=3.0)
 
 
 _WORKER = textwrap.dedent("""
