@@ -118,7 +118,7 @@ def test_demo_is_a_fixed_run_with_a_progress_bar_and_one_row_per_class(tmp_path,
     from PIL import Image
     from ddpm_fast.training import load_checkpoint
     from ddpm_fast.training.demo import DEMO_CONFIG, DEMO_GUIDANCE, run_demo
-    assert DEMO_CONFIG["steps"] == 800 and DEMO_CONFIG["threads"] == 1 and DEMO_CONFIG["conditional"]
+    assert DEMO_CONFIG["steps"] == 600 and DEMO_CONFIG["threads"] == 1 and DEMO_CONFIG["conditional"]
     assert DEMO_GUIDANCE == 3.0
     runs = []
     for name in ("a", "b"):

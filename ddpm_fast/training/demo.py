@@ -26,11 +26,16 @@ __all__ = ["run_demo", "DEMO_CONFIG", "DEMO_GUIDANCE", "DEMO_PER_CLASS"]
 # min-SNR-5 none (FD 19.1, 0.83; every sample a clean stroke): v + min-SNR-5 it is.
 # One thread: results do not depend on how many cores a machine has, and on the shared 2-core
 # machine two threads were slower (waiting on each other while other processes ran).
+# 600 steps: 200 s of CPU time for the whole training process (so about as long on the idle
+# 2-core machine), leaving the sampling, the metric and the reference timing inside 5 minutes.
+# Measured at seed 0, 100 samples (10 per digit, DDIM 50): guidance 1.5 / 2 / 3 gave class
+# accuracy 0.98 / 1.00 / 1.00 and FD 7.6 / 14.5 / 28.8, the unconditional model of the same
+# config FD 14.2 (held-out real digits 14.0): stronger guidance trades diversity for accuracy.
 DEMO_CONFIG = dict(
     data="digits", model="tiny", model_kwargs={"ch": 16, "ch_mult": [1, 2, 2]},
     conditional=True, cond_drop_prob=0.1,
     schedule="linear", T=1000, prediction_type="v_prediction", min_snr_gamma=5.0,
-    steps=800, batch_size=64, lr=2e-3, warmup_steps=100, lr_schedule="cosine", min_lr_ratio=0.1,
+    steps=600, batch_size=64, lr=2e-3, warmup_steps=100, lr_schedule="cosine", min_lr_ratio=0.1,
     grad_clip=1.0, ema_decay=0.995, ckpt_every=250, sample_every=0, sample_n=0,
     sampler="ddim", sample_steps=50, metric=False, threads=1,
 )
