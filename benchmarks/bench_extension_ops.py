@@ -41,10 +41,10 @@ def _case(name: str, shape, device):
         return (lambda: ops.q_sample_seeded(x, t, table, seed, 0, 2),
                 lambda: reference.q_sample_seeded(x, t, table, seed, 0, 2), 3 * nbytes)
     if name == "reverse_step":
-        args = (x, m, t, table, None, seed, 0, 0, 0, True, 1.0)
+        args = (x, m, t, table, None, seed, 0, 0, 0, True, 1.0, None)
         return lambda: ops.reverse_step(*args), lambda: reference.reverse_step(*args), 3 * nbytes
     if name == "reverse_step_given_noise":
-        args = (x, m, t, table, torch.randn(shape, device=device), None, 0, 0, 0, True, 1.0)
+        args = (x, m, t, table, torch.randn(shape, device=device), None, 0, 0, 0, True, 1.0, None)
         return lambda: ops.reverse_step(*args), lambda: reference.reverse_step(*args), 4 * nbytes
     C = shape[1]
     w, b = torch.randn(C, device=device), torch.randn(C, device=device)

@@ -59,8 +59,8 @@ def _cases(shape, dtype):
     return [
         ("q_sample", (x, t, table, nz), 3 * n * es),
         ("q_sample_seeded", (x, t, table, seed, 0, 2), 3 * n * es),
-        ("reverse_step", (x, m, t, table, None, seed, 0, 0, 0, True, 1.0), 3 * n * es),
-        ("ddim_step", (x, m, t, t - 1, table, None, seed, 0, 1.0, 0, True, 1.0, 1.0), 3 * n * es),
+        ("reverse_step", (x, m, t, table, None, seed, 0, 0, 0, True, 1.0, None), 3 * n * es),
+        ("ddim_step", (x, m, t, t - 1, table, None, seed, 0, 1.0, 0, True, 1.0, 1.0, None), 3 * n * es),
         ("temb_add", (x, temb), 2 * n * es),
         ("groupnorm_temb_silu", (x, w, b, temb, groups, 1e-5, 1, True), 2 * n * es),
         ("philox_normal", (seed, t, B, n // B, 0, 1), 4 * n),

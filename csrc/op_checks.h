@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -36,6 +37,24 @@ inline void check_data(const char* op, const char* name, const at::Tensor& x, co
 inline void check_same_shape(const char* op, const char* name, const at::Tensor& x, const at::Tensor& ref) {
   TORCH_CHECK(x.sizes() == ref.sizes(), "ddpm_fast::", op, ": ", name, " has shape ", x.sizes(),
               " but the data has shape ", ref.sizes());
+}
+
+// model_out of a step: x's shape, or [2B, ...] with classifier-free guidance (conditional rows
+// first), whose scale must be finite (the message of ops/validate.py check_param).
+inline void check_model_out(const char* op, const at::Tensor& m, const at::Tensor& x,
+                            const c10::optional<double>& guidance_scale) {
+  check_data(op, "model_out", m, x.device());
+  if (!guidance_scale.has_value()) {
+    check_same_shape(op, "model_out", m, x);
+    return;
+  }
+  TORCH_CHECK(std::isfinite(*guidance_scale), "ddpm_fast::", op,
+              ": guidance_scale must be a finite number in (-inf, inf), got ", *guidance_scale);
+  std::vector<int64_t> want = x.sizes().vec();
+  want[0] *= 2;
+  TORCH_CHECK(m.sizes() == at::IntArrayRef(want), "ddpm_fast::", op,
+              ": with guidance_scale, model_out must be [2B, ...] = ", at::IntArrayRef(want),
+              " (conditional rows first), got ", m.sizes());
 }
 
 inline void check_batched(const char* op, const char* name, const at::Tensor& x, int64_t min_dim) {
@@ -203,11 +222,11 @@ inline ScheduleArgs check_reverse_step_args(const char* op, const at::Tensor& x,
                                             const c10::optional<at::Tensor>& noise,
                                             const c10::optional<at::Tensor>& seed, int64_t sample_offset,
                                             int64_t prediction_type, int64_t variance_type, double clip_range,
+                                            const c10::optional<double>& guidance_scale,
                                             const at::Tensor* out = nullptr) {
   check_data(op, "x_t", x, x.device());
   check_batched(op, "x_t", x, 1);
-  check_data(op, "model_out", m, x.device());
-  check_same_shape(op, "model_out", m, x);
+  check_model_out(op, m, x, guidance_scale);
   check_noise(op, noise, seed, x, /*needed=*/true);
   check_offset(op, sample_offset, x.size(0));
   check_enum(op, "prediction_type", prediction_type, 3);
@@ -226,11 +245,11 @@ inline ScheduleArgs check_ddim_step_args(const char* op, const at::Tensor& x, co
                                          const at::Tensor& t, const at::Tensor& t_prev, const at::Tensor& table,
                                          const c10::optional<at::Tensor>& noise,
                                          const c10::optional<at::Tensor>& seed, int64_t sample_offset, double eta,
-                                         int64_t prediction_type, double clip_range, double final_alpha_bar) {
+                                         int64_t prediction_type, double clip_range, double final_alpha_bar,
+                                         const c10::optional<double>& guidance_scale) {
   check_data(op, "x_t", x, x.device());
   check_batched(op, "x_t", x, 1);
-  check_data(op, "model_out", m, x.device());
-  check_same_shape(op, "model_out", m, x);
+  check_model_out(op, m, x, guidance_scale);
   check_nonnegative_finite(op, "eta", eta);
   check_clip_range(op, clip_range);
   TORCH_CHECK(final_alpha_bar > 0.0 && final_alpha_bar <= 1.0, "ddpm_fast::", op,

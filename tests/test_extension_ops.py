@@ -59,7 +59,7 @@ def test_philox_kat_vectors(request):
 def test_reverse_step_out(device, dtype):
     shape = (4, 3, 8, 8)
     x, m = _data(shape, dtype, device), _data(shape, dtype, device)
-    args = (x, m, torch.tensor(500, device=device), _table(device), None, _seed(device), 0, 0, 0, True, 1.0)
+    args = (x, m, torch.tensor(500, device=device), _table(device), None, _seed(device), 0, 0, 0, True, 1.0, None)
     want = ops.reverse_step(*args)
     out = torch.empty_like(x)
     ops.reverse_step_out(*args, out)
@@ -108,22 +108,22 @@ def test_chunk_invariance(device):
     B, table, seed = 6, _table(device), _seed(device)
     x, m = torch.randn(B, 3, 5, 5, device=device), torch.randn(B, 3, 5, 5, device=device)
     t = torch.randint(0, 1000, (B,), device=device)
-    full = ops.reverse_step(x, m, t, table, None, seed, 10, 0, 0, True, 1.0)
-    halves = [ops.reverse_step(x[i:i + 3], m[i:i + 3], t[i:i + 3], table, None, seed, 10 + i, 0, 0, True, 1.0)
+    full = ops.reverse_step(x, m, t, table, None, seed, 10, 0, 0, True, 1.0, None)
+    halves = [ops.reverse_step(x[i:i + 3], m[i:i + 3], t[i:i + 3], table, None, seed, 10 + i, 0, 0, True, 1.0, None)
               for i in (0, 3)]
     assert torch.equal(full, torch.cat(halves))
     xt, eps = ops.q_sample_seeded(x, t, table, seed, 0, 0)
     parts = [ops.q_sample_seeded(x[i:i + 3], t[i:i + 3], table, seed, i, 0) for i in (0, 3)]
     assert torch.equal(xt, torch.cat([p[0] for p in parts])) and torch.equal(eps, torch.cat([p[1] for p in parts]))
-    one = ops.reverse_step(x[4:5], m[4:5], t[4:5], table, None, seed, 14, 0, 0, True, 1.0)
+    one = ops.reverse_step(x[4:5], m[4:5], t[4:5], table, None, seed, 14, 0, 0, True, 1.0, None)
     assert torch.equal(one, full[4:5])                        # sample 4 at batch size 1
 
 
 def test_no_noise_at_t0():
     x, m = torch.randn(2, 8), torch.randn(2, 8)
     table, t = _table("cpu"), torch.tensor(0)
-    a = ops.reverse_step(x, m, t, table, None, _seed("cpu", 1), 0, 0, 0, False, 1.0)
-    b = ops.reverse_step(x, m, t, table, None, _seed("cpu", 2), 0, 0, 0, False, 1.0)
+    a = ops.reverse_step(x, m, t, table, None, _seed("cpu", 1), 0, 0, 0, False, 1.0, None)
+    b = ops.reverse_step(x, m, t, table, None, _seed("cpu", 2), 0, 0, 0, False, 1.0, None)
     assert torch.equal(a, b)
 
 
@@ -132,7 +132,8 @@ def test_no_noise_at_t0():
 def _step_args(**over):
     x = torch.randn(3, 4, 5)
     args = dict(x_t=x, model_out=torch.randn(3, 4, 5), t=torch.tensor(5), table=_table("cpu"), noise=None,
-                seed=_seed("cpu"), sample_offset=0, prediction_type=0, variance_type=0, clip=True, clip_range=1.0)
+                seed=_seed("cpu"), sample_offset=0, prediction_type=0, variance_type=0, clip=True, clip_range=1.0,
+                guidance_scale=None)
     args.update(over)
     return list(args.values())
 
@@ -171,16 +172,16 @@ def test_other_ops_bad_input():
     with pytest.raises(RuntimeError, match="target_type must be in"):
         ops.q_sample_seeded(x, torch.tensor(1), table, _seed("cpu"), 0, 5)
     with pytest.raises(RuntimeError, match=r"t_prev = 1000 is out of range"):
-        ops.ddim_step(x, x, torch.tensor(5), torch.tensor(1000), table, None, None, 0, 0.0, 0, True, 1.0, 1.0)
+        ops.ddim_step(x, x, torch.tensor(5), torch.tensor(1000), table, None, None, 0, 0.0, 0, True, 1.0, 1.0, None)
     for eta in (float("inf"), float("nan"), -0.5):
         with pytest.raises(RuntimeError, match=r"eta must be a finite number in \[0, inf\)"):
-            ops.ddim_step(x, x, torch.tensor(5), torch.tensor(1), table, None, _seed("cpu"), 0, eta, 0, True, 1.0, 1.0)
+            ops.ddim_step(x, x, torch.tensor(5), torch.tensor(1), table, None, _seed("cpu"), 0, eta, 0, True, 1.0, 1.0, None)
     with pytest.raises(RuntimeError, match=r"final_alpha_bar must be a number in \(0, 1\]"):
-        ops.ddim_step(x, x, torch.tensor(5), torch.tensor(1), table, None, None, 0, 0.0, 0, True, 1.0, 2.0)
+        ops.ddim_step(x, x, torch.tensor(5), torch.tensor(1), table, None, None, 0, 0.0, 0, True, 1.0, 2.0, None)
     with pytest.raises(RuntimeError, match=r"sample_offset \+ batch must be <= 2\*\*32"):
         ops.philox_normal(_seed("cpu"), torch.tensor(0), 2, 3, 2 ** 32 - 1, 0)
     with pytest.raises(RuntimeError, match="stochastic step needs noise or seed"):
-        ops.ddim_step(x, x, torch.tensor(5), torch.tensor(1), table, None, None, 0, 0.5, 0, True, 1.0, 1.0)
+        ops.ddim_step(x, x, torch.tensor(5), torch.tensor(1), table, None, None, 0, 0.5, 0, True, 1.0, 1.0, None)
     with pytest.raises(RuntimeError, match=r"temb must have shape \[B, C\]"):
         ops.temb_add(x, torch.randn(2, 3))
     w = torch.ones(4)
@@ -298,8 +299,8 @@ def test_compile_fullgraph(device):
     def block_and_step(x, temb, t, buf):
         h = gn(x, w, b, temb, 2, 1e-5, 1, True)
         h = ops.temb_add(h, temb)
-        x_prev = step(x, h, t, table, None, seed, 0, 0, 0, True, 1.0)
-        ops.reverse_step_out(x_prev, h, t, table, None, seed, 0, 0, 0, True, 1.0, buf)
+        x_prev = step(x, h, t, table, None, seed, 0, 0, 0, True, 1.0, None)
+        ops.reverse_step_out(x_prev, h, t, table, None, seed, 0, 0, 0, True, 1.0, None, buf)
         return x_prev
 
     x, temb = torch.randn(2, 4, 6, 6, device=device), torch.randn(2, 4, device=device)

@@ -89,17 +89,22 @@ class Case:
         return f"{self.op}-{self.name}"
 
 
-def _step(shape, layout, t_kind, pred, var, clip, noise=False, mixed=False):
+def _model_out(shape, dtype, dev, layout, w):
+    """model_out of a step: x's shape, or [2B, ...] (both halves) with guidance scale w."""
+    return _data(shape if w is None else (2 * shape[0], *shape[1:]), dtype, dev, layout)
+
+
+def _step(shape, layout, t_kind, pred, var, clip, noise=False, mixed=False, w=None):
     def build(dev, dtype):
         x = _data(shape, torch.float32 if mixed else dtype, dev)
-        m = _data(shape, dtype, dev, layout)
+        m = _model_out(shape, dtype, dev, layout, w)
         z = _data(shape, dtype, dev, layout) if noise else None
         return (x, m, _t(shape[0], dev, t_kind), _table(dev), z, None if noise else _seed(dev), 11, pred, var,
-                clip, 1.0)
+                clip, 1.0, w)
     return build
 
 
-def _ddim(shape, layout, pred, eta, clip, t_prev, noise=False):
+def _ddim(shape, layout, pred, eta, clip, t_prev, noise=False, w=None):
     def build(dev, dtype):
         B = shape[0]
         t = torch.randint(50, T, (B,), device=dev)
@@ -107,8 +112,8 @@ def _ddim(shape, layout, pred, eta, clip, t_prev, noise=False):
               "mixed": torch.where(torch.arange(B, device=dev) % 2 == 0, t - 50, -1)}[t_prev]
         z = _data(shape, dtype, dev) if noise and eta > 0 else None
         seed = _seed(dev) if eta > 0 and not noise else None
-        return (_data(shape, dtype, dev, layout), _data(shape, dtype, dev), t, tp, _table(dev), z, seed, 2, eta,
-                pred, clip, 1.0, 0.9991)
+        return (_data(shape, dtype, dev, layout), _model_out(shape, dtype, dev, layout if w is not None else "contiguous", w), t, tp, _table(dev),
+                z, seed, 2, eta, pred, clip, 1.0, 0.9991, w)
     return build
 
 
@@ -161,11 +166,23 @@ CASES = [
     Case("reverse_step", "x0-batch1", _step((1, 1, 1, 1), "contiguous", "scalar", 1, 0, True)),
     Case("reverse_step", "mixed-dtypes", _step((3, 5, 7, 9), "sliced", "sliced", 0, 0, True, noise=True,
                                                mixed=True)),
+    # classifier-free guidance fused into the step: model_out [2B, ...], odd sizes, non-contiguous
+    Case("reverse_step", "guided-eps-transposed", _step((3, 5, 7, 9), "transposed", "per-sample", 0, 0, True,
+                                                        w=3.5)),
+    Case("reverse_step", "guided-v-noise-mixed", _step((2, 3, 5, 7), "sliced", "scalar", 2, 1, False, noise=True,
+                                                       mixed=True, w=-0.75)),
+    Case("reverse_step", "guided-x0-batch1", _step((1, 1, 1, 1), "contiguous", "expanded", 1, 0, False, w=7.0)),
     Case("reverse_step_out", "eps", lambda d, dt: (*_step((4, 3, 5, 5), "transposed", "per-sample", 0, 0, True)(d, dt),
                                                    torch.empty(4, 3, 5, 5, dtype=dt, device=d))),
+    Case("reverse_step_out", "guided", lambda d, dt: (*_step((3, 3, 5, 5), "sliced", "per-sample", 0, 0, True,
+                                                             w=2.0)(d, dt), torch.empty(3, 3, 5, 5, dtype=dt, device=d))),
     Case("ddim_step", "eps-deterministic", _ddim((3, 5, 7, 9), "transposed", 0, 0.0, False, "table")),
     Case("ddim_step", "x0-eta-mixed-t-prev", _ddim((4, 3, 5, 5), "contiguous", 1, 0.5, True, "mixed")),
     Case("ddim_step", "v-final-noise", _ddim((2, 6, 4, 4), "sliced", 2, 1.0, True, "final", noise=True)),
+    Case("ddim_step", "guided-eps-transposed", _ddim((3, 5, 7, 9), "transposed", 0, 0.0, False, "table", w=4.0)),
+    Case("ddim_step", "guided-x0-eta-mixed", _ddim((4, 3, 5, 5), "sliced", 1, 0.5, True, "mixed", w=1.5)),
+    Case("ddim_step", "guided-v-final-noise", _ddim((2, 6, 4, 3), "contiguous", 2, 1.0, True, "final", noise=True,
+                                                    w=0.0)),
     Case("multistep_update", "k0-odd", _multistep((3, 5, 7), 0, "contiguous")),
     Case("multistep_update", "k1-transposed", _multistep((2, 3, 5, 9), 1, "transposed", "one", mixed=True)),
     Case("multistep_update", "k2-sliced", _multistep((1, 1, 3, 3), 2, "sliced")),
@@ -257,7 +274,7 @@ def test_out_of_range_timestep_is_nan_or_error(backend, dev):
     y = fn(x, t, _table(d), x)
     assert y[0].isfinite().all() and y[1].isnan().all()
     y = dispatch.implementation("ddim_step", backend, d)(x, x, torch.tensor(5, device=d), torch.tensor([T, 2], device=d),
-                                                          _table(d), None, None, 0, 0.0, 0, True, 1.0, 1.0)
+                                                          _table(d), None, None, 0, 0.0, 0, True, 1.0, 1.0, None)
     assert y[0].isnan().all() and y[1].isfinite().all()
 
 
@@ -293,7 +310,7 @@ def _namespaces():
 @pytest.mark.parametrize("ns,dev", _namespaces())
 @pytest.mark.parametrize("case", [c for c in CASES if c.name in {
     "odd", "odd-transposed", "v-int32-t", "v-large-noise", "eps", "x0-eta-mixed-t-prev", "5d", "before-norm",
-    "k3-odd"}],
+    "k3-odd", "guided-eps-transposed", "guided"}],
     ids=lambda c: c.id)
 def test_opcheck(ns, dev, case):
     """opcheck over the contract's inputs: schema (mutation of reverse_step_out's ``out`` only),

@@ -37,9 +37,9 @@ def _samples():
         (ops.philox_uniform, (SEED, t, 2, 12, 3, 1)),
         (ops.q_sample, (x, t, table, m)),
         (ops.q_sample_seeded, (x, t, table, SEED, 0, 2)),
-        (ops.reverse_step, (x, m, t, table, None, SEED, 0, 0, 0, True, 1.0)),
-        (ops.reverse_step_out, (x, m, t, table, None, SEED, 0, 0, 0, True, 1.0, torch.empty_like(x))),
-        (ops.ddim_step, (x, m, t.clamp(min=1), tp, table, None, SEED, 0, 0.5, 0, True, 1.0, 1.0)),
+        (ops.reverse_step, (x, m, t, table, None, SEED, 0, 0, 0, True, 1.0, None)),
+        (ops.reverse_step_out, (x, m, t, table, None, SEED, 0, 0, 0, True, 1.0, None, torch.empty_like(x))),
+        (ops.ddim_step, (x, m, t.clamp(min=1), tp, table, None, SEED, 0, 0.5, 0, True, 1.0, 1.0, None)),
         (ops.temb_add, (x, temb)),
         (ops.groupnorm_temb_silu, (x, w, b, temb, 3, 1e-5, 1, True)),
     ]
@@ -59,7 +59,7 @@ def test_fake_shapes_without_running():
         table = torch.empty(10, 16, dtype=torch.float64, device=DEV)
         t = torch.empty(4, dtype=torch.int64, device=DEV)
         seed = torch.empty((), dtype=torch.int64, device=DEV)
-        y = ops.reverse_step(x, x, t, table, None, seed, 0, 0, 0, True, 1.0)
+        y = ops.reverse_step(x, x, t, table, None, seed, 0, 0, 0, True, 1.0, None)
         xt, tgt = ops.q_sample_seeded(x, t, table, seed, 0, 2)
         z = ops.philox_normal(seed, t, 4, 75, 0, 1)
     assert y.shape == x.shape and y.dtype == torch.bfloat16
@@ -79,7 +79,7 @@ def test_torch_compile_fullgraph_no_graph_breaks():
     def step(x, t, temb, w, b):
         h = gn(x, w, b, temb, 3, 1e-5, 2, True)
         m = ta(h, temb) * 0.5
-        return rs(x, m, t, table, None, SEED, 0, 0, 0, True, 1.0)
+        return rs(x, m, t, table, None, SEED, 0, 0, 0, True, 1.0, None)
 
     x = torch.randn(2, 3, 4, 4, device=DEV)
     t = torch.tensor([3, 0], device=DEV)

@@ -32,12 +32,12 @@ def _rand(shape, dtype):
 def test_reverse_step_given_noise_and_out(table):
     x, m, nz = (_rand((2, 3, 8, 8), torch.float32) for _ in range(3))
     t = _t(2)
-    ref = ops.reverse_step(x, m, t, table, None, SEED, 0, 0, 0, True, 1.0)
+    ref = ops.reverse_step(x, m, t, table, None, SEED, 0, 0, 0, True, 1.0, None)
     out = x.clone()
-    ops.reverse_step_out(out, m, t, table, None, SEED, 0, 0, 0, True, 1.0, out)   # in place
+    ops.reverse_step_out(out, m, t, table, None, SEED, 0, 0, 0, True, 1.0, None, out)   # in place
     assert torch.equal(out, ref)
     res = dispatch.implementation("reverse_step_out", "triton", DEV)(
-        x, m, t, table, None, SEED, 0, 0, 0, True, 1.0, torch.empty_like(x))
+        x, m, t, table, None, SEED, 0, 0, 0, True, 1.0, None, torch.empty_like(x))
     assert torch.equal(res, ref)
 
 
@@ -45,8 +45,8 @@ def test_chunk_invariance(table):
     """A batch split into chunks with sample offsets gives the same result as the whole batch."""
     x, m = _rand((4, 3, 5, 5), torch.float32), _rand((4, 3, 5, 5), torch.float32)
     t = torch.tensor([9, 8, 7, 6], device=DEV)
-    full = ops.reverse_step(x, m, t, table, None, SEED, 100, 0, 0, True, 1.0)
-    parts = [ops.reverse_step(x[i:i + 2], m[i:i + 2], t[i:i + 2], table, None, SEED, 100 + i, 0, 0, True, 1.0)
+    full = ops.reverse_step(x, m, t, table, None, SEED, 100, 0, 0, True, 1.0, None)
+    parts = [ops.reverse_step(x[i:i + 2], m[i:i + 2], t[i:i + 2], table, None, SEED, 100 + i, 0, 0, True, 1.0, None)
              for i in (0, 2)]
     assert torch.equal(full, torch.cat(parts))
     xt, eps = ops.q_sample_seeded(x, t, table, SEED, 0, 0)
@@ -82,11 +82,11 @@ def test_triton_vs_cuda_extension(op, table):
     x, m = _rand((256, 3, 32, 32), torch.float32), _rand((256, 3, 32, 32), torch.float32)
     t = torch.randint(1, 100, (256,), device=DEV)
     if op == "reverse_step":
-        args = (x, m, t, table, None, SEED, 0, 0, 0, True, 1.0)
+        args = (x, m, t, table, None, SEED, 0, 0, 0, True, 1.0, None)
     elif op == "q_sample_seeded":
         args = (x, t, table, SEED, 0, 2)
     elif op == "ddim_step":
-        args = (x, m, t, t - 1, table, None, SEED, 0, 0.5, 0, True, 1.0, 1.0)
+        args = (x, m, t, t - 1, table, None, SEED, 0, 0.5, 0, True, 1.0, 1.0, None)
     else:
         args = (SEED, t, 256, 3 * 32 * 32, 0, 1)
     a, b = tri(*args), cud(*args)

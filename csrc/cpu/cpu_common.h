@@ -16,6 +16,7 @@
 #include "../op_checks.h"
 #include "ddpm_fast/enums.h"
 #include "ddpm_fast/philox.h"
+#include "ddpm_fast/step_math.h"
 #include "philox_simd.h"
 
 namespace ddpm_fast {
@@ -62,6 +63,28 @@ inline void load_block(const void* src, int dt, int64_t off, int64_t n, float* d
     const T* p = static_cast<const T*>(src) + off;
     for (int64_t i = 0; i < n; ++i) dst[i] = to_float<T>(p[i]);
   });
+}
+
+// Classifier-free guidance of a step op: the op's optional guidance_scale as the kernels take it.
+struct Guide {
+  bool guided;
+  float w;
+};
+
+inline Guide guide_of(const c10::optional<double>& guidance_scale) {
+  return Guide{guidance_scale.has_value(), guidance_scale.has_value() ? static_cast<float>(*guidance_scale) : 0.0f};
+}
+
+// The model output a step reads for elements [e0, e0 + n) of sample b: model_out's own (guided =
+// false), or with classifier-free guidance u + w (c - u) from its rows b (conditional) and B + b
+// (unconditional) of a [2B, N] model_out — each half read once, in the same pass as the step.
+inline void load_model_block(const void* m, int mdt, int64_t B, int64_t N, int64_t b, int64_t e0, int64_t n,
+                             bool guided, float w, float* mb) {
+  load_block(m, mdt, b * N + e0, n, mb);
+  if (!guided) return;
+  alignas(64) float ub[kBlock];
+  load_block(m, mdt, (B + b) * N + e0, n, ub);
+  for (int64_t i = 0; i < n; ++i) mb[i] = guided_elem(mb[i], ub[i], w);
 }
 
 // dst[off:off+n] = src[0:n] rounded to dt (round to nearest even, as torch's .to()).

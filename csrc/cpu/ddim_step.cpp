@@ -13,7 +13,7 @@ namespace {
 template <int kPrediction>
 void ddim_blocks(const at::Tensor& x, const at::Tensor& m, const NoiseSource& noise, const Timesteps& ts,
                  const Timesteps& tps, const at::Tensor& table, float eta, bool clip, float clip_range,
-                 float final_alpha_bar, at::Tensor& out) {
+                 float final_alpha_bar, const Guide& g, at::Tensor& out) {
   const int64_t B = x.size(0), N = per_sample(x), T = table.size(0);
   const int xdt = dtype_code(x), mdt = dtype_code(m);
   const double* tab = table.data_ptr<double>();
@@ -23,7 +23,7 @@ void ddim_blocks(const at::Tensor& x, const at::Tensor& m, const NoiseSource& no
     const int64_t tb = ts(b);
     const DdimCoefs c = ddim_coefs(tab, tb, tps(b), T, eta, final_alpha_bar);
     load_block(x.data_ptr(), xdt, b * N + e0, n, xb);
-    load_block(m.data_ptr(), mdt, b * N + e0, n, mb);
+    load_model_block(m.data_ptr(), mdt, B, N, b, e0, n, g.guided, g.w, mb);
     if (add_noise) noise.fill(b, tb, N, e0, n, zb);
     for (int64_t i = 0; i < n; ++i) {
       xb[i] = ddim_step_elem<kPrediction>(c, xb[i], mb[i], add_noise ? zb[i] : 0.0f, clip, clip_range, add_noise);
@@ -35,11 +35,12 @@ void ddim_blocks(const at::Tensor& x, const at::Tensor& m, const NoiseSource& no
 at::Tensor ddim_step(const at::Tensor& x_in, const at::Tensor& m_in, const at::Tensor& t, const at::Tensor& t_prev,
                      const at::Tensor& table_in, const c10::optional<at::Tensor>& noise_in,
                      const c10::optional<at::Tensor>& seed, int64_t sample_offset, double eta,
-                     int64_t prediction_type, bool clip, double clip_range, double final_alpha_bar) {
+                     int64_t prediction_type, bool clip, double clip_range, double final_alpha_bar,
+                     c10::optional<double> guidance_scale) {
   const char* op = "ddim_step";
   const ScheduleArgs a =
       check_ddim_step_args(op, x_in, m_in, t, t_prev, table_in, noise_in, seed, sample_offset, eta, prediction_type,
-                           clip_range, final_alpha_bar);
+                           clip_range, final_alpha_bar, guidance_scale);
   const at::Tensor& table = a.table;
   const Timesteps ts(a.t), tps(a.t_prev);
   const at::Tensor x = x_in.contiguous(), m = m_in.contiguous();
@@ -47,10 +48,11 @@ at::Tensor ddim_step(const at::Tensor& x_in, const at::Tensor& m_in, const at::T
   const NoiseSource src = noise_source(noise_in, seed, sample_offset, noise);
   at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
   const float e = static_cast<float>(eta), cr = static_cast<float>(clip_range), fa = static_cast<float>(final_alpha_bar);
+  const Guide g = guide_of(guidance_scale);
   switch (prediction_type) {
-    case PRED_EPSILON: ddim_blocks<PRED_EPSILON>(x, m, src, ts, tps, table, e, clip, cr, fa, out); break;
-    case PRED_SAMPLE: ddim_blocks<PRED_SAMPLE>(x, m, src, ts, tps, table, e, clip, cr, fa, out); break;
-    default: ddim_blocks<PRED_V>(x, m, src, ts, tps, table, e, clip, cr, fa, out);
+    case PRED_EPSILON: ddim_blocks<PRED_EPSILON>(x, m, src, ts, tps, table, e, clip, cr, fa, g, out); break;
+    case PRED_SAMPLE: ddim_blocks<PRED_SAMPLE>(x, m, src, ts, tps, table, e, clip, cr, fa, g, out); break;
+    default: ddim_blocks<PRED_V>(x, m, src, ts, tps, table, e, clip, cr, fa, g, out);
   }
   return out;
 }

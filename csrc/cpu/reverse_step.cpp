@@ -14,7 +14,8 @@ namespace {
 
 template <int kPrediction>
 void reverse_step_blocks(const at::Tensor& x, const at::Tensor& m, const NoiseSource& noise, const Timesteps& ts,
-                         const at::Tensor& table, int variance_type, bool clip, float clip_range, void* out) {
+                         const at::Tensor& table, int variance_type, bool clip, float clip_range, const Guide& g,
+                         void* out) {
   const int64_t B = x.size(0), N = per_sample(x), T = table.size(0);
   const int xdt = dtype_code(x), mdt = dtype_code(m);
   const double* tab = table.data_ptr<double>();
@@ -23,7 +24,7 @@ void reverse_step_blocks(const at::Tensor& x, const at::Tensor& m, const NoiseSo
     const int64_t tb = ts(b);
     const ReverseCoefs c = reverse_coefs(tab, tb, T, kPrediction, variance_type);
     load_block(x.data_ptr(), xdt, b * N + e0, n, xb);
-    load_block(m.data_ptr(), mdt, b * N + e0, n, mb);
+    load_model_block(m.data_ptr(), mdt, B, N, b, e0, n, g.guided, g.w, mb);
     if (c.sigma != 0.0f) {
       noise.fill(b, tb, N, e0, n, zb);
     } else {  // t = 0: sigma = 0 and Philox normals are finite, so sigma * z = 0 exactly
@@ -38,50 +39,54 @@ void reverse_step_blocks(const at::Tensor& x, const at::Tensor& m, const NoiseSo
 void reverse_step_into(const at::Tensor& x_in, const at::Tensor& m_in, const ScheduleArgs& a,
                        const c10::optional<at::Tensor>& noise_in, const c10::optional<at::Tensor>& seed,
                        int64_t sample_offset, int64_t prediction_type, int64_t variance_type, bool clip,
-                       double clip_range, at::Tensor& out) {
+                       double clip_range, const c10::optional<double>& guidance_scale, at::Tensor& out) {
   const at::Tensor x = x_in.contiguous(), m = m_in.contiguous();
   const at::Tensor& table = a.table;
   const Timesteps ts(a.t);
   at::Tensor noise;
   const NoiseSource src = noise_source(noise_in, seed, sample_offset, noise);
   const float cr = static_cast<float>(clip_range);
+  const Guide g = guide_of(guidance_scale);
   switch (prediction_type) {
     case PRED_EPSILON:
-      reverse_step_blocks<PRED_EPSILON>(x, m, src, ts, table, variance_type, clip, cr, out.data_ptr());
+      reverse_step_blocks<PRED_EPSILON>(x, m, src, ts, table, variance_type, clip, cr, g, out.data_ptr());
       break;
     case PRED_SAMPLE:
-      reverse_step_blocks<PRED_SAMPLE>(x, m, src, ts, table, variance_type, clip, cr, out.data_ptr());
+      reverse_step_blocks<PRED_SAMPLE>(x, m, src, ts, table, variance_type, clip, cr, g, out.data_ptr());
       break;
     default:
-      reverse_step_blocks<PRED_V>(x, m, src, ts, table, variance_type, clip, cr, out.data_ptr());
+      reverse_step_blocks<PRED_V>(x, m, src, ts, table, variance_type, clip, cr, g, out.data_ptr());
   }
 }
 
 at::Tensor reverse_step(const at::Tensor& x_t, const at::Tensor& model_out, const at::Tensor& t,
                         const at::Tensor& table, const c10::optional<at::Tensor>& noise,
                         const c10::optional<at::Tensor>& seed, int64_t sample_offset, int64_t prediction_type,
-                        int64_t variance_type, bool clip, double clip_range) {
+                        int64_t variance_type, bool clip, double clip_range,
+                        c10::optional<double> guidance_scale) {
   const ScheduleArgs a = check_reverse_step_args("reverse_step", x_t, model_out, t, table, noise, seed, sample_offset,
-                                                 prediction_type, variance_type, clip_range);
+                                                 prediction_type, variance_type, clip_range, guidance_scale);
   at::Tensor out = at::empty_like(x_t, at::MemoryFormat::Contiguous);
   reverse_step_into(x_t, model_out, a, noise, seed, sample_offset, prediction_type, variance_type, clip, clip_range,
-                    out);
+                    guidance_scale, out);
   return out;
 }
 
 void reverse_step_out(const at::Tensor& x_t, const at::Tensor& model_out, const at::Tensor& t,
                       const at::Tensor& table, const c10::optional<at::Tensor>& noise,
                       const c10::optional<at::Tensor>& seed, int64_t sample_offset, int64_t prediction_type,
-                      int64_t variance_type, bool clip, double clip_range, at::Tensor out) {
+                      int64_t variance_type, bool clip, double clip_range, c10::optional<double> guidance_scale,
+                      at::Tensor out) {
   const ScheduleArgs a = check_reverse_step_args("reverse_step_out", x_t, model_out, t, table, noise, seed,
-                                                 sample_offset, prediction_type, variance_type, clip_range, &out);
+                                                 sample_offset, prediction_type, variance_type, clip_range,
+                                                 guidance_scale, &out);
   if (out.is_contiguous()) {
     reverse_step_into(x_t, model_out, a, noise, seed, sample_offset, prediction_type, variance_type, clip, clip_range,
-                      out);
+                      guidance_scale, out);
   } else {
     at::Tensor tmp = at::empty_like(x_t, at::MemoryFormat::Contiguous);
     reverse_step_into(x_t, model_out, a, noise, seed, sample_offset, prediction_type, variance_type, clip, clip_range,
-                      tmp);
+                      guidance_scale, tmp);
     out.copy_(tmp);
   }
 }

@@ -104,45 +104,47 @@ NoiseArg noise_arg(const c10::optional<at::Tensor>& noise, const c10::optional<a
 void reverse_step_into(const char* op, const at::Tensor& x_in, const at::Tensor& m_in, const ScheduleArgs& a,
                        const c10::optional<at::Tensor>& noise, const c10::optional<at::Tensor>& seed,
                        int64_t sample_offset, int64_t prediction_type, int64_t variance_type, bool clip,
-                       double clip_range, at::Tensor& out) {
+                       double clip_range, const c10::optional<double>& guidance_scale, at::Tensor& out) {
   const at::Tensor x = x_in.contiguous(), m = m_in.contiguous();
   at::Tensor holder;
   const NoiseArg na = noise_arg(noise, seed, sample_offset, holder);
   check_launch(op, launch_reverse_step(out.data_ptr(), x.data_ptr(), dtype_code(x), m.data_ptr(), dtype_code(m), na,
                                        timestep_arg(a.t), table_arg(a.table), static_cast<int>(prediction_type),
                                        static_cast<int>(variance_type), clip, static_cast<float>(clip_range),
+                                       guidance_scale.has_value(), static_cast<float>(guidance_scale.value_or(0.0)),
                                        x.size(0), per_sample(x), c10::cuda::getCurrentCUDAStream()));
 }
 
 at::Tensor reverse_step(const at::Tensor& x_t, const at::Tensor& model_out, const at::Tensor& t,
                         const at::Tensor& table, const c10::optional<at::Tensor>& noise,
                         const c10::optional<at::Tensor>& seed, int64_t sample_offset, int64_t prediction_type,
-                        int64_t variance_type, bool clip, double clip_range) {
+                        int64_t variance_type, bool clip, double clip_range, c10::optional<double> guidance_scale) {
   const char* op = "reverse_step";
   const ScheduleArgs a = check_reverse_step_args(op, x_t, model_out, t, table, noise, seed, sample_offset,
-                                                 prediction_type, variance_type, clip_range);
+                                                 prediction_type, variance_type, clip_range, guidance_scale);
   const c10::cuda::CUDAGuard guard(x_t.device());
   at::Tensor out = at::empty_like(x_t, at::MemoryFormat::Contiguous);
   reverse_step_into(op, x_t, model_out, a, noise, seed, sample_offset, prediction_type, variance_type, clip,
-                    clip_range, out);
+                    clip_range, guidance_scale, out);
   return out;
 }
 
 void reverse_step_out(const at::Tensor& x_t, const at::Tensor& model_out, const at::Tensor& t,
                       const at::Tensor& table, const c10::optional<at::Tensor>& noise,
                       const c10::optional<at::Tensor>& seed, int64_t sample_offset, int64_t prediction_type,
-                      int64_t variance_type, bool clip, double clip_range, at::Tensor out) {
+                      int64_t variance_type, bool clip, double clip_range, c10::optional<double> guidance_scale,
+                      at::Tensor out) {
   const char* op = "reverse_step_out";
   const ScheduleArgs a = check_reverse_step_args(op, x_t, model_out, t, table, noise, seed, sample_offset,
-                                                 prediction_type, variance_type, clip_range, &out);
+                                                 prediction_type, variance_type, clip_range, guidance_scale, &out);
   const c10::cuda::CUDAGuard guard(x_t.device());
   if (out.is_contiguous()) {
     reverse_step_into(op, x_t, model_out, a, noise, seed, sample_offset, prediction_type, variance_type, clip,
-                      clip_range, out);
+                      clip_range, guidance_scale, out);
   } else {
     at::Tensor tmp = at::empty_like(x_t, at::MemoryFormat::Contiguous);
     reverse_step_into(op, x_t, model_out, a, noise, seed, sample_offset, prediction_type, variance_type, clip,
-                      clip_range, tmp);
+                      clip_range, guidance_scale, tmp);
     out.copy_(tmp);
   }
 }
@@ -150,11 +152,11 @@ void reverse_step_out(const at::Tensor& x_t, const at::Tensor& model_out, const 
 at::Tensor ddim_step(const at::Tensor& x_in, const at::Tensor& m_in, const at::Tensor& t, const at::Tensor& t_prev,
                      const at::Tensor& table_in, const c10::optional<at::Tensor>& noise,
                      const c10::optional<at::Tensor>& seed, int64_t sample_offset, double eta, int64_t prediction_type,
-                     bool clip, double clip_range, double final_alpha_bar) {
+                     bool clip, double clip_range, double final_alpha_bar, c10::optional<double> guidance_scale) {
   const char* op = "ddim_step";
   const ScheduleArgs a =
       check_ddim_step_args(op, x_in, m_in, t, t_prev, table_in, noise, seed, sample_offset, eta, prediction_type,
-                           clip_range, final_alpha_bar);
+                           clip_range, final_alpha_bar, guidance_scale);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), m = m_in.contiguous();
   at::Tensor holder;
@@ -163,8 +165,9 @@ at::Tensor ddim_step(const at::Tensor& x_in, const at::Tensor& m_in, const at::T
   check_launch(op, launch_ddim_step(out.data_ptr(), x.data_ptr(), dtype_code(x), m.data_ptr(), dtype_code(m), na,
                                     timestep_arg(a.t), timestep_arg(a.t_prev), table_arg(a.table),
                                     static_cast<float>(eta), static_cast<int>(prediction_type), clip,
-                                    static_cast<float>(clip_range), static_cast<float>(final_alpha_bar), x.size(0),
-                                    per_sample(x), c10::cuda::getCurrentCUDAStream()));
+                                    static_cast<float>(clip_range), static_cast<float>(final_alpha_bar),
+                                    guidance_scale.has_value(), static_cast<float>(guidance_scale.value_or(0.0)),
+                                    x.size(0), per_sample(x), c10::cuda::getCurrentCUDAStream()));
   return out;
 }
 

@@ -92,6 +92,15 @@ __device__ __forceinline__ void ld8(const void* p, int dt, int64_t i, int n, boo
   for (int j = 0; j < 8; ++j) v[j] = j < n ? ld(p, dt, i + j) : 0.0f;
 }
 
+// Classifier-free guidance: m holds the conditional octet; read the unconditional one at element
+// i (in the second half of a [2B, N] model_out) and combine in place: m = u + w (m - u).
+__device__ __forceinline__ void guide8(const void* p, int dt, int64_t i, int n, bool vec, float w, float m[8]) {
+  float u[8];
+  ld8(p, dt, i, n, vec, u);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) m[j] = guided_elem(m[j], u[j], w);
+}
+
 __device__ __forceinline__ void st8(void* p, int dt, int64_t i, int n, bool vec, const float v[8]) {
   if (vec && n == 8) {
     st8(p, dt, i, v);

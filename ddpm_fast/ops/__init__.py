@@ -14,8 +14,8 @@ from . import reference as _reference  # noqa: F401 — registers the reference 
 from .dispatch import (BACKENDS, BackendUnavailableError, backends, get_backend, implementation,
                        set_backend, use_backend)
 from .enums import TEMB_MODES, prediction_code, variance_code
-from .validate import (as_seed, as_table, as_timestep, check_float, check_param, check_prev_timestep,
-                       check_rank, check_same_device, check_same_shape, counter_offset)
+from .validate import (as_seed, as_table, as_timestep, check_float, check_guided_shape, check_param,
+                       check_prev_timestep, check_rank, check_same_device, check_same_shape, counter_offset)
 from .dispatch import preload as _preload
 
 _preload()
@@ -94,18 +94,22 @@ def reverse_step(x_t: torch.Tensor, model_out: torch.Tensor, t, schedule, *,
                  noise: Optional[torch.Tensor] = None, seed=None, sample_offset: int = 0,
                  prediction_type: str = "epsilon", variance_type: str = "fixed_small",
                  clip_denoised: bool = True, clip_range: float = 1.0,
+                 guidance_scale: Optional[float] = None,
                  out: Optional[torch.Tensor] = None, backend: Optional[str] = None) -> torch.Tensor:
     """One ancestral DDPM step x_t -> x_{t-1} ~ p(x_{t-1} | x_t) (Ho et al. Algorithm 2).
 
     x_t, model_out: float [B, ...] of one shape (dtypes may differ; math in float32); t: int or
     int tensor [] / [B]. Noise: ``noise`` tensor, or ``seed`` (Philox stream 1 at (t, sample,
     element), sample counted from ``sample_offset``). No noise is added at t = 0.
+    ``guidance_scale`` w: classifier-free guidance in the same pass: model_out is [2B, ...]
+    (conditional rows first) and the step uses m_u + w (m_c - m_u).
     Returns x_{t-1} in x_t's dtype (written into ``out`` if given).
     """
-    table, t, seed_t = _step_inputs(x_t, model_out, t, schedule, noise, seed)
+    w = _guidance_scale(guidance_scale)
+    table, t, seed_t = _step_inputs(x_t, model_out, t, schedule, noise, seed, guided=w is not None)
     args = (x_t, model_out, t, table, noise, seed_t, counter_offset(sample_offset, x_t.shape[0]),
             prediction_code(prediction_type), variance_code(variance_type),
-            bool(clip_denoised), check_param("clip_range", clip_range, low=0.0))
+            bool(clip_denoised), check_param("clip_range", clip_range, low=0.0), w)
     if out is None:
         return implementation("reverse_step", backend, x_t.device)(*args)
     if out.shape != x_t.shape or out.dtype != x_t.dtype or out.device != x_t.device:
@@ -121,20 +125,23 @@ def reverse_step(x_t: torch.Tensor, model_out: torch.Tensor, t, schedule, *,
 def ddim_step(x_t: torch.Tensor, model_out: torch.Tensor, t, t_prev, schedule, *, eta: float = 0.0,
               noise: Optional[torch.Tensor] = None, seed=None, sample_offset: int = 0,
               prediction_type: str = "epsilon", clip_denoised: bool = True, clip_range: float = 1.0,
-              final_alpha_bar: float = 1.0, out: Optional[torch.Tensor] = None,
-              backend: Optional[str] = None) -> torch.Tensor:
+              final_alpha_bar: float = 1.0, guidance_scale: Optional[float] = None,
+              out: Optional[torch.Tensor] = None, backend: Optional[str] = None) -> torch.Tensor:
     """One DDIM step x_t -> x_{t_prev} (Song et al. eq. 12); t_prev < 0 means "the end", whose
     ᾱ is ``final_alpha_bar`` (1.0, or ᾱ_0 for diffusers' set_alpha_to_one=False).
-    ``eta`` = 0 is deterministic; eta > 0 needs ``noise`` or ``seed``."""
+    ``eta`` = 0 is deterministic; eta > 0 needs ``noise`` or ``seed``. ``guidance_scale``: as
+    in ``reverse_step`` (model_out [2B, ...], conditional rows first)."""
     eta = check_param("eta", eta, low=0.0, low_inclusive=True, finite=True)
     final_alpha_bar = check_param("final_alpha_bar", final_alpha_bar, low=0.0, high=1.0)
     clip_range = check_param("clip_range", clip_range, low=0.0)
-    table, t, seed_t = _step_inputs(x_t, model_out, t, schedule, noise, seed, need_noise=eta > 0)
+    w = _guidance_scale(guidance_scale)
+    table, t, seed_t = _step_inputs(x_t, model_out, t, schedule, noise, seed, need_noise=eta > 0,
+                                    guided=w is not None)
     t_prev = _as_prev_timestep(t_prev, x_t, table.shape[0])
     check_prev_timestep(t_prev, t, table.shape[0])
     impl = implementation("ddim_step", backend, x_t.device)
     res = impl(x_t, model_out, t, t_prev, table, noise, seed_t, counter_offset(sample_offset, x_t.shape[0]),
-               eta, prediction_code(prediction_type), bool(clip_denoised), clip_range, final_alpha_bar)
+               eta, prediction_code(prediction_type), bool(clip_denoised), clip_range, final_alpha_bar, w)
     return _write_out(res, out)
 
 
@@ -231,11 +238,18 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, *, max_period: float = 10000
 
 # --- helpers -----------------------------------------------------------------------------------
 
-def _step_inputs(x_t, model_out, t, schedule, noise, seed, need_noise: bool = True):
+def _guidance_scale(w) -> Optional[float]:
+    return None if w is None else check_param("guidance_scale", w, finite=True)
+
+
+def _step_inputs(x_t, model_out, t, schedule, noise, seed, need_noise: bool = True, guided: bool = False):
     check_float("x_t", x_t)
     check_float("model_out", model_out)
     check_rank("x_t", x_t, 2)
-    check_same_shape("model_out", model_out, "x_t", x_t)
+    if guided:
+        check_guided_shape(model_out, x_t)
+    else:
+        check_same_shape("model_out", model_out, "x_t", x_t)
     check_same_device(x_t=x_t, model_out=model_out, noise=noise)
     table = as_table(schedule, x_t.device)
     t = as_timestep(t, x_t.shape[0], table.shape[0], x_t.device)

@@ -81,10 +81,22 @@ def predict_x0(x, m, table, t, prediction_type: int, cd):
             - _coef(table, t, Col.SQRT_ONE_MINUS_ALPHA_BAR, x.dim(), cd) * m)
 
 
+def guided_output(model_out: torch.Tensor, guidance_scale: Optional[float], dtype) -> torch.Tensor:
+    """The model output the step uses, in ``dtype``: model_out itself, or with classifier-free
+    guidance m_u + w (m_c - m_u) from model_out [2B, ...] (conditional rows first), diffusers'
+    formula and order of operations."""
+    if guidance_scale is None:
+        return model_out.to(dtype)
+    B = model_out.shape[0] // 2
+    m_c, m_u = model_out[:B].to(dtype), model_out[B:].to(dtype)
+    return m_u + guidance_scale * (m_c - m_u)
+
+
 def reverse_step(x_t, model_out, t, table, noise: Optional[torch.Tensor], seed, sample_offset: int,
-                 prediction_type: int, variance_type: int, clip: bool, clip_range: float):
+                 prediction_type: int, variance_type: int, clip: bool, clip_range: float,
+                 guidance_scale: Optional[float] = None):
     cd = _compute_dtype(x_t)
-    x, m = x_t.to(cd), model_out.to(cd)
+    x, m = x_t.to(cd), guided_output(model_out, guidance_scale, cd)           # 0. guidance
     x0 = predict_x0(x, m, table, t, prediction_type, cd)                      # 1. predicted x0
     if clip:
         x0 = x0.clamp(-clip_range, clip_range)                                # 2. clip
@@ -103,9 +115,10 @@ def _coef_mask_positive(t: torch.Tensor, ndim: int, dtype) -> torch.Tensor:
 
 
 def ddim_step(x_t, model_out, t, t_prev, table, noise: Optional[torch.Tensor], seed, sample_offset: int,
-              eta: float, prediction_type: int, clip: bool, clip_range: float, final_alpha_bar: float):
+              eta: float, prediction_type: int, clip: bool, clip_range: float, final_alpha_bar: float,
+              guidance_scale: Optional[float] = None):
     cd = _compute_dtype(x_t)
-    x, m = x_t.to(cd), model_out.to(cd)
+    x, m = x_t.to(cd), guided_output(model_out, guidance_scale, cd)
     a = _coef(table, t, Col.ALPHA_BAR, x.dim(), cd)
     tp = t_prev.long()
     a_prev_table = _coef(table, tp.clamp(min=0), Col.ALPHA_BAR, x.dim(), cd)

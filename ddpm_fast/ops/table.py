@@ -60,8 +60,11 @@ class OpSpec:
         return ("out",) if self.out_of else ()
 
 
+# guidance_scale: None, or classifier-free guidance fused into the step — model_out is then
+# [2B, ...] (conditional rows first) and the step reads m_u + w (m_c - m_u) (docs/ops_contract.md)
 _STEP_ARGS = ("Tensor x_t, Tensor model_out, Tensor t, Tensor table, Tensor? noise, Tensor? seed, "
-              "int sample_offset, int prediction_type, int variance_type, bool clip, float clip_range")
+              "int sample_offset, int prediction_type, int variance_type, bool clip, float clip_range, "
+              "float? guidance_scale")
 _PHILOX_ARGS = "(Tensor seed, Tensor t, int batch, int numel, int sample_offset, int stream) -> Tensor"
 
 OPS = (
@@ -78,7 +81,8 @@ OPS = (
     OpSpec("reverse_step_out", f"({_STEP_ARGS}, Tensor(a!) out) -> ()", _no_result, out_of="reverse_step"),
     OpSpec("ddim_step", "(Tensor x_t, Tensor model_out, Tensor t, Tensor t_prev, Tensor table, "
            "Tensor? noise, Tensor? seed, int sample_offset, float eta, int prediction_type, bool clip, "
-           "float clip_range, float final_alpha_bar) -> Tensor", _like(0), differentiable=True),
+           "float clip_range, float final_alpha_bar, float? guidance_scale) -> Tensor", _like(0),
+           differentiable=True),
     # one step of a multistep solver (DPM-Solver++, UniPC): x0 = a x + b model_out, then
     # x_next = c_x x + c_0 x0 + sum_k c_k history[k], coefficients = row `step` of `table`
     OpSpec("multistep_update", "(Tensor x, Tensor model_out, Tensor history, Tensor table, Tensor step) "

@@ -33,6 +33,14 @@ def check_same_shape(name: str, x: torch.Tensor, ref_name: str, ref: torch.Tenso
         raise ValueError(f"{name} has shape {tuple(x.shape)} but {ref_name} has {tuple(ref.shape)}")
 
 
+def check_guided_shape(model_out: torch.Tensor, x_t: torch.Tensor) -> None:
+    """With classifier-free guidance model_out holds both halves: [2B, ...] for x_t [B, ...]."""
+    want = (2 * x_t.shape[0], *x_t.shape[1:])
+    if tuple(model_out.shape) != want:
+        raise ValueError(f"with guidance_scale, model_out must be [2B, ...] = {want} (conditional rows "
+                         f"first, then unconditional) for x_t {tuple(x_t.shape)}, got {tuple(model_out.shape)}")
+
+
 def check_same_device(**tensors: Optional[torch.Tensor]) -> None:
     devs = {k: v.device for k, v in tensors.items() if isinstance(v, torch.Tensor)}
     if len(set(devs.values())) > 1:

@@ -71,7 +71,7 @@ def make_advance_inplace(spec: SamplerSpec, ts_b: torch.Tensor, ps_b: torch.Tens
             bad.copy_(torch.where(first, t[:1], bad))
         if step_out is not None:
             step_out(x, model_out, t, spec.table, None, seed, spec.sample_offset, spec.pred_code, var,
-                     spec.clip_denoised, spec.clip_range, x)
+                     spec.clip_denoised, spec.clip_range, spec.fused_guidance, x)
         else:
             t_prev = ps_b.index_select(0, i).reshape(B)
             x.copy_(spec.step(x, model_out, t, t_prev, seed, i, history))
@@ -89,7 +89,9 @@ def step_backend(spec: SamplerSpec) -> Optional[str]:
 
 def step_out_impl(spec: SamplerSpec) -> Optional[Callable]:
     """The ``reverse_step_out`` of the backend that runs this spec's reverse_step, if it has one."""
-    if spec.sampler != "ddpm" or spec.needs_pre_step or spec.learned_variance is not None or spec.guided:
+    if spec.sampler != "ddpm" or spec.needs_pre_step or spec.learned_variance is not None:
+        return None
+    if spec.guided and spec.fused_guidance is None:   # the combine runs before the step
         return None
     from ..ops import dispatch
     return dispatch.implementations("reverse_step_out").get(step_backend(spec))

@@ -89,6 +89,16 @@ class SamplerSpec:
     def guided(self) -> bool:
         return self.guidance is not None
 
+    @property
+    def fused_guidance(self) -> Optional[float]:
+        """The guidance scale the step kernel combines with (model_out [2B, ...]), or None: no
+        guidance, or a pre-step that needs the combined output first (combined_output)."""
+        g = self.guidance
+        if (g is None or g.rescale or self.learned_variance is not None or self.needs_pre_step
+                or self.multistep):   # the multistep update takes the combined output
+            return None
+        return g.scale
+
     def combined_output(self, model_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The guided model output [B, ...] from the model's [2B, ...], in plain PyTorch
         (samplers/guidance.py); a learned-variance model's variance channels are the
@@ -120,7 +130,8 @@ class SamplerSpec:
         """One fused step x_t -> x_prev (the backend's kernel; t, t_prev are device tensors),
         after the x0 pre-step when the spec's rules need one. A multistep solver also takes the
         step number ``i`` (int64 [1] device tensor) and its x0 ring ``history``, updated in place."""
-        if self.guided:
+        w = self.fused_guidance
+        if self.guided and w is None:
             model_out = self.combined_output(model_out, x)
         if self.multistep:
             return self._multistep(x, model_out, i, history)
@@ -136,10 +147,10 @@ class SamplerSpec:
             seed_or_none = seed if noise is None else None   # the op takes noise or a seed
             return self.impls["reverse_step"](
                 x, model_out, t, self.table, noise, seed_or_none, self.sample_offset, pred,
-                VARIANCE_TYPES[self.variance_type], clip, self.clip_range)
+                VARIANCE_TYPES[self.variance_type], clip, self.clip_range, w)
         return self.impls["ddim_step"](
             x, model_out, t, t_prev, self.table, None, seed, self.sample_offset, self.eta,
-            pred, clip, self.clip_range, self.final_alpha_bar)
+            pred, clip, self.clip_range, self.final_alpha_bar, w)
 
 
     def _multistep(self, x, model_out, i, history):

@@ -48,13 +48,13 @@ cudaError_t launch_q_sample_seeded(void* x_t, void* target, const void* x0, int 
 
 cudaError_t launch_reverse_step(void* out, const void* x_t, int dtype, const void* model_out, int m_dtype,
                                 NoiseArg noise, TimestepArg t, TableArg table, int prediction_type,
-                                int variance_type, bool clip, float clip_range, int64_t B, int64_t N,
-                                cudaStream_t stream);
+                                int variance_type, bool clip, float clip_range, bool guided, float guidance_scale,
+                                int64_t B, int64_t N, cudaStream_t stream);
 
 cudaError_t launch_ddim_step(void* out, const void* x_t, int dtype, const void* model_out, int m_dtype,
                              NoiseArg noise, TimestepArg t, TimestepArg t_prev, TableArg table, float eta,
                              int prediction_type, bool clip, float clip_range, float final_alpha_bar,
-                             int64_t B, int64_t N, cudaStream_t stream);
+                             bool guided, float guidance_scale, int64_t B, int64_t N, cudaStream_t stream);
 
 // h [B, C, HW] + temb [B, C] broadcast over HW.
 cudaError_t launch_temb_add(void* out, const void* h, int dtype, const void* temb, int temb_dtype, int64_t B,

@@ -25,6 +25,10 @@ DDPM_FAST_HD float coef(const double* table, int64_t t, int col) {
 // NaN, for coefficients of a timestep outside [0, T) (CUDA only: the CPU ops raise instead).
 DDPM_FAST_HD float nan_f32() { return __builtin_nanf(""); }
 
+// Classifier-free guidance: the guided model output from the conditional (c) and unconditional
+// (u) outputs, diffusers' formula and order: u + w (c - u).
+DDPM_FAST_HD float guided_elem(float c, float u, float w) { return u + w * (c - u); }
+
 // ---- q_sample: x_t = sqrt(abar) x0 + sqrt(1 - abar) eps  (Ho et al. eq. 4) -------------------
 struct QCoefs {
   float a, s;  // SQRT_ALPHA_BAR, SQRT_ONE_MINUS_ALPHA_BAR

@@ -53,7 +53,7 @@ def unavailable_reason(backend: str, device_type: str) -> Optional[str]:
 
 
 _PY_TYPES = {"Tensor": torch.Tensor, "Tensor?": Optional[torch.Tensor], "int": int, "float": float,
-             "bool": bool}
+             "float?": Optional[float], "bool": bool}
 
 
 def _annotate(spec, fn) -> None:
@@ -61,7 +61,7 @@ def _annotate(spec, fn) -> None:
     annotations (it takes no schema), so the table stays the one place the schema is written."""
     schema = torch._C.parse_schema(spec.name + spec.schema)
     params = [inspect.Parameter(a.name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                annotation=_PY_TYPES[str(a.type).replace("Optional[Tensor]", "Tensor?")])
+                                annotation=_PY_TYPES[re.sub(r"Optional\[(\w+)\]", r"\1?", str(a.type))])
               for a in schema.arguments]
     rets = [torch.Tensor for _ in schema.returns]
     ret = None if not rets else rets[0] if len(rets) == 1 else tuple[tuple(rets)]

@@ -112,6 +112,18 @@ def to_compute(v, F64: tl.constexpr):
 
 
 @triton.jit
+def guided_model_out(m_ptr, idx, mask, w, half, GUIDED: tl.constexpr, F64: tl.constexpr):
+    """The model output a step reads at ``idx``: model_out's own, or with classifier-free guidance
+    u + w (c - u) from the conditional element and the unconditional one ``half`` = B·N later
+    (diffusers' formula and order; each half read once)."""
+    m = to_compute(tl.load(m_ptr + idx, mask=mask), F64)
+    if GUIDED:
+        u = to_compute(tl.load(m_ptr + half + idx, mask=mask), F64)
+        m = u + w * (m - u)
+    return m
+
+
+@triton.jit
 def load_coef(table_ptr, t, T, COL: tl.constexpr, F64: tl.constexpr):
     """table[t, COL] (float64 in memory, 16 columns) in the compute dtype; NaN for t outside
     [0, T), as the CUDA kernels give (csrc/README.md), and the load itself stays in bounds."""

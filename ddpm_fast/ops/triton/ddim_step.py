@@ -11,8 +11,8 @@ import triton.language as tl
 
 from ...noise import STREAM_STEP
 from ...schedule import Col
-from ._common import (autotuned, div_rn, elementwise_grid, launch, load_coef, load_timestep, rows, sample_block,
-                      seed_arg, sqrt_rn, timestep, to_compute, to_out)
+from ._common import (autotuned, div_rn, elementwise_grid, guided_model_out, launch, load_coef, load_timestep, rows,
+                      sample_block, seed_arg, sqrt_rn, timestep, to_compute, to_out)
 from .philox import normal_block
 
 _C_AB: tl.constexpr = tl.constexpr(int(Col.ALPHA_BAR))
@@ -21,10 +21,12 @@ _STREAM: tl.constexpr = tl.constexpr(STREAM_STEP)
 
 @triton.jit
 def ddim_step_kernel(x_ptr, m_ptr, noise_ptr, out_ptr, t_ptr, tp_ptr, table_ptr, seed_ptr, sample_offset,
-                     eta, clip_range, final_alpha_bar, N, T,
+                     eta, clip_range, final_alpha_bar, guidance_scale, half, N, T,
                      T_STRIDE: tl.constexpr, TP_STRIDE: tl.constexpr, PRED: tl.constexpr, CLIP: tl.constexpr,
-                     NOISE: tl.constexpr, SEEDED: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr):
-    """NOISE: eta > 0 (add σ z); SEEDED: z from Philox, else from noise_ptr."""
+                     NOISE: tl.constexpr, SEEDED: tl.constexpr, GUIDED: tl.constexpr, F64: tl.constexpr,
+                     BLOCK: tl.constexpr):
+    """NOISE: eta > 0 (add σ z); SEEDED: z from Philox, else from noise_ptr; GUIDED: model_out
+    is [2B, N], its unconditional row of sample b ``half`` = B·N after the conditional one."""
     QPT: tl.constexpr = 2 if out_ptr.dtype.element_ty.primitive_bitwidth == 16 else 1  # quads per 16 bytes
     b, start = sample_block(N, BLOCK)
     offs = start + tl.arange(0, BLOCK)
@@ -38,7 +40,7 @@ def ddim_step_kernel(x_ptr, m_ptr, noise_ptr, out_ptr, t_ptr, tp_ptr, table_ptr,
     sa = sqrt_rn(a, F64)
     s1a = sqrt_rn(1 - a, F64)
     x = to_compute(tl.load(x_ptr + row + offs, mask=mask), F64)
-    m = to_compute(tl.load(m_ptr + row + offs, mask=mask), F64)
+    m = guided_model_out(m_ptr, row + offs, mask, guidance_scale, half, GUIDED, F64)
     if PRED == 0:
         x0 = div_rn(x - s1a * m, sa, F64)
         eps = m
@@ -66,12 +68,13 @@ def ddim_step_kernel(x_ptr, m_ptr, noise_ptr, out_ptr, t_ptr, tp_ptr, table_ptr,
 
 
 _tuned = autotuned(ddim_step_kernel,
-                   key=["N", "T_STRIDE", "TP_STRIDE", "PRED", "CLIP", "NOISE", "SEEDED", "F64"])
+                   key=["N", "T_STRIDE", "TP_STRIDE", "PRED", "CLIP", "NOISE", "SEEDED", "GUIDED", "F64"])
 
 
 def ddim_step(x_t, model_out, t, t_prev, table, noise, seed, sample_offset, eta, prediction_type, clip,
-              clip_range, final_alpha_bar):
-    """x_{t_prev} (x_t's dtype, contiguous) from x_t, model_out [B, ...] (docs/ops_contract.md)."""
+              clip_range, final_alpha_bar, guidance_scale):
+    """x_{t_prev} (x_t's dtype, contiguous) from x_t, model_out [B, ...] ([2B, ...] with
+    guidance_scale) (docs/ops_contract.md)."""
     x, B, N = rows(x_t)
     out = torch.empty_like(x)
     if x.numel() == 0:
@@ -83,7 +86,9 @@ def ddim_step(x_t, model_out, t, t_prev, table, noise, seed, sample_offset, eta,
     launch(ddim_step_kernel, _tuned, elementwise_grid(B, N),
            (x, model_out.contiguous(), x if noise is None else noise.contiguous(), out, t, t_prev,
             table.contiguous(), seed_arg(seed if seeded else None, t), sample_offset if seeded else 0,
-            float(eta), float(clip_range), float(final_alpha_bar), N, table.shape[0]),
+            float(eta), float(clip_range), float(final_alpha_bar),
+            0.0 if guidance_scale is None else float(guidance_scale), B * N, N, table.shape[0]),
            {"T_STRIDE": t_stride, "TP_STRIDE": tp_stride, "PRED": prediction_type, "CLIP": bool(clip),
-            "NOISE": has_noise, "SEEDED": seeded, "F64": x.dtype == torch.float64})
+            "NOISE": has_noise, "SEEDED": seeded, "GUIDED": guidance_scale is not None,
+            "F64": x.dtype == torch.float64})
     return out

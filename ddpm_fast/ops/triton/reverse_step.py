@@ -1,6 +1,6 @@
 """reverse_step in Triton: one ancestral DDPM step x_t -> x_{t-1} (Ho et al. Algorithm 2).
 
-One read of x_t and model_out, one write; σ_t z drawn in the kernel (Philox stream 1) unless a
+One read of x_t and model_out (of each half with classifier-free guidance), one write; σ_t z drawn in the kernel (Philox stream 1) unless a
 noise tensor is given; none at t = 0. Coefficients from the schedule table at t[b] on the device.
 Layout: _common.py (one program per sample and block); non-contiguous inputs are copied to
 contiguous first. ``reverse_step_out`` writes ``out`` (contiguous; may be x_t itself).
@@ -13,8 +13,8 @@ import triton.language as tl
 
 from ...noise import STREAM_STEP
 from ...schedule import Col
-from ._common import (autotuned, elementwise_grid, launch, load_coef, load_timestep, rows, sample_block,
-                      seed_arg, timestep, to_compute, to_out)
+from ._common import (autotuned, elementwise_grid, guided_model_out, launch, load_coef, load_timestep, rows,
+                      sample_block, seed_arg, timestep, to_compute, to_out)
 from .philox import normal_block
 
 _C_SQRT_AB: tl.constexpr = tl.constexpr(int(Col.SQRT_ALPHA_BAR))
@@ -42,9 +42,10 @@ def predict_x0(x, m, table_ptr, t, T, PRED: tl.constexpr, F64: tl.constexpr):
 
 @triton.jit
 def reverse_step_kernel(x_ptr, m_ptr, noise_ptr, out_ptr, t_ptr, table_ptr, seed_ptr, sample_offset,
-                        clip_range, N, T,
+                        clip_range, guidance_scale, half, N, T,
                         T_STRIDE: tl.constexpr, PRED: tl.constexpr, VAR: tl.constexpr, CLIP: tl.constexpr,
-                        SEEDED: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr):
+                        SEEDED: tl.constexpr, GUIDED: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr):
+    """GUIDED: model_out is [2B, N]; its unconditional row of sample b starts ``half`` = B·N later."""
     QPT: tl.constexpr = 2 if out_ptr.dtype.element_ty.primitive_bitwidth == 16 else 1  # quads per 16 bytes
     b, start = sample_block(N, BLOCK)
     offs = start + tl.arange(0, BLOCK)
@@ -52,7 +53,7 @@ def reverse_step_kernel(x_ptr, m_ptr, noise_ptr, out_ptr, t_ptr, table_ptr, seed
     row = b.to(tl.int64) * N
     t = load_timestep(t_ptr, b, T_STRIDE)
     x = to_compute(tl.load(x_ptr + row + offs, mask=mask), F64)
-    m = to_compute(tl.load(m_ptr + row + offs, mask=mask), F64)
+    m = guided_model_out(m_ptr, row + offs, mask, guidance_scale, half, GUIDED, F64)   # 0. guidance
     x0 = predict_x0(x, m, table_ptr, t, T, PRED, F64)                     # 1. predicted x0
     if CLIP:                                                            # 2. clip
         x0 = tl.clamp(x0, -clip_range, clip_range, propagate_nan=tl.PropagateNan.ALL)
@@ -70,12 +71,12 @@ def reverse_step_kernel(x_ptr, m_ptr, noise_ptr, out_ptr, t_ptr, table_ptr, seed
     tl.store(out_ptr + row + offs, to_out((mean + sigma * z), out_ptr.dtype.element_ty), mask=mask)  # 4.
 
 
-_tuned = autotuned(reverse_step_kernel, key=["N", "T_STRIDE", "PRED", "VAR", "CLIP", "SEEDED", "F64"],
+_tuned = autotuned(reverse_step_kernel, key=["N", "T_STRIDE", "PRED", "VAR", "CLIP", "SEEDED", "GUIDED", "F64"],
                    restore=["out_ptr"])
 
 
 def _launch(x_t, model_out, t, table, noise, seed, sample_offset, prediction_type, variance_type,
-            clip, clip_range, out):
+            clip, clip_range, guidance_scale, out):
     x, B, N = rows(x_t)
     if x.numel() == 0:
         return out
@@ -83,27 +84,28 @@ def _launch(x_t, model_out, t, table, noise, seed, sample_offset, prediction_typ
     seeded = noise is None
     launch(reverse_step_kernel, _tuned, elementwise_grid(B, N),
            (x, model_out.contiguous(), x if seeded else noise.contiguous(), out, t, table.contiguous(),
-            seed_arg(seed if seeded else None, t), sample_offset if seeded else 0, float(clip_range), N,
-            table.shape[0]),
+            seed_arg(seed if seeded else None, t), sample_offset if seeded else 0, float(clip_range),
+            0.0 if guidance_scale is None else float(guidance_scale), B * N, N, table.shape[0]),
            {"T_STRIDE": t_stride, "PRED": prediction_type, "VAR": variance_type, "CLIP": bool(clip),
-            "SEEDED": seeded, "F64": x.dtype == torch.float64})
+            "SEEDED": seeded, "GUIDED": guidance_scale is not None, "F64": x.dtype == torch.float64})
     return out
 
 
 def reverse_step(x_t, model_out, t, table, noise, seed, sample_offset, prediction_type, variance_type,
-                 clip, clip_range):
-    """x_{t-1} (x_t's dtype, contiguous) from x_t, model_out [B, ...] (docs/ops_contract.md)."""
+                 clip, clip_range, guidance_scale):
+    """x_{t-1} (x_t's dtype, contiguous) from x_t, model_out [B, ...] ([2B, ...] with
+    guidance_scale) (docs/ops_contract.md)."""
     return _launch(x_t, model_out, t, table, noise, seed, sample_offset, prediction_type, variance_type,
-                   clip, clip_range, torch.empty_like(x_t, memory_format=torch.contiguous_format))
+                   clip, clip_range, guidance_scale, torch.empty_like(x_t, memory_format=torch.contiguous_format))
 
 
 def reverse_step_out(x_t, model_out, t, table, noise, seed, sample_offset, prediction_type, variance_type,
-                     clip, clip_range, out):
+                     clip, clip_range, guidance_scale, out):
     """reverse_step written into ``out``: in place when it is contiguous (each element is read
     before the same thread writes it, so out may be x_t), else through a temporary."""
     if out.is_contiguous():
         _launch(x_t, model_out, t, table, noise, seed, sample_offset, prediction_type, variance_type,
-                clip, clip_range, out)
+                clip, clip_range, guidance_scale, out)
     else:
         out.copy_(reverse_step(x_t, model_out, t, table, noise, seed, sample_offset, prediction_type,
-                               variance_type, clip, clip_range))
+                               variance_type, clip, clip_range, guidance_scale))
