@@ -92,10 +92,10 @@ def _reverse_step() -> list:
             ty = "*" + tag
             sig = {"x_ptr": ty, "m_ptr": ty, "noise_ptr": ty, "out_ptr": ty, "t_ptr": "*i64",
                    "table_ptr": "*fp64", "seed_ptr": "*i64", "sample_offset": "i32", "clip_range": "fp32",
-                   "N": "i32", "T": "i32"}
+                   "guidance_scale": "fp32", "half": "i32", "N": "i32", "T": "i32"}
             specs.append(make_spec("reverse_step", reverse_step.reverse_step_kernel, cfg, tag, sig,
                                    {"T_STRIDE": 0, "PRED": 0, "VAR": 0, "CLIP": True, "SEEDED": True,
-                                    "F64": False}, elementwise=True))
+                                    "GUIDED": False, "F64": False}, elementwise=True))
     return specs
 
 
@@ -106,10 +106,11 @@ def _ddim_step() -> list:
             ty = "*" + tag
             sig = {"x_ptr": ty, "m_ptr": ty, "noise_ptr": ty, "out_ptr": ty, "t_ptr": "*i64", "tp_ptr": "*i64",
                    "table_ptr": "*fp64", "seed_ptr": "*i64", "sample_offset": "i32", "eta": "fp32",
-                   "clip_range": "fp32", "final_alpha_bar": "fp32", "N": "i32", "T": "i32"}
+                   "clip_range": "fp32", "final_alpha_bar": "fp32", "guidance_scale": "fp32", "half": "i32",
+                   "N": "i32", "T": "i32"}
             specs.append(make_spec("ddim_step", ddim_step.ddim_step_kernel, cfg, tag, sig,
                                    {"T_STRIDE": 0, "TP_STRIDE": 0, "PRED": 0, "CLIP": True, "NOISE": True,
-                                    "SEEDED": True, "F64": False}, elementwise=True))
+                                    "SEEDED": True, "GUIDED": False, "F64": False}, elementwise=True))
     return specs
 
 
