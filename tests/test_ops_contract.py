@@ -112,8 +112,8 @@ def _ddim(shape, layout, pred, eta, clip, t_prev, noise=False, w=None):
               "mixed": torch.where(torch.arange(B, device=dev) % 2 == 0, t - 50, -1)}[t_prev]
         z = _data(shape, dtype, dev) if noise and eta > 0 else None
         seed = _seed(dev) if eta > 0 and not noise else None
-        return (_data(shape, dtype, dev, layout), _model_out(shape, dtype, dev, layout if w is not None else "contiguous", w), t, tp, _table(dev),
-                z, seed, 2, eta, pred, clip, 1.0, 0.9991, w)
+        m = _model_out(shape, dtype, dev, layout if w is not None else "contiguous", w)
+        return (_data(shape, dtype, dev, layout), m, t, tp, _table(dev), z, seed, 2, eta, pred, clip, 1.0, 0.9991, w)
     return build
 
 
@@ -174,8 +174,9 @@ CASES = [
     Case("reverse_step", "guided-x0-batch1", _step((1, 1, 1, 1), "contiguous", "expanded", 1, 0, False, w=7.0)),
     Case("reverse_step_out", "eps", lambda d, dt: (*_step((4, 3, 5, 5), "transposed", "per-sample", 0, 0, True)(d, dt),
                                                    torch.empty(4, 3, 5, 5, dtype=dt, device=d))),
-    Case("reverse_step_out", "guided", lambda d, dt: (*_step((3, 3, 5, 5), "sliced", "per-sample", 0, 0, True,
-                                                             w=2.0)(d, dt), torch.empty(3, 3, 5, 5, dtype=dt, device=d))),
+    Case("reverse_step_out", "guided", lambda d, dt: (
+        *_step((3, 3, 5, 5), "sliced", "per-sample", 0, 0, True, w=2.0)(d, dt),
+        torch.empty(3, 3, 5, 5, dtype=dt, device=d))),
     Case("ddim_step", "eps-deterministic", _ddim((3, 5, 7, 9), "transposed", 0, 0.0, False, "table")),
     Case("ddim_step", "x0-eta-mixed-t-prev", _ddim((4, 3, 5, 5), "contiguous", 1, 0.5, True, "mixed")),
     Case("ddim_step", "v-final-noise", _ddim((2, 6, 4, 4), "sliced", 2, 1.0, True, "final", noise=True)),

@@ -50,7 +50,8 @@ def graph_mode(cuda_graph: Union[bool, str, None], device: torch.device) -> Opti
 
 
 def sample_fast(spec: SamplerSpec, model: Callable, model_kwargs: Optional[dict], seed: Any,
-                x_T: Optional[torch.Tensor], uncond_kwargs: Optional[dict] = None, *, compile: Union[bool, str, dict], mode: Optional[str],
+                x_T: Optional[torch.Tensor], uncond_kwargs: Optional[dict] = None, *,
+                compile: Union[bool, str, dict], mode: Optional[str],
                 auto_graph: bool, chunk_size: Optional[int], progress: bool, every: int, schedule=None):
     """Sample ``spec.shape`` with the compiled and/or graph-captured loop (see module docstring).
 

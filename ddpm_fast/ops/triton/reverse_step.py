@@ -1,9 +1,10 @@
 """reverse_step in Triton: one ancestral DDPM step x_t -> x_{t-1} (Ho et al. Algorithm 2).
 
-One read of x_t and model_out (of each half with classifier-free guidance), one write; σ_t z drawn in the kernel (Philox stream 1) unless a
-noise tensor is given; none at t = 0. Coefficients from the schedule table at t[b] on the device.
-Layout: _common.py (one program per sample and block); non-contiguous inputs are copied to
-contiguous first. ``reverse_step_out`` writes ``out`` (contiguous; may be x_t itself).
+One read of x_t and model_out (of each half with classifier-free guidance), one write; σ_t z
+drawn in the kernel (Philox stream 1) unless a noise tensor is given; none at t = 0.
+Coefficients from the schedule table at t[b] on the device. Layout: _common.py (one program per
+sample and block); non-contiguous inputs are copied to contiguous first. ``reverse_step_out``
+writes ``out`` (contiguous; may be x_t itself).
 """
 from __future__ import annotations
 
