@@ -148,6 +148,27 @@ def test_dpm_only_and_unipc_only_fields(unet):
         assert (got - want).abs().max().item() <= TOL, sch.config
 
 
+@pytest.mark.parametrize("sampler,order,solver_type", [("dpmsolver++", 2, "midpoint"), ("unipc", 3, "bh2")])
+def test_classifier_free_guidance_equals_diffusers_cfg_loop(sampler, order, solver_type):
+    """Guidance with a multistep solver: diffusers' pipeline loop (the 2B batch, conditional
+    half first, m_u + w (m_c - m_u), then the scheduler's step) from the same x_T."""
+    torch.manual_seed(1)
+    net = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 8),
+                      norm_num_groups=4, num_class_embeds=5, down_block_types=("DownBlock2D", "DownBlock2D"),
+                      up_block_types=("UpBlock2D", "UpBlock2D")).eval()
+    y, null, w = torch.tensor([1, 3]), torch.tensor([4, 4]), 2.5
+    sch = _scheduler(sampler, order, solver_type, prediction_type="v_prediction")
+    sch.set_timesteps(10)
+    x = _x_T()
+    with torch.no_grad():
+        for t in sch.timesteps:
+            m_c, m_u = net(torch.cat([x, x]), t, class_labels=torch.cat([y, null])).sample.chunk(2)
+            x = sch.step(m_u + w * (m_c - m_u), t, x).prev_sample
+    got = ddpm_fast.sample(net, SHAPE, schedule=sch, x_T=_x_T(), model_kwargs={"class_labels": y},
+                           uncond_kwargs={"class_labels": null}, guidance_scale=w, backend="reference")
+    assert (got - x).abs().max().item() <= TOL
+
+
 # --- one step at a time, float64 ----------------------------------------------------------------
 
 @pytest.mark.parametrize("steps", [10, 20])
