@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="classifier-free guidance scale w: eps_u + w (eps_c - eps_u); 1 (default) "
                          "is the conditional model alone")
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
+    sp.add_argument("--sampler", choices=["ddpm", "ddim", "dpmsolver++", "unipc"], default="ddpm",
+                    help="dpmsolver++ / unipc: the few-step multistep solvers (default 20 steps, order 2)")
     sp.add_argument("--steps", type=int, default=None,
                     help="sampling steps, respaced over T (default: all T for ddpm)")
     sp.add_argument("--eta", type=float, default=0.0)
@@ -147,6 +148,8 @@ def _sample_cmd(args) -> int:
     from .training.trainer import load_for_sampling
     from .utils.image import save_grid
     from .training.trainer import image_shape_of, num_classes_of
+    from .samplers.multistep import MULTISTEP_SAMPLERS
+    from .samplers.settings import MULTISTEP_STEPS
     from .training.conditioning import guidance_kwargs
     _check_sample_args(args)
     if args.threads:
@@ -165,7 +168,7 @@ def _sample_cmd(args) -> int:
                device=args.device, chunk_size=args.batch_size, compile=args.compile, **guide)
     dt = time.perf_counter() - t0
     save_grid(x, args.out, nrow=nrow, scale=max(1, 64 // max(shape[1:])))
-    nsteps = steps or cfg.T
+    nsteps = steps or (MULTISTEP_STEPS if args.sampler in MULTISTEP_SAMPLERS else cfg.T)
     print(f"sampled {n} images{what} ({args.sampler}, {nsteps} steps, seed {args.seed}) in {dt:.2f} s "
           f"({n / dt:.1f} images/s, {dt / nsteps * 1e3:.1f} ms/step) -> {args.out}")
     if args.metric and cfg.data in ("digits", "sklearn-digits") and shape == (1, 16, 16) and n >= 2:

@@ -136,11 +136,11 @@ def test_sample_steps_reach_sample_for_every_sampler(tiny_checkpoint, tmp_path, 
         return torch.zeros(shape)
 
     monkeypatch.setattr(ddpm_fast.sampling, "sample", fake_sample)
-    for sampler in ("ddpm", "ddim"):
+    for sampler in ("ddpm", "ddim", "dpmsolver++", "unipc"):
         rc = main(["sample", "--checkpoint", str(tiny_checkpoint), "--n", "2", "--sampler", sampler,
                    "--steps", "5", "--out", str(tmp_path / "g.png"), "--no-metric"])
         assert rc == 0 and "5 steps" in capsys.readouterr().out
-    assert seen == [("ddpm", 5), ("ddim", 5)]
+    assert seen == [("ddpm", 5), ("ddim", 5), ("dpmsolver++", 5), ("unipc", 5)]
     assert main(["sample", "--checkpoint", str(tiny_checkpoint), "--n", "2", "--out", str(tmp_path / "g.png"),
                  "--no-metric"]) == 0
     assert seen[-1] == ("ddpm", None) and "20 steps" in capsys.readouterr().out
@@ -153,6 +153,18 @@ def test_sample_steps_with_the_real_sampler_is_run_or_refused(tiny_checkpoint, t
         assert "(ddpm, 5 steps" in capsys.readouterr().out
     else:
         assert "steps" in _one_line_error(capsys)
+
+
+def test_sample_with_a_multistep_solver(tiny_checkpoint, tmp_path, capsys):
+    for sampler in ("dpmsolver++", "unipc"):
+        rc = main(["sample", "--checkpoint", str(tiny_checkpoint), "--n", "2", "--sampler", sampler, "--steps", "8",
+                   "--out", str(tmp_path / "g.png"), "--no-metric", "--threads", "1"])
+        assert rc == 0 and f"({sampler}, 8 steps" in capsys.readouterr().out
+        assert (tmp_path / "g.png").exists()
+    # the default 20 steps over the checkpoint's T = 20 visit a timestep twice: one clear line
+    rc = main(["sample", "--checkpoint", str(tiny_checkpoint), "--n", "2", "--sampler", "unipc",
+               "--out", str(tmp_path / "g.png"), "--no-metric", "--threads", "1"])
+    assert rc == 1 and "steps" in _one_line_error(capsys)
 
 
 @pytest.mark.parametrize("argv,flag", [(["--n", "0"], "--n"), (["--threads", "0"], "--threads"),

@@ -269,6 +269,7 @@ def test_chunks_and_seed_give_the_same_samples(unet):
     (dict(sampler="unipc", solver_type="bh1"), ValueError, "bh1.*undefined at step 4 of 5"),
     (dict(sampler="ddim", solver_order=2), ValueError, "solver_order apply to sampler='dpmsolver\\+\\+' or 'unipc'"),
     (dict(sampler="heun"), ValueError, "sampler must be one of"),
+    (dict(steps=100), ValueError, "twice .* step size would be 0"),
 ])
 def test_bad_settings_are_clear_errors(kw, err, match):
     kw = {"sampler": "dpmsolver++", "steps": 5, **kw}

@@ -367,6 +367,13 @@ def make_plan(schedule: NoiseSchedule, cfg: SolverConfig, prediction_type: str, 
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be an int >= 1 for sampler={cfg.sampler!r}, got {steps!r}")
     ts, sigmas = timesteps_and_sigmas(schedule, cfg, steps, timesteps, spacing, steps_offset)
+    same = [i for i in range(len(ts) - 1) if not sigmas[i + 1] < sigmas[i]]
+    if same:
+        # two steps at one noise level: h = 0, and every solver divides by it (diffusers: NaN)
+        raise ValueError(
+            f"{len(ts)} {spacing!r}-spaced steps over T={schedule.T} visit timestep(s) "
+            f"{sorted({ts[i] for i in same})} twice ({list(ts)}): the solver's step size would be 0; "
+            "use fewer steps or another timestep_spacing")
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         coefs = coefficient_table(cfg, sigmas, prediction_type)
     return MultistepPlan(ts, sigmas, coefs, cfg.history)
