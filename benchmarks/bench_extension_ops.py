@@ -19,6 +19,7 @@ import time
 import pytest
 import torch
 
+from benchmarks.timing import interleaved_ms, once_ms, sync
 from ddpm_fast.ops import extension, reference
 from ddpm_fast.schedule import NoiseSchedule
 
@@ -53,29 +54,6 @@ def _case(name: str, shape, device):
     return (lambda: ops.groupnorm_temb_silu(*args), lambda: reference.groupnorm_temb_silu(*args), 2 * nbytes)
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _once_ms(fn, device) -> float:
-    _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    return (time.perf_counter() - t0) * 1e3
-
-
-def _interleaved_ms(ext, ref, device, rounds: int) -> tuple[float, float]:
-    """Medians (ms) of alternating runs of both functions, after one warm-up each."""
-    ext(), ref()
-    e, r = [], []
-    for _ in range(rounds):
-        e.append(_once_ms(ext, device))
-        r.append(_once_ms(ref, device))
-    return statistics.median(e), statistics.median(r)
-
-
 def _info(device) -> dict:
     return {"device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
             "threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -89,7 +67,7 @@ def test_cpp_vs_reference(benchmark, speedup_report, case, shape):
     device = torch.device("cpu")
     ext, ref, _ = _case(case, shape, device)
     torch.testing.assert_close(ext(), ref(), rtol=1e-4, atol=1e-4)  # same thing being timed
-    ext_ms, ref_ms = _interleaved_ms(ext, ref, device, rounds=3)
+    ext_ms, ref_ms = interleaved_ms([ext, ref], device, rounds=3)
     benchmark.pedantic(ext, rounds=5, warmup_rounds=1, iterations=1)
     ratio = ref_ms / ext_ms
     benchmark.extra_info.update(_info(device), op=case, shape=list(shape), extension_ms=round(ext_ms, 3),
@@ -106,11 +84,11 @@ def test_cuda_vs_reference(benchmark, speedup_report, case, shape):
     device = torch.device("cuda")
     ext, ref, nbytes = _case(case, shape, device)
     torch.testing.assert_close(ext(), ref(), rtol=1e-4, atol=1e-4)
-    ext_ms, ref_ms = _interleaved_ms(ext, ref, device, rounds=20)
+    ext_ms, ref_ms = interleaved_ms([ext, ref], device, rounds=20)
     src = torch.empty(nbytes // 2, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    copy_ms = statistics.median(_once_ms(lambda: dst.copy_(src), device) for _ in range(20))
-    benchmark.pedantic(ext, setup=lambda: _sync(device), rounds=50, warmup_rounds=5, iterations=1)
+    copy_ms = statistics.median(once_ms(lambda: dst.copy_(src), device) for _ in range(20))
+    benchmark.pedantic(ext, setup=lambda: sync(device), rounds=50, warmup_rounds=5, iterations=1)
     frac = copy_ms / ext_ms   # the copy moves the same bytes (read + write)
     benchmark.extra_info.update(_info(device), op=case, shape=list(shape), extension_ms=round(ext_ms, 4),
                                 reference_ms=round(ref_ms, 4), speedup_vs_reference=round(ref_ms / ext_ms, 2),

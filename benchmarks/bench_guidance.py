@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
-import time
 
 import pytest
 import torch
 
+from benchmarks.timing import interleaved_ms, sync
 from ddpm_fast.ops import dispatch
 from ddpm_fast.schedule import NoiseSchedule
 
@@ -36,29 +35,6 @@ def _backends():
         out.append(pytest.param(backend, dev, id=backend,
                                 marks=pytest.mark.skipif(why is not None, reason=f"{backend}: {why}")))
     return out
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _once_ms(fn, device) -> float:
-    _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    return (time.perf_counter() - t0) * 1e3
-
-
-def _interleaved_ms(fns: list, device, rounds: int) -> list:
-    for f in fns:
-        f()
-    times = [[] for _ in fns]
-    for _ in range(rounds):
-        for ts, f in zip(times, fns):
-            ts.append(_once_ms(f, device))
-    return [statistics.median(ts) for ts in times]
 
 
 def _cases(sampler: str, backend: str, shape, device):
@@ -101,8 +77,8 @@ def test_fused_guided_step_vs_python_combine(benchmark, speedup_report, backend,
     fused, python, theirs = _cases(sampler, backend, shape, device)
     torch.testing.assert_close(fused(), python(), rtol=1e-5, atol=1e-5)   # the same step being timed
     rounds = 30 if device.type == "cuda" else 15
-    fused_ms, python_ms, theirs_ms = _interleaved_ms([fused, python, theirs], device, rounds)
-    benchmark.pedantic(fused, setup=lambda: _sync(device), rounds=rounds, warmup_rounds=1, iterations=1)
+    fused_ms, python_ms, theirs_ms = interleaved_ms([fused, python, theirs], device, rounds)
+    benchmark.pedantic(fused, setup=lambda: sync(device), rounds=rounds, warmup_rounds=1, iterations=1)
     load = os.getloadavg()[0]
     benchmark.extra_info.update(
         sampler=sampler, backend=backend, shape=list(shape), fused_ms=round(fused_ms, 4),

@@ -11,12 +11,12 @@ fused update plus the write of x0 into the preallocated history ring. Medians of
 """
 from __future__ import annotations
 
-import statistics
 import time
 
 import pytest
 import torch
 
+from benchmarks.timing import interleaved_ms
 from ddpm_fast.ops import dispatch
 from ddpm_fast.samplers.settings import make_spec, resolve
 from ddpm_fast.schedule import NoiseSchedule
@@ -64,17 +64,6 @@ def _setup(cls_name, order, solver_type, shape, backend, device):
     return ours, theirs, restore
 
 
-def _once_ms(fn, restore, device) -> float:
-    restore()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t0) * 1e3
-
-
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("solver", SOLVERS, ids=lambda s: f"{s[0][:5]}-{s[1]}-{s[2]}")
 def test_fused_multistep_update_vs_diffusers_step(benchmark, speedup_report, solver, shape):
@@ -90,11 +79,7 @@ def test_fused_multistep_update_vs_diffusers_step(benchmark, speedup_report, sol
     b = theirs()
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * max(1.0, b.abs().max().item()))  # the same step
     rounds = 20 if device.type == "cuda" else 5
-    o, d = [], []
-    for _ in range(rounds):
-        o.append(_once_ms(ours, restore, device))
-        d.append(_once_ms(theirs, restore, device))
-    ours_ms, theirs_ms = statistics.median(o), statistics.median(d)
+    ours_ms, theirs_ms = interleaved_ms([ours, theirs], device, rounds, before=restore, warmup=False)
     benchmark.pedantic(ours, setup=restore, rounds=rounds, warmup_rounds=1, iterations=1)
     ratio = theirs_ms / ours_ms
     benchmark.extra_info.update(backend=backend, shape=list(shape), solver=list(solver), ours_ms=round(ours_ms, 3),
