@@ -9,6 +9,8 @@ import ddpm_fast
 from ddpm_fast import NoiseSchedule, ddim_step, reverse_step
 from ddpm_fast.ops import dispatch
 
+from prediction_closed_form import cfg, x0_and_eps
+
 S = NoiseSchedule.linear(1000)
 
 
@@ -39,9 +41,7 @@ def test_guided_reverse_step_equals_the_closed_form(pred, w):
                        guidance_scale=w, backend="reference")
     ab, beta = _f64_schedule()
     a, a_prev, b_t = (v.reshape(-1, 1, 1, 1) for v in (ab[t], ab[t - 1], beta[t]))
-    m = out2[B:] + w * (out2[:B] - out2[B:])
-    x0 = {"epsilon": (x - (1 - a).sqrt() * m) / a.sqrt(), "sample": m,
-          "v_prediction": a.sqrt() * x - (1 - a).sqrt() * m}[pred]
+    x0, _ = x0_and_eps(pred, x, cfg(out2[:B], out2[B:], w), a)
     mean = b_t * a_prev.sqrt() / (1 - a) * x0 + (1 - a_prev) * (1 - b_t).sqrt() / (1 - a) * x
     sigma = (b_t * (1 - a_prev) / (1 - a)).sqrt()
     torch.testing.assert_close(got, mean + sigma * z, rtol=1e-12, atol=1e-12)
@@ -58,13 +58,7 @@ def test_guided_ddim_step_equals_the_closed_form(pred, w):
     ab, _ = _f64_schedule()
     a = ab[torch.tensor([700, 300])].reshape(-1, 1, 1)
     a_prev = torch.stack([ab[500], torch.tensor(1.0, dtype=torch.float64)]).reshape(-1, 1, 1)
-    m = out2[B:] + w * (out2[:B] - out2[B:])
-    if pred == "epsilon":
-        x0, eps = (x - (1 - a).sqrt() * m) / a.sqrt(), m
-    elif pred == "sample":
-        x0, eps = m, (x - a.sqrt() * m) / (1 - a).sqrt()
-    else:
-        x0, eps = a.sqrt() * x - (1 - a).sqrt() * m, a.sqrt() * m + (1 - a).sqrt() * x
+    x0, eps = x0_and_eps(pred, x, cfg(out2[:B], out2[B:], w), a)
     torch.testing.assert_close(got, a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps, rtol=1e-12, atol=1e-12)
 
 

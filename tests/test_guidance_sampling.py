@@ -10,6 +10,8 @@ import ddpm_fast
 from ddpm_fast import NoiseSchedule
 from ddpm_fast.noise import STREAM_STEP, philox_normal
 
+from prediction_closed_form import cfg, x0_and_eps
+
 SHAPE = (3, 2, 5, 5)
 K = 4                     # classes 0..3, class 4 = the null class
 
@@ -50,19 +52,14 @@ def _closed_form_ddim(model, x_T, ts, w, r, pred, schedule):
         t_col = torch.full((x.shape[0], 1, 1, 1), float(t), dtype=torch.float64)
         m_c = model.a * x + e[y] + model.c * t_col
         m_u = model.a * x + e[null] + model.c * t_col
-        m = m_u + w * (m_c - m_u)
+        m = cfg(m_c, m_u, w)
         if r:
             std_c = m_c.flatten(1).std(1).reshape(-1, 1, 1, 1)
             std_m = m.flatten(1).std(1).reshape(-1, 1, 1, 1)
             m = r * m * std_c / std_m + (1 - r) * m
         a = ab[t]
         a_prev = ab[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0, dtype=torch.float64)
-        if pred == "epsilon":
-            x0, eps = (x - (1 - a).sqrt() * m) / a.sqrt(), m
-        elif pred == "sample":
-            x0, eps = m, (x - a.sqrt() * m) / (1 - a).sqrt()
-        else:
-            x0, eps = a.sqrt() * x - (1 - a).sqrt() * m, a.sqrt() * m + (1 - a).sqrt() * x
+        x0, eps = x0_and_eps(pred, x, m, a)
         x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
     return x
 
