@@ -39,6 +39,8 @@ import torch
 import ddpm_fast
 from ddpm_fast import NoiseSchedule, UNet
 
+from .timing import sync
+
 DEVICE = torch.device(os.environ.get("DDPM_FAST_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
 GPU = DEVICE.type == "cuda"
 if os.environ.get("DDPM_FAST_BENCH_THREADS"):
@@ -85,11 +87,6 @@ def _fused_backend() -> str | None:
         if status[b] == "available":
             return b
     return None
-
-
-def _sync():
-    if GPU:
-        torch.cuda.synchronize()
 
 
 def _runner(impl: str, model, shape, steps: int):
@@ -181,7 +178,7 @@ def test_sampler(benchmark, sampler_rows, model_name, batch, impl):
 
     def timed():
         out = run()
-        _sync()
+        sync(DEVICE)
         return out
 
     benchmark.group = f"sampler {model_name} b{batch} ({steps} steps)"
