@@ -262,7 +262,8 @@ inline ScheduleArgs check_ddim_step_args(const char* op, const at::Tensor& x, co
   return a;
 }
 
-// multistep_update: x, model_out [B, ...] of one shape; history [K, *x.shape], K <= MS_MAX_HISTORY;
+// multistep_update: x, model_out [B, ...] of one shape (model_out [2B, ...] with guidance_scale);
+// history [K, *x.shape], K <= MS_MAX_HISTORY;
 // table float64 [steps, MS_WIDTH]; step int32/int64 [] or [1] in [0, steps) (checked on the CPU).
 struct MultistepArgs {
   at::Tensor table;
@@ -271,12 +272,12 @@ struct MultistepArgs {
 
 inline MultistepArgs check_multistep_update_args(const char* op, const at::Tensor& x, const at::Tensor& m,
                                                  const at::Tensor& history, const at::Tensor& table,
-                                                 const at::Tensor& step) {
+                                                 const at::Tensor& step,
+                                                 const c10::optional<double>& guidance_scale) {
   check_data(op, "x", x, x.device());
-  check_data(op, "model_out", m, x.device());
   check_data(op, "history", history, x.device());
   check_batched(op, "x", x, 2);
-  check_same_shape(op, "model_out", m, x);
+  check_model_out(op, m, x, guidance_scale);
   TORCH_CHECK(history.dim() == x.dim() + 1 && history.size(0) <= MS_MAX_HISTORY &&
                   history.sizes().slice(1) == x.sizes(),
               "ddpm_fast::", op, ": history must have shape [K, *x.shape] with K <= ", int(MS_MAX_HISTORY),

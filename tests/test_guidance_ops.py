@@ -137,10 +137,16 @@ def test_the_step_kernel_combines_unless_a_pre_step_needs_the_combined_output():
     assert _spec("ddpm", variance_type="learned_range").fused_guidance is None
     assert _spec("ddpm", thresholding=True).fused_guidance is None
     assert _spec("ddim", use_clipped_model_output=False).fused_guidance is None
+    # the multistep update combines too, unless x0 is clipped/thresholded from the combined output
+    assert _spec("dpmsolver++").fused_guidance == 2.0
+    assert _spec("unipc").fused_guidance == 2.0
+    assert _spec("dpmsolver++", r=0.5).fused_guidance is None
+    assert _spec("dpmsolver++", clip_denoised=True).fused_guidance is None
+    assert _spec("unipc", thresholding=True).fused_guidance is None
 
 
 @pytest.mark.parametrize("backend", _backends())
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmsolver++", "unipc"])
 def test_fused_sampler_equals_the_python_combine(backend, sampler, monkeypatch):
     """The sampler's fused path (the op combines) against the same run with the combine forced
     into Python (the op unguided): same samples to float rounding."""

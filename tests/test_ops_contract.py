@@ -132,9 +132,9 @@ def _philox(B, numel, offset, stream, t_kind):
     return build
 
 
-def _multistep(shape, K, layout, step_kind="scalar", mixed=False):
+def _multistep(shape, K, layout, step_kind="scalar", mixed=False, w=None):
     """Random coefficients (some large, as 1/alpha is early in eps-prediction runs), K history
-    buffers, the step as [] or [1]."""
+    buffers, the step as [] or [1]; with guidance scale ``w`` model_out is [2B, ...]."""
     def build(dev, dtype):
         g = torch.Generator().manual_seed(K)
         table = (torch.randn(5, 8, generator=g, dtype=torch.float64) * torch.tensor(
@@ -142,7 +142,9 @@ def _multistep(shape, K, layout, step_kind="scalar", mixed=False):
         h = _data((K, *shape), dtype, dev, layout)
         step = torch.tensor(3, device=dev) if step_kind == "scalar" else torch.tensor([4], device=dev,
                                                                                          dtype=torch.int32)
-        return (_data(shape, dtype, dev, layout), _data(shape, torch.float32 if mixed else dtype, dev), h, table, step)
+        m_shape = shape if w is None else (2 * shape[0], *shape[1:])
+        return (_data(shape, dtype, dev, layout), _data(m_shape, torch.float32 if mixed else dtype, dev, layout), h,
+                table, step, w)
     return build
 
 
@@ -188,6 +190,8 @@ CASES = [
     Case("multistep_update", "k1-transposed", _multistep((2, 3, 5, 9), 1, "transposed", "one", mixed=True)),
     Case("multistep_update", "k2-sliced", _multistep((1, 1, 3, 3), 2, "sliced")),
     Case("multistep_update", "k3-odd", _multistep((3, 5, 7, 9), 3, "transposed")),
+    Case("multistep_update", "guided-k2-transposed", _multistep((3, 5, 7, 9), 2, "transposed", w=3.0)),
+    Case("multistep_update", "guided-k0-mixed", _multistep((1, 3, 5, 5), 0, "sliced", "one", mixed=True, w=-0.75)),
     Case("temb_add", "batch1", lambda d, dt: (_data((1, 1, 1), dt, d), _data((1, 1), dt, d))),
     Case("temb_add", "odd-transposed", lambda d, dt: (_data((3, 5, 7, 9), dt, d, "transposed"),
                                                       _data((3, 5), dt, d))),
@@ -290,9 +294,9 @@ def test_multistep_step_past_the_table_is_nan_or_error(backend, dev):
     h = torch.zeros(1, 2, 8, device=d)
     if backend == "cpp":
         with pytest.raises(RuntimeError, match="out of range"):
-            fn(x, x, h, table, torch.tensor(3, device=d))
+            fn(x, x, h, table, torch.tensor(3, device=d), None)
         return
-    out, x0 = fn(x, x, h, table, torch.tensor(3, device=d))
+    out, x0 = fn(x, x, h, table, torch.tensor(3, device=d), None)
     assert out.isnan().all() and x0.isnan().all()
 
 

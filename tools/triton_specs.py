@@ -120,9 +120,9 @@ def _multistep_update() -> list:
         for tag in DTYPES:
             ty = "*" + tag
             sig = {"x_ptr": ty, "m_ptr": ty, "h_ptr": ty, "out_ptr": ty, "x0_ptr": ty, "table_ptr": "*fp64",
-                   "step_ptr": "*i64", "N": "i32", "S": "i32"}
+                   "step_ptr": "*i64", "guidance_scale": "fp32", "N": "i32", "S": "i32"}
             specs.append(make_spec("multistep_update", multistep_update.multistep_update_kernel, cfg, tag, sig,
-                                   {"K": 3, "F64": False}, elementwise=True))
+                                   {"K": 3, "GUIDED": True, "F64": False}, elementwise=True))
     return specs
 
 

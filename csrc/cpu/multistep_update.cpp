@@ -1,6 +1,7 @@
 // CPU kernel of multistep_update: one step of a multistep solver (DPM-Solver++, UniPC) as one
 // pass over x, model_out and the K history buffers, writing x_next and x0. The step's
-// coefficients are one float64 row of the table, read once on the host.
+// coefficients are one float64 row of the table, read once on the host. With classifier-free
+// guidance model_out is [2B, ...] = [2N] flat: element e reads m[e] (conditional) and m[N + e].
 #include <torch/library.h>
 
 #include <tuple>
@@ -14,9 +15,11 @@ namespace {
 
 std::tuple<at::Tensor, at::Tensor> multistep_update(const at::Tensor& x_in, const at::Tensor& m_in,
                                                     const at::Tensor& h_in, const at::Tensor& table_in,
-                                                    const at::Tensor& step) {
+                                                    const at::Tensor& step,
+                                                    c10::optional<double> guidance_scale) {
   const char* op = "multistep_update";
-  const MultistepArgs a = check_multistep_update_args(op, x_in, m_in, h_in, table_in, step);
+  const MultistepArgs a = check_multistep_update_args(op, x_in, m_in, h_in, table_in, step, guidance_scale);
+  const Guide g = guide_of(guidance_scale);
   const at::Tensor x = x_in.contiguous(), m = m_in.contiguous(), h = h_in.contiguous();
   at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
   at::Tensor x0 = at::empty_like(x, at::MemoryFormat::Contiguous);
@@ -33,7 +36,8 @@ std::tuple<at::Tensor, at::Tensor> multistep_update(const at::Tensor& x_in, cons
   for_each_block(1, N, [&](int64_t, int64_t e0, int64_t n) {
     alignas(64) float xb[kBlock], mb[kBlock], hb[kBlock];
     load_block(x.data_ptr(), xdt, e0, n, xb);
-    load_block(m.data_ptr(), mdt, e0, n, mb);
+    // the flat problem is one "sample" of N elements: B = 1 puts the unconditional half at N + e0
+    load_model_block(m.data_ptr(), mdt, 1, N, 0, e0, n, g.guided, g.w, mb);
     for (int64_t i = 0; i < n; ++i) {
       const float p = ca * xb[i] + cb * mb[i];
       mb[i] = p;

@@ -185,9 +185,10 @@ at::Tensor temb_add(const at::Tensor& h_in, const at::Tensor& temb_in) {
 
 std::tuple<at::Tensor, at::Tensor> multistep_update(const at::Tensor& x_in, const at::Tensor& m_in,
                                                     const at::Tensor& h_in, const at::Tensor& table_in,
-                                                    const at::Tensor& step_in) {
+                                                    const at::Tensor& step_in,
+                                                    c10::optional<double> guidance_scale) {
   const char* op = "multistep_update";
-  const MultistepArgs a = check_multistep_update_args(op, x_in, m_in, h_in, table_in, step_in);
+  const MultistepArgs a = check_multistep_update_args(op, x_in, m_in, h_in, table_in, step_in, guidance_scale);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), m = m_in.contiguous(), h = h_in.contiguous();
   at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
@@ -196,6 +197,8 @@ std::tuple<at::Tensor, at::Tensor> multistep_update(const at::Tensor& x_in, cons
   check_launch(op, launch_multistep_update(out.data_ptr(), x0.data_ptr(), x.data_ptr(), dtype_code(x), m.data_ptr(),
                                            dtype_code(m), h.data_ptr(), dtype_code(h), h.size(0),
                                            a.table.data_ptr<double>(), a.table.size(0), step, x.numel(),
+                                           guidance_scale.has_value(),
+                                           static_cast<float>(guidance_scale.value_or(0.0)),
                                            c10::cuda::getCurrentCUDAStream()));
   return {out, x0};
 }

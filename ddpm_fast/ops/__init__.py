@@ -146,19 +146,26 @@ def ddim_step(x_t: torch.Tensor, model_out: torch.Tensor, t, t_prev, schedule, *
 
 
 def multistep_update(x: torch.Tensor, model_out: torch.Tensor, history: torch.Tensor, table: torch.Tensor,
-                     step, *, backend: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     step, *, guidance_scale: Optional[float] = None,
+                     backend: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One step of a multistep solver (DPM-Solver++, UniPC) as one fused linear combination:
     with row ``r = table[step]`` (float64 ``[steps, 8]``, samplers/multistep.py builds it),
     ``x0 = r[0]·x + r[1]·model_out`` and ``x_next = r[2]·x + r[3]·x0 + Σ_k r[4+k]·history[k]``.
 
     x, model_out: float [B, ...] of one shape; history: ``[K, B, ...]`` with K in 0..3 (the
     last x0 predictions, in ring order); step: int or int tensor ``[]``/``[1]`` on x's device (read
-    on the device). Returns ``(x_next, x0)`` in x's dtype (docs/ops_contract.md)."""
+    on the device). ``guidance_scale`` w: classifier-free guidance in the same pass, model_out is
+    then [2B, ...] (conditional rows first) and the update reads m_u + w (m_c - m_u). Returns
+    ``(x_next, x0)`` in x's dtype (docs/ops_contract.md)."""
+    w = _guidance_scale(guidance_scale)
     check_float("x", x)
     check_float("model_out", model_out)
     check_float("history", history)
     check_rank("x", x, 2)
-    check_same_shape("model_out", model_out, "x", x)
+    if w is None:
+        check_same_shape("model_out", model_out, "x", x)
+    else:
+        check_guided_shape(model_out, x)
     if history.dim() != x.dim() + 1 or tuple(history.shape[1:]) != tuple(x.shape) or history.shape[0] > 3:
         raise ValueError(f"history must have shape [K, *x.shape] = [K, {', '.join(map(str, x.shape))}] "
                          f"with K <= 3, got {tuple(history.shape)}")
@@ -168,7 +175,7 @@ def multistep_update(x: torch.Tensor, model_out: torch.Tensor, history: torch.Te
                          f"{getattr(table, 'dtype', type(table).__name__)} {tuple(getattr(table, 'shape', ()))}")
     check_same_device(x=x, model_out=model_out, history=history, table=table)
     step = as_timestep(step, 1, table.shape[0], x.device).reshape(-1)[:1]
-    return implementation("multistep_update", backend, x.device)(x, model_out, history, table, step)
+    return implementation("multistep_update", backend, x.device)(x, model_out, history, table, step, w)
 
 
 def temb_add(h: torch.Tensor, temb: torch.Tensor, *, backend: Optional[str] = None) -> torch.Tensor:

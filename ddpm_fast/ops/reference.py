@@ -150,12 +150,13 @@ def _shape_like(v: torch.Tensor, ndim: int) -> torch.Tensor:
     return v.reshape(-1, *([1] * (ndim - 1))) if v.dim() > 0 else v
 
 
-def multistep_update(x, model_out, history, table, step):
+def multistep_update(x, model_out, history, table, step, guidance_scale: Optional[float] = None):
     """One multistep-solver step from its coefficient row (samplers/multistep.py builds the
-    table): x0 = a·x + b·m; x_next = c_x·x + c_0·x0 + Σ_k c_k·history[k]. Returns (x_next, x0)."""
+    table): x0 = a·x + b·m; x_next = c_x·x + c_0·x0 + Σ_k c_k·history[k]. Returns (x_next, x0).
+    With ``guidance_scale``, m is the guided output of a [2B, ...] model_out (guided_output)."""
     cd = _compute_dtype(x)
     row = table.index_select(0, step.reshape(-1).long()).reshape(-1).to(cd)   # a gather: no sync
-    xc, m = x.to(cd), model_out.to(cd)
+    xc, m = x.to(cd), guided_output(model_out, guidance_scale, cd)
     x0 = row[MS_X0_X] * xc + row[MS_X0_M] * m
     out = row[MS_X] * xc + row[MS_X0] * x0
     for k in range(history.shape[0]):

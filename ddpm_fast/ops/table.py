@@ -84,9 +84,10 @@ OPS = (
            "float clip_range, float final_alpha_bar, float? guidance_scale) -> Tensor", _like(0),
            differentiable=True),
     # one step of a multistep solver (DPM-Solver++, UniPC): x0 = a x + b model_out, then
-    # x_next = c_x x + c_0 x0 + sum_k c_k history[k], coefficients = row `step` of `table`
-    OpSpec("multistep_update", "(Tensor x, Tensor model_out, Tensor history, Tensor table, Tensor step) "
-           "-> (Tensor, Tensor)", _pair_like(0)),
+    # x_next = c_x x + c_0 x0 + sum_k c_k history[k], coefficients = row `step` of `table`;
+    # guidance_scale as in the steps above (model_out [2B, ...], combined in the same pass)
+    OpSpec("multistep_update", "(Tensor x, Tensor model_out, Tensor history, Tensor table, Tensor step, "
+           "float? guidance_scale) -> (Tensor, Tensor)", _pair_like(0)),
     OpSpec("temb_add", "(Tensor h, Tensor temb) -> Tensor", _like(0), differentiable=True),
     OpSpec("groupnorm_temb_silu", "(Tensor x, Tensor weight, Tensor bias, Tensor? temb, int num_groups, "
            "float eps, int temb_mode, bool apply_silu) -> Tensor", _like(0), differentiable=True),

@@ -94,9 +94,10 @@ class SamplerSpec:
         """The guidance scale the step kernel combines with (model_out [2B, ...]), or None: no
         guidance, or a pre-step that needs the combined output first (combined_output)."""
         g = self.guidance
-        if (g is None or g.rescale or self.learned_variance is not None or self.needs_pre_step
-                or self.multistep):   # the multistep update takes the combined output
+        if g is None or g.rescale or self.learned_variance is not None or self.needs_pre_step:
             return None
+        if self.multistep and (self.threshold is not None or self.clip_denoised):
+            return None   # multistep_x0 thresholds the combined output's x0 before the update
         return g.scale
 
     def combined_output(self, model_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -162,7 +163,7 @@ class SamplerSpec:
             # conversion coefficients, then handed to the update as an x0 prediction
             model_out = multistep_x0(x, model_out, table, i, self.x0_rule)
             table = self.solver_table_x0
-        x_next, x0 = self.impls["multistep_update"](x, model_out, history, table, i)
+        x_next, x0 = self.impls["multistep_update"](x, model_out, history, table, i, self.fused_guidance)
         if self.history:
             history.index_copy_(0, torch.remainder(i.reshape(1), self.history), x0.unsqueeze(0))
         return x_next

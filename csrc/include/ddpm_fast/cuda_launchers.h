@@ -61,10 +61,12 @@ cudaError_t launch_temb_add(void* out, const void* h, int dtype, const void* tem
                             int64_t C, int64_t HW, cudaStream_t stream);
 
 // x, model_out, out, x0 [N]; history [K, N] (K <= 3; unused when 0); table float64 [steps, 8];
-// step a device int32/int64 scalar (the table row).
+// step a device int32/int64 scalar (the table row). guided: model_out is [2N], conditional half
+// first, and the update reads u + w (c - u).
 cudaError_t launch_multistep_update(void* out, void* x0, const void* x, int dtype, const void* model_out,
                                     int m_dtype, const void* history, int h_dtype, int64_t K, const double* table,
-                                    int64_t steps, TimestepArg step, int64_t N, cudaStream_t stream);
+                                    int64_t steps, TimestepArg step, int64_t N, bool guided, float w,
+                                    cudaStream_t stream);
 
 // x [B, C, HW]; weight, bias [C]; temb [B, C] or nullptr; workspace: a float32 scratch buffer of
 // groupnorm_temb_silu_workspace_floats(B, C, HW, num_groups) elements (per-block partial

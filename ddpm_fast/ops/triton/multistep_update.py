@@ -1,7 +1,8 @@
 """multistep_update in Triton: one step of a multistep solver (DPM-Solver++, UniPC) as one
 pass, x0 = a x + b m and x_next = c_x x + c_0 x0 + sum_k c_k history[k], the coefficients one
 float64 row of the table read on the device at ``step`` (NaN for a step outside the table, as
-the CUDA kernel gives). History depth K (0..3) is a compile-time constant. Layout: _common.py;
+the CUDA kernel gives). History depth K (0..3) is a compile-time constant; with classifier-free
+guidance (GUIDED) model_out is [2N] flat and each half is read once (guided_model_out). Layout: _common.py;
 non-contiguous inputs are copied to contiguous first.
 """
 from __future__ import annotations
@@ -11,7 +12,7 @@ import triton
 import triton.language as tl
 
 from ..enums import MS_HISTORY, MS_WIDTH, MS_X, MS_X0, MS_X0_M, MS_X0_X
-from ._common import autotuned, elementwise_grid, launch, to_compute, to_out
+from ._common import autotuned, elementwise_grid, guided_model_out, launch, to_compute, to_out
 
 _W: tl.constexpr = tl.constexpr(MS_WIDTH)
 _CA: tl.constexpr = tl.constexpr(MS_X0_X)
@@ -36,13 +37,13 @@ def _add_history(acc, h_ptr, table_ptr, s, S, k: tl.constexpr, N, offs, mask, F6
 
 
 @triton.jit
-def multistep_update_kernel(x_ptr, m_ptr, h_ptr, out_ptr, x0_ptr, table_ptr, step_ptr, N, S,
-                            K: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr):
+def multistep_update_kernel(x_ptr, m_ptr, h_ptr, out_ptr, x0_ptr, table_ptr, step_ptr, guidance_scale, N, S,
+                            K: tl.constexpr, GUIDED: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     s = tl.load(step_ptr).to(tl.int64)
     x = to_compute(tl.load(x_ptr + offs, mask=mask), F64)
-    m = to_compute(tl.load(m_ptr + offs, mask=mask), F64)
+    m = guided_model_out(m_ptr, offs, mask, guidance_scale, N, GUIDED, F64)
     x0 = _coef(table_ptr, s, S, _CA, F64) * x + _coef(table_ptr, s, S, _CB, F64) * m
     out = _coef(table_ptr, s, S, _CX, F64) * x + _coef(table_ptr, s, S, _C0, F64) * x0
     if K > 0:
@@ -55,10 +56,10 @@ def multistep_update_kernel(x_ptr, m_ptr, h_ptr, out_ptr, x0_ptr, table_ptr, ste
     tl.store(x0_ptr + offs, to_out(x0, x0_ptr.dtype.element_ty), mask=mask)
 
 
-_tuned = autotuned(multistep_update_kernel, key=["N", "K", "F64"])
+_tuned = autotuned(multistep_update_kernel, key=["N", "K", "GUIDED", "F64"])
 
 
-def multistep_update(x, model_out, history, table, step):
+def multistep_update(x, model_out, history, table, step, guidance_scale):
     """(x_next, x0) in x's dtype, contiguous (docs/ops_contract.md)."""
     x = x.contiguous()
     out = torch.empty_like(x)
@@ -69,6 +70,7 @@ def multistep_update(x, model_out, history, table, step):
     K = history.shape[0]
     launch(multistep_update_kernel, _tuned, elementwise_grid(1, N),
            (x, model_out.contiguous(), history.contiguous() if K else x, out, x0, table.contiguous(),
-            step.reshape(-1).contiguous(), N, table.shape[0]),
-           {"K": K, "F64": x.dtype == torch.float64})
+            step.reshape(-1).contiguous(), 0.0 if guidance_scale is None else float(guidance_scale), N,
+            table.shape[0]),
+           {"K": K, "GUIDED": guidance_scale is not None, "F64": x.dtype == torch.float64})
     return out, x0
