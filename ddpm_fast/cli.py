@@ -80,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoint", required=True)
     sp.add_argument("--n", type=int, default=None,
                     help="images (default 64); with --class all, images per class (default 8)")
-    sp.add_argument("--class", dest="class_", default=None, metavar="K|all|none",
-                    help="conditional checkpoints: the class to draw, 'all' (default: one row per "
+    sp.add_argument("--class", dest="class_", default=None, metavar="K|NAME|all|none",
+                    help="conditional checkpoints: the class to draw (its number, or its sub-folder "
+                         "name for a model trained on an image folder), 'all' (default: one row per "
                          "class) or 'none' (the null class: the unconditional model)")
     sp.add_argument("--guidance", type=float, default=None,
                     help="classifier-free guidance scale w: eps_u + w (eps_c - eps_u); 1 (default) "
@@ -147,7 +148,7 @@ def _sample_cmd(args) -> int:
     from .schedule import NoiseSchedule
     from .training.trainer import load_for_sampling
     from .utils.image import save_grid
-    from .training.trainer import image_shape_of, num_classes_of
+    from .training.trainer import class_names_of, image_shape_of, num_classes_of
     from .samplers.multistep import MULTISTEP_SAMPLERS
     from .samplers.settings import MULTISTEP_STEPS
     from .training.conditioning import guidance_kwargs
@@ -156,7 +157,7 @@ def _sample_cmd(args) -> int:
         torch.set_num_threads(args.threads)
     model, cfg, ckpt = load_for_sampling(args.checkpoint, use_ema=not args.no_ema, device=args.device)
     shape = image_shape_of(ckpt, args.checkpoint)
-    labels, nrow, what = _sample_labels(args, num_classes_of(ckpt, args.checkpoint))
+    labels, nrow, what = _sample_labels(args, num_classes_of(ckpt, args.checkpoint), class_names_of(ckpt))
     n = labels.shape[0] if labels is not None else (args.n or 64)
     guide = {} if labels is None else guidance_kwargs(
         labels.to(args.device), model.null_class, 1.0 if args.guidance is None else args.guidance)
@@ -187,9 +188,10 @@ def _check_guidance(w: float) -> None:
                                         f"alone, 0: the unconditional one), got {w}")
 
 
-def _sample_labels(args, K):
+def _sample_labels(args, K, names=None):
     """(labels int64 [n] or None, images per grid row or None, text for the summary line) for
-    ``--class`` / ``--guidance`` / ``--n`` on a checkpoint with K classes (None: unconditional)."""
+    ``--class`` / ``--guidance`` / ``--n`` on a checkpoint with K classes (None: unconditional);
+    ``names``: the checkpoint's class names, if it has them (``--class`` then takes a name too)."""
     import torch
     from .training.conditioning import class_rows
     if K is None:
@@ -210,13 +212,25 @@ def _sample_labels(args, K):
             raise OptionError("--guidance", "--class none samples the unconditional model (the null "
                                             "class): guidance needs a class")
         return torch.full((args.n or 64,), K, dtype=torch.int64), None, " (null class: unconditional)"
+    k = _class_index(args.class_.strip(), K, names)
+    label = f"{k} ({names[k]})" if names else f"{k}"
+    return torch.full((args.n or 64,), k, dtype=torch.int64), None, f" of class {label} (guidance {w:g})"
+
+
+def _class_index(choice: str, K: int, names) -> int:
+    """``--class``'s class: one of the checkpoint's class names (an image folder's sub-folder
+    names: looked up first, so folders named "1", "10", "2" mean what they say), else a label
+    number in 0..K-1."""
+    if names and choice in names:
+        return names.index(choice)
     try:
         k = int(choice)
     except ValueError:
         k = -1
     if not 0 <= k < K:
-        raise OptionError("--class", f"must be a class in 0..{K - 1}, 'all' or 'none', got {args.class_!r}")
-    return torch.full((args.n or 64,), k, dtype=torch.int64), None, f" of class {k} (guidance {w:g})"
+        named = f", or a name: {', '.join(names)}" if names else ""
+        raise OptionError("--class", f"must be a class in 0..{K - 1}{named}, 'all' or 'none', got {choice!r}")
+    return k
 
 
 class OptionError(ValueError):

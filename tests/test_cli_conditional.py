@@ -136,3 +136,29 @@ def test_demo_is_a_fixed_run_with_a_progress_bar_and_one_row_per_class(tmp_path,
     assert (w, h) == (4 * 20, 4 * (10 * 18 + 2))                   # one column, ten rows
     report = json.loads((runs[0] / "demo.json").read_text())
     assert report["steps"] == 2 and 0 <= report["quality"]["class_accuracy"] <= 1
+
+
+def test_a_folder_trained_checkpoint_takes_class_names(tmp_path, fake_sample, capsys):
+    """An image folder's sub-folder names are stored with the checkpoint: ``--class`` takes a
+    name (looked up before numbers: a folder named "10" is that folder), the summary names it."""
+    import numpy as np
+    from PIL import Image
+    for k, name in enumerate(["cat", "10", "2"]):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((8, 8), 40 * k + i, np.uint8), "L").save(tmp_path / "data" / name / f"{i}.png")
+    out = tmp_path / "run"
+    assert main(["train", "--conditional", "--data", str(tmp_path / "data"), "--resolution", "8", "--steps", "3",
+                 "--batch-size", "4", "--model-kwargs", TINY, "--T", "20", "--sample-n", "0", "--no-progress",
+                 "--threads", "1", "--out-dir", str(out)]) == 0
+    ckpt = str(out / "last.safetensors")
+    capsys.readouterr()
+    sorted_names = ["10", "2", "cat"]          # sorted sub-folder names are the labels 0, 1, 2
+    for choice, k in (("cat", 2), ("10", 0), ("2", 1), ("1", 1)):
+        assert main(["sample", "--checkpoint", ckpt, "--class", choice, "--n", "2", "--out", str(tmp_path / "g.png"),
+                     "--no-metric"]) == 0
+        assert fake_sample[-1][1]["model_kwargs"]["y"].tolist() == [k, k]
+        assert f"of class {k} ({sorted_names[k]})" in capsys.readouterr().out
+    assert main(["sample", "--checkpoint", ckpt, "--class", "dog", "--out", str(tmp_path / "g.png")]) == 1
+    line = _one_line_error(capsys)
+    assert "--class: must be a class in 0..2, or a name: 10, 2, cat" in line

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ddpm_fast.data import ImageData, batch_indices, digits, image_folder, load_dataset, mnist_idx, read_idx
+from ddpm_fast.data.datasets import take
 from ddpm_fast.data.idx import write_idx
 
 
@@ -87,7 +88,8 @@ def test_image_folder_any_size_resized_and_center_cropped(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     d = image_folder(tmp_path, resolution=12)
     assert d.images.shape == (3, 3, 12, 12) and d.images.dtype == torch.uint8
-    assert d.labels.tolist() == [0, 1, 1]
+    assert d.labels.tolist() == [0, 1, 1] and d.class_names == ("cats", "dogs")
+    assert take(d, [2, 0]).class_names == ("cats", "dogs")
     a = d.images[0].float()
     assert a[0].mean() > 250 and a[2].mean() < 5          # only the red centre survives
     g = image_folder(tmp_path, resolution=12, channels=1)
@@ -128,3 +130,12 @@ def test_batch_indices_ranks_tile_the_global_batch():
         glob = batch_indices(step, n, B * W, seed=1)
         shards = torch.cat([batch_indices(step, n, B, seed=1, rank=r, world_size=W) for r in range(W)])
         assert torch.equal(glob, shards)
+
+
+def test_class_names_must_name_every_label():
+    x = torch.zeros(3, 1, 4, 4, dtype=torch.uint8)
+    assert ImageData(x, torch.tensor([0, 1, 1]), class_names=["a", "b"]).class_names == ("a", "b")
+    for names, labels in ((["a"], [0, 1, 1]), (["a", "a"], [0, 1, 1]), (["a", ""], [0, 1, 1]),
+                          (["a", "b"], None)):
+        with pytest.raises(ValueError, match="class_names|labels span"):
+            ImageData(x, None if labels is None else torch.tensor(labels), class_names=names)

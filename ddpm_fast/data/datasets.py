@@ -26,7 +26,9 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".
 @dataclass
 class ImageData:
     """``images``: uint8 [N, C, H, W] (0..255) or float32 [N, C, H, W] already in [-1, 1];
-    ``labels``: int64 [N] or None; ``name``: what the data is (stored in checkpoint configs).
+    ``labels``: int64 [N] or None; ``name``: what the data is (stored in checkpoint configs);
+    ``class_names``: the name of each label 0..K-1 where the data has them (an image folder's
+    sub-folder names; a conditional checkpoint stores them, so ``--class`` can take a name).
 
     Float images are checked once: values outside [-1, 1] (or not finite) are an error, and so
     are images with no negative value at all, the signature of [0, 1] data (torchvision's
@@ -36,6 +38,7 @@ class ImageData:
     labels: Optional[torch.Tensor] = None
     name: str = "custom"
     check_range: bool = True
+    class_names: Optional[tuple] = None
 
     def __post_init__(self):
         if not isinstance(self.images, torch.Tensor) or self.images.dim() != 4:
@@ -53,6 +56,15 @@ class ImageData:
             if not isinstance(lab, torch.Tensor) or lab.shape != (len(self),) or lab.is_floating_point():
                 got = tuple(lab.shape) if isinstance(lab, torch.Tensor) else type(lab).__name__
                 raise ValueError(f"labels must be an integer tensor [{len(self)}] (one per image), got {got}")
+        if self.class_names is not None:
+            names = self.class_names = tuple(self.class_names)
+            if self.labels is None or not all(isinstance(n, str) and n for n in names) \
+                    or len(set(names)) != len(names):
+                raise ValueError(f"class_names must be distinct non-empty strings, one per label, with "
+                                 f"labels given; got {names!r}")
+            if int(self.labels.max()) >= len(names) or int(self.labels.min()) < 0:
+                raise ValueError(f"labels span [{int(self.labels.min())}, {int(self.labels.max())}] but "
+                                 f"class_names names {len(names)} classes")
 
     def _check_float_range(self) -> None:
         x = self.images
@@ -148,11 +160,12 @@ def image_folder(path: str | os.PathLike, resolution: int = 32, channels: Option
     x = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
     rel = [os.path.relpath(os.path.dirname(f), root) for f in files]
     classes = sorted(set(rel))
-    labels = None
+    labels, names = None, None
     if len(classes) > 1:
         lut = {c: i for i, c in enumerate(classes)}
         labels = torch.tensor([lut[r] for r in rel], dtype=torch.int64)
-    return ImageData(x, labels, name=f"folder:{root}")
+        names = tuple(c.replace(os.sep, "/") for c in classes)
+    return ImageData(x, labels, name=f"folder:{root}", class_names=names)
 
 
 # Pillow modes holding more than 8 bits per pixel: the value that means full white. "I" is a
@@ -284,4 +297,5 @@ def take(data: ImageData, indices: Sequence[int]) -> ImageData:
     """A subset (shares nothing with the original)."""
     idx = torch.as_tensor(list(indices), dtype=torch.int64)
     labels = data.labels.index_select(0, idx) if data.labels is not None else None
-    return ImageData(data.images.index_select(0, idx).clone(), labels, data.name, check_range=False)
+    return ImageData(data.images.index_select(0, idx).clone(), labels, data.name, check_range=False,
+                     class_names=data.class_names if labels is not None else None)

@@ -218,6 +218,15 @@ def num_classes_of(ckpt: Checkpoint, path) -> Optional[int]:
     return k
 
 
+def class_names_of(ckpt: Checkpoint) -> Optional[tuple]:
+    """The class names a conditional checkpoint was trained with (an image folder's sub-folder
+    names), or None (digits, IDX files and older checkpoints: the classes are their numbers)."""
+    names = ckpt.extra.get("class_names")
+    if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+        return tuple(names)
+    return None
+
+
 def image_shape_of(ckpt: Checkpoint, path) -> tuple[int, int, int]:
     """(C, H, W) of the images a checkpoint was trained on (stored by :func:`train`)."""
     shape = ckpt.extra.get("image_shape")
@@ -352,6 +361,8 @@ def _train_inner(cfg, user_model, data, ckpt, callback, info: DistInfo, device, 
              "n_params": sum(p.numel() for p in net.parameters())}
     if K is not None:
         extra["num_classes"] = K
+        if data.class_names is not None and len(data.class_names) == K:
+            extra["class_names"] = list(data.class_names)
     B, N, W = cfg.batch_size, len(data), info.world_size
     offset = info.rank * B
     bar = None
