@@ -216,14 +216,29 @@ inline ScheduleArgs check_q_sample_seeded_args(const char* op, const at::Tensor&
   return check_schedule(op, x0, t, table);
 }
 
-// reverse_step and reverse_step_out (`out`: its output tensor, x_t's dtype, shape and device).
+// The outputs of a step's out-variant (reverse_step_out, ddim_step_out): `out` of x_t's dtype, shape
+// and device; `first_bad`, the NaN record, one int64 value ([] or [1]) on the data's device (the
+// messages of ops/validate.py check_first_bad and the Python front).
+inline void check_step_out(const char* op, const at::Tensor& x, const at::Tensor& out,
+                           const c10::optional<at::Tensor>& first_bad) {
+  TORCH_CHECK(out.scalar_type() == x.scalar_type() && out.sizes() == x.sizes() && out.device() == x.device(),
+              "ddpm_fast::", op, ": out must be ", x.scalar_type(), " ", x.sizes(), " on ", x.device(), ", got ",
+              out.scalar_type(), " ", out.sizes(), " on ", out.device());
+  if (!first_bad.has_value()) return;
+  TORCH_CHECK(first_bad->scalar_type() == at::kLong && first_bad->numel() == 1, "ddpm_fast::", op,
+              ": first_bad must be one int64 value ([] or [1]), got ", first_bad->scalar_type(), " ",
+              first_bad->sizes());
+  TORCH_CHECK(first_bad->device() == x.device(), "ddpm_fast::", op, ": first_bad is on ", first_bad->device(),
+              " but the data is on ", x.device());
+}
+
+// reverse_step and reverse_step_out (`out`: its output tensor, checked by check_step_out).
 inline ScheduleArgs check_reverse_step_args(const char* op, const at::Tensor& x, const at::Tensor& m,
                                             const at::Tensor& t, const at::Tensor& table,
                                             const c10::optional<at::Tensor>& noise,
                                             const c10::optional<at::Tensor>& seed, int64_t sample_offset,
                                             int64_t prediction_type, int64_t variance_type, double clip_range,
-                                            const c10::optional<double>& guidance_scale,
-                                            const at::Tensor* out = nullptr) {
+                                            const c10::optional<double>& guidance_scale) {
   check_data(op, "x_t", x, x.device());
   check_batched(op, "x_t", x, 1);
   check_model_out(op, m, x, guidance_scale);
@@ -232,11 +247,6 @@ inline ScheduleArgs check_reverse_step_args(const char* op, const at::Tensor& x,
   check_enum(op, "prediction_type", prediction_type, 3);
   check_enum(op, "variance_type", variance_type, 2);
   check_clip_range(op, clip_range);
-  if (out != nullptr) {
-    TORCH_CHECK(out->scalar_type() == x.scalar_type() && out->sizes() == x.sizes() && out->device() == x.device(),
-                "ddpm_fast::", op, ": out must be ", x.scalar_type(), " ", x.sizes(), " on ", x.device(), ", got ",
-                out->scalar_type(), " ", out->sizes(), " on ", out->device());
-  }
   return check_schedule(op, x, t, table);
 }
 

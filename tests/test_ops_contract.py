@@ -179,6 +179,10 @@ CASES = [
     Case("reverse_step_out", "guided", lambda d, dt: (
         *_step((3, 3, 5, 5), "sliced", "per-sample", 0, 0, True, w=2.0)(d, dt),
         torch.empty(3, 3, 5, 5, dtype=dt, device=d))),
+    # with the NaN record (first_bad, tests/test_nonfinite_record.py checks what it records)
+    Case("reverse_step_out", "record", lambda d, dt: (
+        *_step((3, 3, 5, 5), "contiguous", "per-sample", 0, 0, True)(d, dt),
+        torch.empty(3, 3, 5, 5, dtype=dt, device=d), torch.full((1,), -1, dtype=torch.int64, device=d))),
     Case("ddim_step", "eps-deterministic", _ddim((3, 5, 7, 9), "transposed", 0, 0.0, False, "table")),
     Case("ddim_step", "x0-eta-mixed-t-prev", _ddim((4, 3, 5, 5), "contiguous", 1, 0.5, True, "mixed")),
     Case("ddim_step", "v-final-noise", _ddim((2, 6, 4, 4), "sliced", 2, 1.0, True, "final", noise=True)),
@@ -186,6 +190,11 @@ CASES = [
     Case("ddim_step", "guided-x0-eta-mixed", _ddim((4, 3, 5, 5), "sliced", 1, 0.5, True, "mixed", w=1.5)),
     Case("ddim_step", "guided-v-final-noise", _ddim((2, 6, 4, 3), "contiguous", 2, 1.0, True, "final", noise=True,
                                                     w=0.0)),
+    Case("ddim_step_out", "eps-eta", lambda d, dt: (
+        *_ddim((4, 3, 5, 5), "transposed", 0, 0.5, True, "mixed")(d, dt), torch.empty(4, 3, 5, 5, dtype=dt, device=d))),
+    Case("ddim_step_out", "guided-record", lambda d, dt: (
+        *_ddim((3, 5, 7, 9), "contiguous", 2, 1.0, True, "final", w=1.5)(d, dt),
+        torch.empty(3, 5, 7, 9, dtype=dt, device=d), torch.full((), -1, dtype=torch.int64, device=d))),
     Case("multistep_update", "k0-odd", _multistep((3, 5, 7), 0, "contiguous")),
     Case("multistep_update", "k1-transposed", _multistep((2, 3, 5, 9), 1, "transposed", "one", mixed=True)),
     Case("multistep_update", "k2-sliced", _multistep((1, 1, 3, 3), 2, "sliced")),
@@ -223,7 +232,7 @@ def _reference(op: str):
 def _results(op, args, res):
     """The op's output tensors: the result, or ``out`` for an out-variant."""
     if BY_NAME[op].out_of:
-        return (args[-1],)
+        return (args[BY_NAME[op].out_index],)
     return res if isinstance(res, tuple) else (res,)
 
 
@@ -315,10 +324,10 @@ def _namespaces():
 @pytest.mark.parametrize("ns,dev", _namespaces())
 @pytest.mark.parametrize("case", [c for c in CASES if c.name in {
     "odd", "odd-transposed", "v-int32-t", "v-large-noise", "eps", "x0-eta-mixed-t-prev", "5d", "before-norm",
-    "k3-odd", "guided-eps-transposed", "guided"}],
+    "k3-odd", "guided-eps-transposed", "guided", "record", "guided-record"}],
     ids=lambda c: c.id)
 def test_opcheck(ns, dev, case):
-    """opcheck over the contract's inputs: schema (mutation of reverse_step_out's ``out`` only),
+    """opcheck over the contract's inputs: schema (the out-variants mutate ``out`` and ``first_bad`` only),
     the table's fakes against the real outputs, and AOT dispatch."""
     args = case.build(torch.device(dev), torch.bfloat16 if case.name == "v-large-noise" else torch.float32)
     torch.library.opcheck(getattr(getattr(torch.ops, ns), case.op), args,

@@ -91,11 +91,14 @@ def _reverse_step() -> list:
         for tag in DTYPES:
             ty = "*" + tag
             sig = {"x_ptr": ty, "m_ptr": ty, "noise_ptr": ty, "out_ptr": ty, "t_ptr": "*i64",
-                   "table_ptr": "*fp64", "seed_ptr": "*i64", "sample_offset": "i32", "clip_range": "fp32",
-                   "guidance_scale": "fp32", "half": "i32", "N": "i32", "T": "i32"}
-            specs.append(make_spec("reverse_step", reverse_step.reverse_step_kernel, cfg, tag, sig,
-                                   {"T_STRIDE": 0, "PRED": 0, "VAR": 0, "CLIP": True, "SEEDED": True,
-                                    "GUIDED": False, "F64": False}, elementwise=True))
+                   "table_ptr": "*fp64", "seed_ptr": "*i64", "bad_ptr": "*i64", "sample_offset": "i32",
+                   "clip_range": "fp32", "guidance_scale": "fp32", "half": "i32", "N": "i32", "T": "i32"}
+            # ":record": the sampler's path (reverse_step_out with the NaN record's masked atomic)
+            for record in (False, True):
+                specs.append(make_spec("reverse_step:record" if record else "reverse_step",
+                                       reverse_step.reverse_step_kernel, cfg, tag + ",record" * record, sig,
+                                       {"T_STRIDE": 0, "PRED": 0, "VAR": 0, "CLIP": True, "SEEDED": True,
+                                        "GUIDED": False, "RECORD": record, "F64": False}, elementwise=True))
     return specs
 
 
@@ -105,12 +108,15 @@ def _ddim_step() -> list:
         for tag in DTYPES:
             ty = "*" + tag
             sig = {"x_ptr": ty, "m_ptr": ty, "noise_ptr": ty, "out_ptr": ty, "t_ptr": "*i64", "tp_ptr": "*i64",
-                   "table_ptr": "*fp64", "seed_ptr": "*i64", "sample_offset": "i32", "eta": "fp32",
-                   "clip_range": "fp32", "final_alpha_bar": "fp32", "guidance_scale": "fp32", "half": "i32",
-                   "N": "i32", "T": "i32"}
-            specs.append(make_spec("ddim_step", ddim_step.ddim_step_kernel, cfg, tag, sig,
-                                   {"T_STRIDE": 0, "TP_STRIDE": 0, "PRED": 0, "CLIP": True, "NOISE": True,
-                                    "SEEDED": True, "GUIDED": False, "F64": False}, elementwise=True))
+                   "table_ptr": "*fp64", "seed_ptr": "*i64", "bad_ptr": "*i64", "sample_offset": "i32",
+                   "eta": "fp32", "clip_range": "fp32", "final_alpha_bar": "fp32", "guidance_scale": "fp32",
+                   "half": "i32", "N": "i32", "T": "i32"}
+            for record in (False, True):
+                specs.append(make_spec("ddim_step:record" if record else "ddim_step", ddim_step.ddim_step_kernel,
+                                       cfg, tag + ",record" * record, sig,
+                                       {"T_STRIDE": 0, "TP_STRIDE": 0, "PRED": 0, "CLIP": True, "NOISE": True,
+                                        "SEEDED": True, "GUIDED": False, "RECORD": record, "F64": False},
+                                       elementwise=True))
     return specs
 
 

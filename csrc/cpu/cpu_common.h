@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
 #include <ATen/Parallel.h>
@@ -75,15 +76,33 @@ inline Guide guide_of(const c10::optional<double>& guidance_scale) {
   return Guide{guidance_scale.has_value(), guidance_scale.has_value() ? static_cast<float>(*guidance_scale) : 0.0f};
 }
 
+// True when v[0:n] holds a NaN or an inf: an element whose exponent field is all ones. An OR of
+// integer compares, so the loop vectorises with SSE2 already (no float compare, nothing that
+// depends on the FP environment). Measured on the 2-core EPYC, 2048 floats: 0.48 us, against
+// 1.5 us for a max over the exponent fields (SSE2 has no unsigned 32-bit max).
+inline bool any_nonfinite(const float* v, int64_t n) {
+  uint32_t acc = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, v + i, sizeof bits);
+    acc |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+  }
+  return acc != 0;
+}
+
 // The model output a step reads for elements [e0, e0 + n) of sample b: model_out's own (guided =
 // false), or with classifier-free guidance u + w (c - u) from its rows b (conditional) and B + b
 // (unconditional) of a [2B, N] model_out — each half read once, in the same pass as the step.
+// `bad` (the NaN record's flag of this block, or nullptr): set when either half read here holds a
+// NaN/inf, checked on the loaded block before the combine.
 inline void load_model_block(const void* m, int mdt, int64_t B, int64_t N, int64_t b, int64_t e0, int64_t n,
-                             bool guided, float w, float* mb) {
+                             bool guided, float w, float* mb, uint8_t* bad = nullptr) {
   load_block(m, mdt, b * N + e0, n, mb);
+  if (bad != nullptr) *bad = any_nonfinite(mb, n);
   if (!guided) return;
   alignas(64) float ub[kBlock];
   load_block(m, mdt, (B + b) * N + e0, n, ub);
+  if (bad != nullptr) *bad |= any_nonfinite(ub, n);
   for (int64_t i = 0; i < n; ++i) mb[i] = guided_elem(mb[i], ub[i], w);
 }
 
@@ -207,6 +226,36 @@ struct NoiseSource {
       fill_normal(key, e0, n, static_cast<uint32_t>(sample_offset + b), static_cast<uint32_t>(t), stream, z);
     }
   }
+};
+
+// The steps' NaN record (docs/ops_contract.md, reverse_step_out / ddim_step_out): one flag per
+// block of for_each_block, set by the thread that loaded the block's model output, then reduced
+// on the calling thread after the parallel loop: first_bad = max(first_bad, t[b] of every sample
+// b with a flagged block). Each flag has one writer, so no atomics are needed.
+class BadBlocks {
+ public:
+  BadBlocks(const c10::optional<at::Tensor>& first_bad, int64_t B, int64_t N)
+      : first_bad_(first_bad), nblk_((N + kBlock - 1) / kBlock) {
+    if (first_bad_.has_value()) flags_.assign(static_cast<size_t>(B * nblk_), 0);
+  }
+  // The flag of block [e0, e0 + kBlock) of sample b, or nullptr when nothing is recorded.
+  uint8_t* flag(int64_t b, int64_t e0) {
+    return flags_.empty() ? nullptr : flags_.data() + b * nblk_ + e0 / kBlock;
+  }
+  void reduce(const Timesteps& ts) {
+    if (!first_bad_.has_value()) return;
+    int64_t worst = -1;
+    for (size_t i = 0; i < flags_.size(); ++i) {
+      if (flags_[i]) worst = std::max(worst, ts(static_cast<int64_t>(i) / nblk_));
+    }
+    int64_t* p = first_bad_->data_ptr<int64_t>();
+    *p = std::max(*p, worst);
+  }
+
+ private:
+  c10::optional<at::Tensor> first_bad_;
+  int64_t nblk_;
+  std::vector<uint8_t> flags_;
 };
 
 // The noise source of a checked step (check_noise): the given noise, made contiguous in `holder`

@@ -1,7 +1,8 @@
 // CPU kernels of reverse_step / reverse_step_out: one fused pass x_t, model_out (, noise) -> x_{t-1},
 // noise drawn in the kernel from Philox stream 1 unless given. Non-contiguous inputs are copied to
 // contiguous; reverse_step_out writes `out` directly when it is contiguous (it may be x_t itself:
-// every block is read before it is written), else through a contiguous temporary.
+// every block is read before it is written), else through a contiguous temporary; given first_bad it
+// records the NaN/inf of the model output in the same pass (BadBlocks, cpu_common.h).
 #include <torch/library.h>
 
 #include "../op_checks.h"
@@ -15,7 +16,7 @@ namespace {
 template <int kPrediction>
 void reverse_step_blocks(const at::Tensor& x, const at::Tensor& m, const NoiseSource& noise, const Timesteps& ts,
                          const at::Tensor& table, int variance_type, bool clip, float clip_range, const Guide& g,
-                         void* out) {
+                         BadBlocks& bad, void* out) {
   const int64_t B = x.size(0), N = per_sample(x), T = table.size(0);
   const int xdt = dtype_code(x), mdt = dtype_code(m);
   const double* tab = table.data_ptr<double>();
@@ -24,7 +25,7 @@ void reverse_step_blocks(const at::Tensor& x, const at::Tensor& m, const NoiseSo
     const int64_t tb = ts(b);
     const ReverseCoefs c = reverse_coefs(tab, tb, T, kPrediction, variance_type);
     load_block(x.data_ptr(), xdt, b * N + e0, n, xb);
-    load_model_block(m.data_ptr(), mdt, B, N, b, e0, n, g.guided, g.w, mb);
+    load_model_block(m.data_ptr(), mdt, B, N, b, e0, n, g.guided, g.w, mb, bad.flag(b, e0));
     if (c.sigma != 0.0f) {
       noise.fill(b, tb, N, e0, n, zb);
     } else {  // t = 0: sigma = 0 and Philox normals are finite, so sigma * z = 0 exactly
@@ -35,11 +36,13 @@ void reverse_step_blocks(const at::Tensor& x, const at::Tensor& m, const NoiseSo
   });
 }
 
-// Writes x_{t-1} of checked inputs into `out` (contiguous, x_t's dtype and shape).
+// Writes x_{t-1} of checked inputs into `out` (contiguous, x_t's dtype and shape) and the NaN record
+// into first_bad when given.
 void reverse_step_into(const at::Tensor& x_in, const at::Tensor& m_in, const ScheduleArgs& a,
                        const c10::optional<at::Tensor>& noise_in, const c10::optional<at::Tensor>& seed,
                        int64_t sample_offset, int64_t prediction_type, int64_t variance_type, bool clip,
-                       double clip_range, const c10::optional<double>& guidance_scale, at::Tensor& out) {
+                       double clip_range, const c10::optional<double>& guidance_scale, at::Tensor& out,
+                       const c10::optional<at::Tensor>& first_bad = c10::nullopt) {
   const at::Tensor x = x_in.contiguous(), m = m_in.contiguous();
   const at::Tensor& table = a.table;
   const Timesteps ts(a.t);
@@ -47,16 +50,18 @@ void reverse_step_into(const at::Tensor& x_in, const at::Tensor& m_in, const Sch
   const NoiseSource src = noise_source(noise_in, seed, sample_offset, noise);
   const float cr = static_cast<float>(clip_range);
   const Guide g = guide_of(guidance_scale);
+  BadBlocks bad(first_bad, x.size(0), per_sample(x));
   switch (prediction_type) {
     case PRED_EPSILON:
-      reverse_step_blocks<PRED_EPSILON>(x, m, src, ts, table, variance_type, clip, cr, g, out.data_ptr());
+      reverse_step_blocks<PRED_EPSILON>(x, m, src, ts, table, variance_type, clip, cr, g, bad, out.data_ptr());
       break;
     case PRED_SAMPLE:
-      reverse_step_blocks<PRED_SAMPLE>(x, m, src, ts, table, variance_type, clip, cr, g, out.data_ptr());
+      reverse_step_blocks<PRED_SAMPLE>(x, m, src, ts, table, variance_type, clip, cr, g, bad, out.data_ptr());
       break;
     default:
-      reverse_step_blocks<PRED_V>(x, m, src, ts, table, variance_type, clip, cr, g, out.data_ptr());
+      reverse_step_blocks<PRED_V>(x, m, src, ts, table, variance_type, clip, cr, g, bad, out.data_ptr());
   }
+  bad.reduce(ts);
 }
 
 at::Tensor reverse_step(const at::Tensor& x_t, const at::Tensor& model_out, const at::Tensor& t,
@@ -76,17 +81,18 @@ void reverse_step_out(const at::Tensor& x_t, const at::Tensor& model_out, const 
                       const at::Tensor& table, const c10::optional<at::Tensor>& noise,
                       const c10::optional<at::Tensor>& seed, int64_t sample_offset, int64_t prediction_type,
                       int64_t variance_type, bool clip, double clip_range, c10::optional<double> guidance_scale,
-                      at::Tensor out) {
-  const ScheduleArgs a = check_reverse_step_args("reverse_step_out", x_t, model_out, t, table, noise, seed,
-                                                 sample_offset, prediction_type, variance_type, clip_range,
-                                                 guidance_scale, &out);
+                      at::Tensor out, const c10::optional<at::Tensor>& first_bad) {
+  const char* op = "reverse_step_out";
+  const ScheduleArgs a = check_reverse_step_args(op, x_t, model_out, t, table, noise, seed, sample_offset,
+                                                 prediction_type, variance_type, clip_range, guidance_scale);
+  check_step_out(op, x_t, out, first_bad);
   if (out.is_contiguous()) {
     reverse_step_into(x_t, model_out, a, noise, seed, sample_offset, prediction_type, variance_type, clip, clip_range,
-                      guidance_scale, out);
+                      guidance_scale, out, first_bad);
   } else {
     at::Tensor tmp = at::empty_like(x_t, at::MemoryFormat::Contiguous);
     reverse_step_into(x_t, model_out, a, noise, seed, sample_offset, prediction_type, variance_type, clip, clip_range,
-                      guidance_scale, tmp);
+                      guidance_scale, tmp, first_bad);
     out.copy_(tmp);
   }
 }

@@ -100,11 +100,18 @@ NoiseArg noise_arg(const c10::optional<at::Tensor>& noise, const c10::optional<a
   return arg;
 }
 
-// Writes x_{t-1} of checked inputs into `out` (contiguous, x_t's dtype and shape).
+// The NaN record's device int64 (checked by check_step_out), or nullptr.
+int64_t* first_bad_ptr(const c10::optional<at::Tensor>& first_bad) {
+  return first_bad.has_value() ? first_bad->data_ptr<int64_t>() : nullptr;
+}
+
+// Writes x_{t-1} of checked inputs into `out` (contiguous, x_t's dtype and shape), and the NaN
+// record into first_bad when given.
 void reverse_step_into(const char* op, const at::Tensor& x_in, const at::Tensor& m_in, const ScheduleArgs& a,
                        const c10::optional<at::Tensor>& noise, const c10::optional<at::Tensor>& seed,
                        int64_t sample_offset, int64_t prediction_type, int64_t variance_type, bool clip,
-                       double clip_range, const c10::optional<double>& guidance_scale, at::Tensor& out) {
+                       double clip_range, const c10::optional<double>& guidance_scale, at::Tensor& out,
+                       const c10::optional<at::Tensor>& first_bad = c10::nullopt) {
   const at::Tensor x = x_in.contiguous(), m = m_in.contiguous();
   at::Tensor holder;
   const NoiseArg na = noise_arg(noise, seed, sample_offset, holder);
@@ -112,7 +119,8 @@ void reverse_step_into(const char* op, const at::Tensor& x_in, const at::Tensor&
                                        timestep_arg(a.t), table_arg(a.table), static_cast<int>(prediction_type),
                                        static_cast<int>(variance_type), clip, static_cast<float>(clip_range),
                                        guidance_scale.has_value(), static_cast<float>(guidance_scale.value_or(0.0)),
-                                       x.size(0), per_sample(x), c10::cuda::getCurrentCUDAStream()));
+                                       first_bad_ptr(first_bad), x.size(0), per_sample(x),
+                                       c10::cuda::getCurrentCUDAStream()));
 }
 
 at::Tensor reverse_step(const at::Tensor& x_t, const at::Tensor& model_out, const at::Tensor& t,
@@ -133,20 +141,40 @@ void reverse_step_out(const at::Tensor& x_t, const at::Tensor& model_out, const 
                       const at::Tensor& table, const c10::optional<at::Tensor>& noise,
                       const c10::optional<at::Tensor>& seed, int64_t sample_offset, int64_t prediction_type,
                       int64_t variance_type, bool clip, double clip_range, c10::optional<double> guidance_scale,
-                      at::Tensor out) {
+                      at::Tensor out, const c10::optional<at::Tensor>& first_bad) {
   const char* op = "reverse_step_out";
   const ScheduleArgs a = check_reverse_step_args(op, x_t, model_out, t, table, noise, seed, sample_offset,
-                                                 prediction_type, variance_type, clip_range, guidance_scale, &out);
+                                                 prediction_type, variance_type, clip_range, guidance_scale);
+  check_step_out(op, x_t, out, first_bad);
   const c10::cuda::CUDAGuard guard(x_t.device());
   if (out.is_contiguous()) {
     reverse_step_into(op, x_t, model_out, a, noise, seed, sample_offset, prediction_type, variance_type, clip,
-                      clip_range, guidance_scale, out);
+                      clip_range, guidance_scale, out, first_bad);
   } else {
     at::Tensor tmp = at::empty_like(x_t, at::MemoryFormat::Contiguous);
     reverse_step_into(op, x_t, model_out, a, noise, seed, sample_offset, prediction_type, variance_type, clip,
-                      clip_range, guidance_scale, tmp);
+                      clip_range, guidance_scale, tmp, first_bad);
     out.copy_(tmp);
   }
+}
+
+// Writes x_{t_prev} of checked inputs into `out` (contiguous, x_t's dtype and shape), and the NaN
+// record into first_bad when given.
+void ddim_step_into(const char* op, const at::Tensor& x_in, const at::Tensor& m_in, const ScheduleArgs& a,
+                    const c10::optional<at::Tensor>& noise, const c10::optional<at::Tensor>& seed,
+                    int64_t sample_offset, double eta, int64_t prediction_type, bool clip, double clip_range,
+                    double final_alpha_bar, const c10::optional<double>& guidance_scale, at::Tensor& out,
+                    const c10::optional<at::Tensor>& first_bad = c10::nullopt) {
+  const at::Tensor x = x_in.contiguous(), m = m_in.contiguous();
+  at::Tensor holder;
+  const NoiseArg na = noise_arg(noise, seed, sample_offset, holder);
+  check_launch(op, launch_ddim_step(out.data_ptr(), x.data_ptr(), dtype_code(x), m.data_ptr(), dtype_code(m), na,
+                                    timestep_arg(a.t), timestep_arg(a.t_prev), table_arg(a.table),
+                                    static_cast<float>(eta), static_cast<int>(prediction_type), clip,
+                                    static_cast<float>(clip_range), static_cast<float>(final_alpha_bar),
+                                    guidance_scale.has_value(), static_cast<float>(guidance_scale.value_or(0.0)),
+                                    first_bad_ptr(first_bad), x.size(0), per_sample(x),
+                                    c10::cuda::getCurrentCUDAStream()));
 }
 
 at::Tensor ddim_step(const at::Tensor& x_in, const at::Tensor& m_in, const at::Tensor& t, const at::Tensor& t_prev,
@@ -158,17 +186,32 @@ at::Tensor ddim_step(const at::Tensor& x_in, const at::Tensor& m_in, const at::T
       check_ddim_step_args(op, x_in, m_in, t, t_prev, table_in, noise, seed, sample_offset, eta, prediction_type,
                            clip_range, final_alpha_bar, guidance_scale);
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor x = x_in.contiguous(), m = m_in.contiguous();
-  at::Tensor holder;
-  const NoiseArg na = noise_arg(noise, seed, sample_offset, holder);
-  at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
-  check_launch(op, launch_ddim_step(out.data_ptr(), x.data_ptr(), dtype_code(x), m.data_ptr(), dtype_code(m), na,
-                                    timestep_arg(a.t), timestep_arg(a.t_prev), table_arg(a.table),
-                                    static_cast<float>(eta), static_cast<int>(prediction_type), clip,
-                                    static_cast<float>(clip_range), static_cast<float>(final_alpha_bar),
-                                    guidance_scale.has_value(), static_cast<float>(guidance_scale.value_or(0.0)),
-                                    x.size(0), per_sample(x), c10::cuda::getCurrentCUDAStream()));
+  at::Tensor out = at::empty_like(x_in, at::MemoryFormat::Contiguous);
+  ddim_step_into(op, x_in, m_in, a, noise, seed, sample_offset, eta, prediction_type, clip, clip_range,
+                 final_alpha_bar, guidance_scale, out);
   return out;
+}
+
+void ddim_step_out(const at::Tensor& x_in, const at::Tensor& m_in, const at::Tensor& t, const at::Tensor& t_prev,
+                   const at::Tensor& table_in, const c10::optional<at::Tensor>& noise,
+                   const c10::optional<at::Tensor>& seed, int64_t sample_offset, double eta, int64_t prediction_type,
+                   bool clip, double clip_range, double final_alpha_bar, c10::optional<double> guidance_scale,
+                   at::Tensor out, const c10::optional<at::Tensor>& first_bad) {
+  const char* op = "ddim_step_out";
+  const ScheduleArgs a =
+      check_ddim_step_args(op, x_in, m_in, t, t_prev, table_in, noise, seed, sample_offset, eta, prediction_type,
+                           clip_range, final_alpha_bar, guidance_scale);
+  check_step_out(op, x_in, out, first_bad);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  if (out.is_contiguous()) {
+    ddim_step_into(op, x_in, m_in, a, noise, seed, sample_offset, eta, prediction_type, clip, clip_range,
+                   final_alpha_bar, guidance_scale, out, first_bad);
+  } else {
+    at::Tensor tmp = at::empty_like(x_in, at::MemoryFormat::Contiguous);
+    ddim_step_into(op, x_in, m_in, a, noise, seed, sample_offset, eta, prediction_type, clip, clip_range,
+                   final_alpha_bar, guidance_scale, tmp, first_bad);
+    out.copy_(tmp);
+  }
 }
 
 at::Tensor temb_add(const at::Tensor& h_in, const at::Tensor& temb_in) {
@@ -237,6 +280,7 @@ TORCH_LIBRARY_IMPL(ddpm_fast, CUDA, m) {
   m.impl("reverse_step", &reverse_step);
   m.impl("reverse_step_out", &reverse_step_out);
   m.impl("ddim_step", &ddim_step);
+  m.impl("ddim_step_out", &ddim_step_out);
   m.impl("multistep_update", &multistep_update);
   m.impl("temb_add", &temb_add);
   m.impl("groupnorm_temb_silu", &groupnorm_temb_silu);

@@ -92,13 +92,34 @@ __device__ __forceinline__ void ld8(const void* p, int dt, int64_t i, int n, boo
   for (int j = 0; j < 8; ++j) v[j] = j < n ? ld(p, dt, i + j) : 0.0f;
 }
 
+// True when one of v[0:8] is NaN or inf (its exponent field all ones; a bit test, which no
+// fast-math flag rewrites). Elements past an octet's n are loaded as 0: finite.
+__device__ __forceinline__ bool any_nonfinite8(const float v[8]) {
+  unsigned int top = 0;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) top = max(top, __float_as_uint(v[j]) & 0x7f800000u);
+  return top == 0x7f800000u;
+}
+
 // Classifier-free guidance: m holds the conditional octet; read the unconditional one at element
 // i (in the second half of a [2B, N] model_out) and combine in place: m = u + w (m - u).
-__device__ __forceinline__ void guide8(const void* p, int dt, int64_t i, int n, bool vec, float w, float m[8]) {
+// `bad` (nullptr when nothing is recorded) |= the unconditional octet holds a NaN/inf: the NaN
+// record checks both halves as read.
+__device__ __forceinline__ void guide8(const void* p, int dt, int64_t i, int n, bool vec, float w, float m[8],
+                                       bool* bad) {
   float u[8];
   ld8(p, dt, i, n, vec, u);
+  if (bad != nullptr && any_nonfinite8(u)) *bad = true;
 #pragma unroll
   for (int j = 0; j < 8; ++j) m[j] = guided_elem(m[j], u[j], w);
+}
+
+// The steps' NaN record: first_bad = max(first_bad, t) from a thread whose octet saw a NaN/inf
+// (only such threads issue the atomic; first_bad is nullptr when nothing is recorded).
+__device__ __forceinline__ void record_bad(int64_t* first_bad, bool bad, int64_t t) {
+  if (first_bad != nullptr && bad) {
+    atomicMax(reinterpret_cast<long long*>(first_bad), static_cast<long long>(t));
+  }
 }
 
 __device__ __forceinline__ void st8(void* p, int dt, int64_t i, int n, bool vec, const float v[8]) {

@@ -1,7 +1,8 @@
 // CUDA kernel of reverse_step: one thread per octet (8 consecutive elements of one sample, two
 // Philox counters: common.cuh); reads x_t and model_out once, writes x_{t-1} once. `out` may alias x_t (each element is
 // read by the thread that writes it, before writing). With classifier-free guidance model_out is
-// [2B, N]: each thread reads its octet of both halves once (guide8).
+// [2B, N]: each thread reads its octet of both halves once (guide8). With first_bad (the NaN record)
+// a thread whose octet of the model output holds a NaN/inf does one atomicMax of its t (record_bad).
 #include "common.cuh"
 
 namespace ddpm_fast {
@@ -11,7 +12,8 @@ namespace {
 template <int kPrediction>
 __global__ void reverse_step_kernel(void* out, const void* x_t, int dt, const void* model_out, int mdt,
                                     NoiseArg noise, TimestepArg t, TableArg table, int variance_type, bool clip,
-                                    float clip_range, bool guided, float w, int64_t B, int64_t N, bool vec) {
+                                    float clip_range, bool guided, float w, int64_t* first_bad, int64_t B,
+                                    int64_t N, bool vec) {
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < octets(B, N);
        idx += int64_t(gridDim.x) * blockDim.x) {
     const Octet u = octet(idx, N);
@@ -26,7 +28,9 @@ __global__ void reverse_step_kernel(void* out, const void* x_t, int dt, const vo
     float x[8], m[8];
     ld8(x_t, dt, i, n, vec, x);
     ld8(model_out, mdt, i, n, vec, m);
-    if (guided) guide8(model_out, mdt, B * N + i, n, vec, w, m);
+    bool bad = first_bad != nullptr && any_nonfinite8(m);  // the NaN record: both halves, as read
+    if (guided) guide8(model_out, mdt, B * N + i, n, vec, w, m, first_bad != nullptr ? &bad : nullptr);
+    record_bad(first_bad, bad, tb);
     if (noise.noise != nullptr) ld8(noise.noise, noise.noise_dtype, i, n, vec, z);
 #pragma unroll
     for (int j = 0; j < 8; ++j) x[j] = reverse_step_elem<kPrediction>(c, x[j], m[j], z[j], clip, clip_range);
@@ -38,8 +42,8 @@ __global__ void reverse_step_kernel(void* out, const void* x_t, int dt, const vo
 
 cudaError_t launch_reverse_step(void* out, const void* x_t, int dtype, const void* model_out, int m_dtype,
                                 NoiseArg noise, TimestepArg t, TableArg table, int prediction_type, int variance_type,
-                                bool clip, float clip_range, bool guided, float guidance_scale, int64_t B, int64_t N,
-                                cudaStream_t stream) {
+                                bool clip, float clip_range, bool guided, float guidance_scale, int64_t* first_bad,
+                                int64_t B, int64_t N, cudaStream_t stream) {
   const int64_t work = octets(B, N);
   if (work == 0) return cudaSuccess;
   const unsigned int grid = blocks_for(work);
@@ -47,15 +51,15 @@ cudaError_t launch_reverse_step(void* out, const void* x_t, int dtype, const voi
   if (prediction_type == PRED_EPSILON) {
     reverse_step_kernel<PRED_EPSILON><<<grid, kThreads, 0, stream>>>(out, x_t, dtype, model_out, m_dtype, noise, t,
                                                                     table, variance_type, clip, clip_range,
-                                                                    guided, guidance_scale, B, N, vec);
+                                                                    guided, guidance_scale, first_bad, B, N, vec);
   } else if (prediction_type == PRED_SAMPLE) {
     reverse_step_kernel<PRED_SAMPLE><<<grid, kThreads, 0, stream>>>(out, x_t, dtype, model_out, m_dtype, noise, t,
                                                                    table, variance_type, clip, clip_range,
-                                                                   guided, guidance_scale, B, N, vec);
+                                                                   guided, guidance_scale, first_bad, B, N, vec);
   } else {
     reverse_step_kernel<PRED_V><<<grid, kThreads, 0, stream>>>(out, x_t, dtype, model_out, m_dtype, noise, t, table,
                                                               variance_type, clip, clip_range,
-                                                              guided, guidance_scale, B, N, vec);
+                                                              guided, guidance_scale, first_bad, B, N, vec);
   }
   return cudaGetLastError();
 }

@@ -14,7 +14,7 @@ from . import reference as _reference  # noqa: F401 — registers the reference 
 from .dispatch import (BACKENDS, BackendUnavailableError, backends, get_backend, implementation,
                        set_backend, use_backend)
 from .enums import TEMB_MODES, prediction_code, variance_code
-from .validate import (as_seed, as_table, as_timestep, check_float, check_guided_shape, check_param,
+from .validate import (as_seed, as_table, as_timestep, check_first_bad, check_float, check_guided_shape, check_param,
                        check_prev_timestep, check_rank, check_same_device, check_same_shape, counter_offset)
 from .dispatch import preload as _preload
 
@@ -95,7 +95,8 @@ def reverse_step(x_t: torch.Tensor, model_out: torch.Tensor, t, schedule, *,
                  prediction_type: str = "epsilon", variance_type: str = "fixed_small",
                  clip_denoised: bool = True, clip_range: float = 1.0,
                  guidance_scale: Optional[float] = None,
-                 out: Optional[torch.Tensor] = None, backend: Optional[str] = None) -> torch.Tensor:
+                 out: Optional[torch.Tensor] = None, first_bad: Optional[torch.Tensor] = None,
+                 backend: Optional[str] = None) -> torch.Tensor:
     """One ancestral DDPM step x_t -> x_{t-1} ~ p(x_{t-1} | x_t) (Ho et al. Algorithm 2).
 
     x_t, model_out: float [B, ...] of one shape (dtypes may differ; math in float32); t: int or
@@ -103,22 +104,20 @@ def reverse_step(x_t: torch.Tensor, model_out: torch.Tensor, t, schedule, *,
     element), sample counted from ``sample_offset``). No noise is added at t = 0.
     ``guidance_scale`` w: classifier-free guidance in the same pass: model_out is [2B, ...]
     (conditional rows first) and the step uses m_u + w (m_c - m_u).
-    Returns x_{t-1} in x_t's dtype (written into ``out`` if given).
+    Returns x_{t-1} in x_t's dtype (written into ``out`` if given; out may be x_t itself).
+    ``first_bad``: an int64 tensor [] / [1] on x_t's device, updated in the same pass to
+    max(first_bad, t[b] of every sample b whose model_out (either half with guidance) has a
+    NaN/inf element); a sampler starting it at -1 with t descending gets the first bad timestep.
     """
     w = _guidance_scale(guidance_scale)
     table, t, seed_t = _step_inputs(x_t, model_out, t, schedule, noise, seed, guided=w is not None)
     args = (x_t, model_out, t, table, noise, seed_t, counter_offset(sample_offset, x_t.shape[0]),
             prediction_code(prediction_type), variance_code(variance_type),
             bool(clip_denoised), check_param("clip_range", clip_range, low=0.0), w)
-    if out is None:
+    if out is None and first_bad is None:
         return implementation("reverse_step", backend, x_t.device)(*args)
-    if out.shape != x_t.shape or out.dtype != x_t.dtype or out.device != x_t.device:
-        raise ValueError(f"out must be {x_t.dtype} {tuple(x_t.shape)} on {x_t.device}, got "
-                         f"{out.dtype} {tuple(out.shape)} on {out.device}")
-    if torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in (x_t, model_out, noise, out)):
-        raise ValueError("reverse_step(..., out=) writes out in place and has no gradient; call it without "
-                         "out= to differentiate through the step (or under torch.no_grad())")
-    implementation("reverse_step_out", backend, x_t.device)(*args, out)  # one write, in place
+    out = _out_buffer("reverse_step", x_t, out, first_bad, (model_out, noise))
+    implementation("reverse_step_out", backend, x_t.device)(*args, out, first_bad)  # one write, in place
     return out
 
 
@@ -126,11 +125,13 @@ def ddim_step(x_t: torch.Tensor, model_out: torch.Tensor, t, t_prev, schedule, *
               noise: Optional[torch.Tensor] = None, seed=None, sample_offset: int = 0,
               prediction_type: str = "epsilon", clip_denoised: bool = True, clip_range: float = 1.0,
               final_alpha_bar: float = 1.0, guidance_scale: Optional[float] = None,
-              out: Optional[torch.Tensor] = None, backend: Optional[str] = None) -> torch.Tensor:
+              out: Optional[torch.Tensor] = None, first_bad: Optional[torch.Tensor] = None,
+              backend: Optional[str] = None) -> torch.Tensor:
     """One DDIM step x_t -> x_{t_prev} (Song et al. eq. 12); t_prev < 0 means "the end", whose
     ᾱ is ``final_alpha_bar`` (1.0, or ᾱ_0 for diffusers' set_alpha_to_one=False).
     ``eta`` = 0 is deterministic; eta > 0 needs ``noise`` or ``seed``. ``guidance_scale``: as
-    in ``reverse_step`` (model_out [2B, ...], conditional rows first)."""
+    in ``reverse_step`` (model_out [2B, ...], conditional rows first). ``out`` (may be x_t) and
+    ``first_bad`` (the NaN record, int64 [] / [1]): as in ``reverse_step``."""
     eta = check_param("eta", eta, low=0.0, low_inclusive=True, finite=True)
     final_alpha_bar = check_param("final_alpha_bar", final_alpha_bar, low=0.0, high=1.0)
     clip_range = check_param("clip_range", clip_range, low=0.0)
@@ -139,10 +140,13 @@ def ddim_step(x_t: torch.Tensor, model_out: torch.Tensor, t, t_prev, schedule, *
                                     guided=w is not None)
     t_prev = _as_prev_timestep(t_prev, x_t, table.shape[0])
     check_prev_timestep(t_prev, t, table.shape[0])
-    impl = implementation("ddim_step", backend, x_t.device)
-    res = impl(x_t, model_out, t, t_prev, table, noise, seed_t, counter_offset(sample_offset, x_t.shape[0]),
-               eta, prediction_code(prediction_type), bool(clip_denoised), clip_range, final_alpha_bar, w)
-    return _write_out(res, out)
+    args = (x_t, model_out, t, t_prev, table, noise, seed_t, counter_offset(sample_offset, x_t.shape[0]),
+            eta, prediction_code(prediction_type), bool(clip_denoised), clip_range, final_alpha_bar, w)
+    if out is None and first_bad is None:
+        return implementation("ddim_step", backend, x_t.device)(*args)
+    out = _out_buffer("ddim_step", x_t, out, first_bad, (model_out, noise))
+    implementation("ddim_step_out", backend, x_t.device)(*args, out, first_bad)  # one write, in place
+    return out
 
 
 def multistep_update(x: torch.Tensor, model_out: torch.Tensor, history: torch.Tensor, table: torch.Tensor,
@@ -298,9 +302,16 @@ def _canonical_target(name: str) -> str:
     return PREDICTION_ALIASES[name]
 
 
-def _write_out(res: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:
+def _out_buffer(op: str, x_t: torch.Tensor, out: Optional[torch.Tensor], first_bad: Optional[torch.Tensor],
+                inputs: tuple) -> torch.Tensor:
+    """The checked ``out`` of a step's out-variant (a new one when only first_bad was given)."""
+    check_first_bad(op, first_bad, x_t.device)
     if out is None:
-        return res
-    if out.shape != res.shape or out.dtype != res.dtype:
-        raise ValueError(f"out must be {res.dtype} {tuple(res.shape)}, got {out.dtype} {tuple(out.shape)}")
-    return out.copy_(res)
+        return torch.empty_like(x_t, memory_format=torch.contiguous_format)
+    if out.shape != x_t.shape or out.dtype != x_t.dtype or out.device != x_t.device:
+        raise ValueError(f"out must be {x_t.dtype} {tuple(x_t.shape)} on {x_t.device}, got "
+                         f"{out.dtype} {tuple(out.shape)} on {out.device}")
+    if torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in (x_t, out, *inputs)):
+        raise ValueError(f"{op}(..., out=) writes out in place and has no gradient; call it without "
+                         "out= to differentiate through the step (or under torch.no_grad())")
+    return out

@@ -108,6 +108,36 @@ def reverse_step(x_t, model_out, t, table, noise: Optional[torch.Tensor], seed, 
     return (mean + sigma * z).to(x_t.dtype)                                   # 4. + sigma_t z, none at t=0
 
 
+def reverse_step_out(x_t, model_out, t, table, noise: Optional[torch.Tensor], seed, sample_offset: int,
+                     prediction_type: int, variance_type: int, clip: bool, clip_range: float,
+                     guidance_scale: Optional[float], out: torch.Tensor,
+                     first_bad: Optional[torch.Tensor] = None) -> None:
+    """reverse_step written into ``out`` (may be x_t), with the NaN record (record_nonfinite)."""
+    record_nonfinite(model_out, t, guidance_scale, first_bad)
+    out.copy_(reverse_step(x_t, model_out, t, table, noise, seed, sample_offset, prediction_type, variance_type,
+                           clip, clip_range, guidance_scale))
+
+
+def record_nonfinite(model_out: torch.Tensor, t: torch.Tensor, guidance_scale: Optional[float],
+                     first_bad: Optional[torch.Tensor]) -> None:
+    """first_bad = max(first_bad, t[b] of every sample b whose model output has a NaN/inf element),
+    both halves (rows b and B + b) with guidance: the record of the steps' out-variants
+    (docs/ops_contract.md). Tensor ops only: no host sync."""
+    if first_bad is None:
+        return
+    rows = model_out.shape[0]
+    B = rows // 2 if guidance_scale is not None else rows
+    if B == 0:
+        return
+    flat = model_out.reshape(rows, -1) if model_out.numel() else model_out.new_zeros((rows, 0))
+    bad = ~torch.isfinite(flat).all(dim=1)                                    # [rows]
+    if guidance_scale is not None:
+        bad = bad[:B] | bad[B:]
+    tb = t.reshape(-1).to(torch.int64).expand(B)
+    worst = torch.where(bad, tb, torch.full_like(tb, -1)).max()
+    first_bad.copy_(torch.maximum(first_bad, worst.reshape(first_bad.shape)))
+
+
 def _coef_mask_positive(t: torch.Tensor, ndim: int, dtype) -> torch.Tensor:
     """1.0 where t > 0 else 0.0, shaped like _coef (a tensor op: no host sync)."""
     m = (t > 0).to(dtype)
@@ -144,6 +174,16 @@ def ddim_step(x_t, model_out, t, t_prev, table, noise: Optional[torch.Tensor], s
         z = noise.to(cd) if noise is not None else _noise_like(x_t, seed, t, sample_offset, STREAM_STEP).to(cd)
         out = out + sigma * z
     return out.to(x_t.dtype)
+
+
+def ddim_step_out(x_t, model_out, t, t_prev, table, noise: Optional[torch.Tensor], seed, sample_offset: int,
+                  eta: float, prediction_type: int, clip: bool, clip_range: float, final_alpha_bar: float,
+                  guidance_scale: Optional[float], out: torch.Tensor,
+                  first_bad: Optional[torch.Tensor] = None) -> None:
+    """ddim_step written into ``out`` (may be x_t), with the NaN record (record_nonfinite)."""
+    record_nonfinite(model_out, t, guidance_scale, first_bad)
+    out.copy_(ddim_step(x_t, model_out, t, t_prev, table, noise, seed, sample_offset, eta, prediction_type,
+                        clip, clip_range, final_alpha_bar, guidance_scale))
 
 
 def _shape_like(v: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -187,5 +227,4 @@ def groupnorm_temb_silu(x, weight, bias, temb: Optional[torch.Tensor], num_group
     return h.to(x.dtype)
 
 
-# reverse_step_out (the out-variant) is derived from reverse_step (ops/registration.py)
 register_backend(BACKEND, implementations_of(sys.modules[__name__]))

@@ -1,7 +1,8 @@
 """Backends registered from the op table (ops/table.py) in one loop each: no op is named here.
 
 - ``implementations_of(obj)``: a backend's functions looked up by op name (module attributes);
-  an out-variant it lacks is derived from its functional op (result copied into ``out``).
+  an out-variant it lacks is derived from its functional op (result copied into ``out``; such a
+  derived variant cannot record ``first_bad`` and refuses one).
 - ``torch_op_callers(namespace)``: dispatcher-level callers of ``torch.ops.<namespace>.<op>``,
   with float64 data (which the compiled kernels do not take) routed to the reference backend and
   out-variants returning ``out``.
@@ -21,15 +22,19 @@ def implementations_of(obj) -> dict:
     for spec in OPS:
         fn = getattr(obj, spec.name, None)
         if fn is None and spec.out_of and spec.out_of in impls:
-            fn = _out_variant(impls[spec.out_of])
+            fn = _out_variant(spec, impls[spec.out_of])
         if fn is not None:
             impls[spec.name] = fn
     return impls
 
 
-def _out_variant(functional: Callable) -> Callable:
+def _out_variant(spec: OpSpec, functional: Callable) -> Callable:
+    k = spec.out_index
+
     def out_variant(*args):
-        return args[-1].copy_(functional(*args[:-1]))
+        if any(a is not None for a in args[k + 1:]):
+            raise NotImplementedError(f"{spec.name} derived from {spec.out_of} cannot record first_bad")
+        return args[k].copy_(functional(*args[:k]))
     return out_variant
 
 
@@ -52,14 +57,15 @@ def torch_op_callers(namespace: str, f64_fallback: Optional[dict] = None) -> dic
 
 
 def _caller(spec: OpSpec, op, fallback: Optional[Callable]) -> Callable:
-    data = _data_args(spec)
-    out = bool(spec.out_of)
+    data = _data_args(spec)   # first_bad (int64) never sends a call to the float64 fallback
+    out = spec.out_index if spec.out_of else None
 
     def call(*args):
         if fallback is not None and any(
-                isinstance(args[i], torch.Tensor) and args[i].dtype == torch.float64 for i in data):
+                isinstance(args[i], torch.Tensor) and args[i].dtype == torch.float64 for i in data
+                if i < len(args)):
             return fallback(*args)
         result = op(*args)
-        return args[-1] if out else result
+        return result if out is None else args[out]
     call.__name__ = spec.name
     return call

@@ -41,8 +41,9 @@ def _no_result(*args):
 @dataclasses.dataclass(frozen=True)
 class OpSpec:
     """One op. ``schema``: the argument list and returns, as torch.library writes them.
-    ``out_of``: for an out-variant, the functional op whose result it writes into its last
-    argument ``out`` (the dispatcher-level function returns ``out``). ``differentiable``: gets the
+    ``out_of``: for an out-variant, the functional op whose result it writes into its argument
+    ``out`` (the dispatcher-level function returns ``out``); arguments after ``out`` are extra
+    outputs written in place (the steps' ``first_bad`` NaN record, docs/ops_contract.md). ``differentiable``: gets the
     reference-recompute backward. ``fake``: shapes and dtypes of the result from the inputs.
     ``reference``: the reference backend implements it (every op of the contract does)."""
     name: str
@@ -57,7 +58,15 @@ class OpSpec:
 
     @property
     def mutates(self) -> tuple:
-        return ("out",) if self.out_of else ()
+        """Names of the arguments the op writes (``Tensor(a!)`` in the schema)."""
+        args = torch._C.parse_schema(self.name + self.schema).arguments
+        return tuple(a.name for a in args if a.alias_info is not None and a.alias_info.is_write)
+
+    @property
+    def out_index(self) -> int:
+        """Position of ``out`` among an out-variant's arguments (= the functional op's arity)."""
+        args = torch._C.parse_schema(self.name + self.schema).arguments
+        return next(i for i, a in enumerate(args) if a.name == "out")
 
 
 # guidance_scale: None, or classifier-free guidance fused into the step — model_out is then
@@ -65,6 +74,13 @@ class OpSpec:
 _STEP_ARGS = ("Tensor x_t, Tensor model_out, Tensor t, Tensor table, Tensor? noise, Tensor? seed, "
               "int sample_offset, int prediction_type, int variance_type, bool clip, float clip_range, "
               "float? guidance_scale")
+# The out-variants of the steps write x_prev into ``out`` (which may be x_t itself) and, when
+# ``first_bad`` (int64 [] or [1]) is given, record max(first_bad, t[b] of every sample b whose
+# model output, as the step reads it, has a NaN/inf) in the same pass (docs/ops_contract.md)
+_OUT_ARGS = "Tensor(a!) out, Tensor(b!)? first_bad=None"
+_DDIM_ARGS = ("Tensor x_t, Tensor model_out, Tensor t, Tensor t_prev, Tensor table, Tensor? noise, Tensor? seed, "
+              "int sample_offset, float eta, int prediction_type, bool clip, float clip_range, "
+              "float final_alpha_bar, float? guidance_scale")
 _PHILOX_ARGS = "(Tensor seed, Tensor t, int batch, int numel, int sample_offset, int stream) -> Tensor"
 
 OPS = (
@@ -78,11 +94,9 @@ OPS = (
     OpSpec("q_sample_seeded", "(Tensor x0, Tensor t, Tensor table, Tensor seed, int sample_offset, "
            "int target_type) -> (Tensor, Tensor)", _pair_like(0), differentiable=True),
     OpSpec("reverse_step", f"({_STEP_ARGS}) -> Tensor", _like(0), differentiable=True),
-    OpSpec("reverse_step_out", f"({_STEP_ARGS}, Tensor(a!) out) -> ()", _no_result, out_of="reverse_step"),
-    OpSpec("ddim_step", "(Tensor x_t, Tensor model_out, Tensor t, Tensor t_prev, Tensor table, "
-           "Tensor? noise, Tensor? seed, int sample_offset, float eta, int prediction_type, bool clip, "
-           "float clip_range, float final_alpha_bar, float? guidance_scale) -> Tensor", _like(0),
-           differentiable=True),
+    OpSpec("reverse_step_out", f"({_STEP_ARGS}, {_OUT_ARGS}) -> ()", _no_result, out_of="reverse_step"),
+    OpSpec("ddim_step", f"({_DDIM_ARGS}) -> Tensor", _like(0), differentiable=True),
+    OpSpec("ddim_step_out", f"({_DDIM_ARGS}, {_OUT_ARGS}) -> ()", _no_result, out_of="ddim_step"),
     # one step of a multistep solver (DPM-Solver++, UniPC): x0 = a x + b model_out, then
     # x_next = c_x x + c_0 x0 + sum_k c_k history[k], coefficients = row `step` of `table`;
     # guidance_scale as in the steps above (model_out [2B, ...], combined in the same pass)

@@ -110,6 +110,18 @@ def as_seed(seed, device: torch.device) -> torch.Tensor:
     return torch.tensor(seed_to_int64(seed), dtype=torch.int64, device=device)
 
 
+def check_first_bad(op: str, first_bad: Optional[torch.Tensor], device: torch.device) -> None:
+    """The NaN record of a step's out-variant: one int64 value ([] or [1]) on the data's device."""
+    if first_bad is None:
+        return
+    if not isinstance(first_bad, torch.Tensor) or first_bad.dtype != torch.int64 or first_bad.numel() != 1:
+        desc = (f"{first_bad.dtype} {tuple(first_bad.shape)}" if isinstance(first_bad, torch.Tensor)
+                else type(first_bad).__name__)
+        raise TypeError(f"{op}: first_bad must be one int64 value ([] or [1]), got {desc}")
+    if first_bad.device != device:
+        raise ValueError(f"{op}: first_bad is on {first_bad.device} but the data is on {device}")
+
+
 def check_param(name: str, value, *, low: Optional[float] = None, high: Optional[float] = None,
                 low_inclusive: bool = False, finite: bool = False) -> float:
     """A real scalar argument as a float: not NaN, above ``low`` (inclusive or not), at most

@@ -46,15 +46,19 @@ cudaError_t launch_q_sample_seeded(void* x_t, void* target, const void* x0, int 
                                    TableArg table, const int64_t* seed, int64_t sample_offset,
                                    int target_type, int64_t B, int64_t N, cudaStream_t stream);
 
+// The steps. `out` may be x_t. first_bad: nullptr, or a device int64 that becomes
+// max(*first_bad, t[b] of every sample b whose model output (either half with guidance) holds a
+// NaN/inf) — the sampler's NaN record, in the same pass.
 cudaError_t launch_reverse_step(void* out, const void* x_t, int dtype, const void* model_out, int m_dtype,
                                 NoiseArg noise, TimestepArg t, TableArg table, int prediction_type,
                                 int variance_type, bool clip, float clip_range, bool guided, float guidance_scale,
-                                int64_t B, int64_t N, cudaStream_t stream);
+                                int64_t* first_bad, int64_t B, int64_t N, cudaStream_t stream);
 
 cudaError_t launch_ddim_step(void* out, const void* x_t, int dtype, const void* model_out, int m_dtype,
                              NoiseArg noise, TimestepArg t, TimestepArg t_prev, TableArg table, float eta,
                              int prediction_type, bool clip, float clip_range, float final_alpha_bar,
-                             bool guided, float guidance_scale, int64_t B, int64_t N, cudaStream_t stream);
+                             bool guided, float guidance_scale, int64_t* first_bad, int64_t B, int64_t N,
+                             cudaStream_t stream);
 
 // h [B, C, HW] + temb [B, C] broadcast over HW.
 cudaError_t launch_temb_add(void* out, const void* h, int dtype, const void* temb, int temb_dtype, int64_t B,

@@ -61,7 +61,8 @@ def _annotate(spec, fn) -> None:
     annotations (it takes no schema), so the table stays the one place the schema is written."""
     schema = torch._C.parse_schema(spec.name + spec.schema)
     params = [inspect.Parameter(a.name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                annotation=_PY_TYPES[re.sub(r"Optional\[(\w+)\]", r"\1?", str(a.type))])
+                                annotation=_PY_TYPES[re.sub(r"Optional\[(\w+)\]", r"\1?", str(a.type))],
+                                **({"default": a.default_value} if a.has_default_value() else {}))
               for a in schema.arguments]
     rets = [torch.Tensor for _ in schema.returns]
     ret = None if not rets else rets[0] if len(rets) == 1 else tuple[tuple(rets)]
@@ -72,7 +73,10 @@ def _define(spec, fn) -> None:
     _annotate(spec, fn)
     make = torch.library.triton_op if USE_TRITON_OP else torch.library.custom_op
     op = make(spec.qualname(NAMESPACE), fn, mutates_args=spec.mutates)
-    got = re.sub(r"\(a\d+!\)", "(a!)", str(op._opoverload._schema).replace("SymInt", "int"))  # inferred
+    # inferred: torch names the alias sets itself; the table writes a, b, ... in argument order
+    sets: dict = {}
+    got = re.sub(r"\((\w+)!\)", lambda k: f"({sets.setdefault(k.group(1), chr(ord('a') + len(sets)))}!)",
+                 str(op._opoverload._schema).replace("SymInt", "int"))
     if got[got.index("("):] != str(torch._C.parse_schema("x" + spec.schema))[1:]:
         raise RuntimeError(f"{spec.qualname(NAMESPACE)}: schema {got} differs from ops/table.py")
     op.register_fake(spec.fake)

@@ -124,6 +124,36 @@ def guided_model_out(m_ptr, idx, mask, w, half, GUIDED: tl.constexpr, F64: tl.co
 
 
 @triton.jit
+def nonfinite(v):
+    """Elementwise: v is NaN or ±inf."""
+    return (v != v) | (tl.abs(v) == float("inf"))
+
+
+@triton.jit
+def guided_model_out_record(m_ptr, idx, mask, w, half, GUIDED: tl.constexpr, F64: tl.constexpr):
+    """``guided_model_out`` and, per element, whether what it read is NaN/inf (each half checked
+    before the combine): the steps' first_bad record (docs/ops_contract.md)."""
+    m = to_compute(tl.load(m_ptr + idx, mask=mask), F64)
+    bad = nonfinite(m)
+    if GUIDED:
+        u = to_compute(tl.load(m_ptr + half + idx, mask=mask), F64)
+        bad = bad | nonfinite(u)
+        m = u + w * (m - u)
+    return m, bad & mask
+
+
+@triton.jit
+def record_bad(bad_ptr, t, bad, offs):
+    """first_bad = max(first_bad, t) from the elements that saw a NaN/inf: a masked atomic max (no
+    block reduction; finite blocks issue no atomic). Triton lays an atomic on one address out one
+    element per thread, so the mask goes through shared memory once (a byte per element, in the
+    RECORD specialisation only; the kernels' data loads and stores stay 16-byte vectors:
+    tools/triton_specs.py compiles both specialisations)."""
+    zero = offs * 0
+    tl.atomic_max(bad_ptr + zero, zero.to(tl.int64) + t, mask=bad, sem="relaxed")
+
+
+@triton.jit
 def load_coef(table_ptr, t, T, COL: tl.constexpr, F64: tl.constexpr):
     """table[t, COL] (float64 in memory, 16 columns) in the compute dtype; NaN for t outside
     [0, T), as the CUDA kernels give (csrc/README.md), and the load itself stays in bounds."""

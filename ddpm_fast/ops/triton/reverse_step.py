@@ -4,7 +4,8 @@ One read of x_t and model_out (of each half with classifier-free guidance), one 
 drawn in the kernel (Philox stream 1) unless a noise tensor is given; none at t = 0.
 Coefficients from the schedule table at t[b] on the device. Layout: _common.py (one program per
 sample and block); non-contiguous inputs are copied to contiguous first. ``reverse_step_out``
-writes ``out`` (contiguous; may be x_t itself).
+writes ``out`` (contiguous; may be x_t itself) and, given ``first_bad``, records the largest t[b]
+whose model output (either half with guidance) has a NaN/inf: a masked atomic max.
 """
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import triton.language as tl
 
 from ...noise import STREAM_STEP
 from ...schedule import Col
-from ._common import (autotuned, elementwise_grid, guided_model_out, launch, load_coef, load_timestep, rows,
-                      sample_block, seed_arg, timestep, to_compute, to_out)
+from ._common import (autotuned, elementwise_grid, guided_model_out, guided_model_out_record, launch, load_coef,
+                      load_timestep, record_bad, rows, sample_block, seed_arg, timestep, to_compute, to_out)
 from .philox import normal_block
 
 _C_SQRT_AB: tl.constexpr = tl.constexpr(int(Col.SQRT_ALPHA_BAR))
@@ -42,11 +43,13 @@ def predict_x0(x, m, table_ptr, t, T, PRED: tl.constexpr, F64: tl.constexpr):
 
 
 @triton.jit
-def reverse_step_kernel(x_ptr, m_ptr, noise_ptr, out_ptr, t_ptr, table_ptr, seed_ptr, sample_offset,
+def reverse_step_kernel(x_ptr, m_ptr, noise_ptr, out_ptr, t_ptr, table_ptr, seed_ptr, bad_ptr, sample_offset,
                         clip_range, guidance_scale, half, N, T,
                         T_STRIDE: tl.constexpr, PRED: tl.constexpr, VAR: tl.constexpr, CLIP: tl.constexpr,
-                        SEEDED: tl.constexpr, GUIDED: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr):
-    """GUIDED: model_out is [2B, N]; its unconditional row of sample b starts ``half`` = B·N later."""
+                        SEEDED: tl.constexpr, GUIDED: tl.constexpr, RECORD: tl.constexpr, F64: tl.constexpr,
+                        BLOCK: tl.constexpr):
+    """GUIDED: model_out is [2B, N]; its unconditional row of sample b starts ``half`` = B·N later.
+    RECORD: bad_ptr (int64) = max(*bad_ptr, t) when the model output read here has a NaN/inf."""
     QPT: tl.constexpr = 2 if out_ptr.dtype.element_ty.primitive_bitwidth == 16 else 1  # quads per 16 bytes
     b, start = sample_block(N, BLOCK)
     offs = start + tl.arange(0, BLOCK)
@@ -54,7 +57,11 @@ def reverse_step_kernel(x_ptr, m_ptr, noise_ptr, out_ptr, t_ptr, table_ptr, seed
     row = b.to(tl.int64) * N
     t = load_timestep(t_ptr, b, T_STRIDE)
     x = to_compute(tl.load(x_ptr + row + offs, mask=mask), F64)
-    m = guided_model_out(m_ptr, row + offs, mask, guidance_scale, half, GUIDED, F64)   # 0. guidance
+    if RECORD:                                                          # 0. guidance, NaN record
+        m, bad = guided_model_out_record(m_ptr, row + offs, mask, guidance_scale, half, GUIDED, F64)
+        record_bad(bad_ptr, t, bad, offs)
+    else:
+        m = guided_model_out(m_ptr, row + offs, mask, guidance_scale, half, GUIDED, F64)
     x0 = predict_x0(x, m, table_ptr, t, T, PRED, F64)                     # 1. predicted x0
     if CLIP:                                                            # 2. clip
         x0 = tl.clamp(x0, -clip_range, clip_range, propagate_nan=tl.PropagateNan.ALL)
@@ -72,12 +79,13 @@ def reverse_step_kernel(x_ptr, m_ptr, noise_ptr, out_ptr, t_ptr, table_ptr, seed
     tl.store(out_ptr + row + offs, to_out((mean + sigma * z), out_ptr.dtype.element_ty), mask=mask)  # 4.
 
 
-_tuned = autotuned(reverse_step_kernel, key=["N", "T_STRIDE", "PRED", "VAR", "CLIP", "SEEDED", "GUIDED", "F64"],
-                   restore=["out_ptr"])
+_tuned = autotuned(reverse_step_kernel,
+                   key=["N", "T_STRIDE", "PRED", "VAR", "CLIP", "SEEDED", "GUIDED", "RECORD", "F64"],
+                   restore=["out_ptr", "bad_ptr"])
 
 
 def _launch(x_t, model_out, t, table, noise, seed, sample_offset, prediction_type, variance_type,
-            clip, clip_range, guidance_scale, out):
+            clip, clip_range, guidance_scale, out, first_bad=None):
     x, B, N = rows(x_t)
     if x.numel() == 0:
         return out
@@ -85,10 +93,12 @@ def _launch(x_t, model_out, t, table, noise, seed, sample_offset, prediction_typ
     seeded = noise is None
     launch(reverse_step_kernel, _tuned, elementwise_grid(B, N),
            (x, model_out.contiguous(), x if seeded else noise.contiguous(), out, t, table.contiguous(),
-            seed_arg(seed if seeded else None, t), sample_offset if seeded else 0, float(clip_range),
+            seed_arg(seed if seeded else None, t), t if first_bad is None else first_bad,
+            sample_offset if seeded else 0, float(clip_range),
             0.0 if guidance_scale is None else float(guidance_scale), B * N, N, table.shape[0]),
            {"T_STRIDE": t_stride, "PRED": prediction_type, "VAR": variance_type, "CLIP": bool(clip),
-            "SEEDED": seeded, "GUIDED": guidance_scale is not None, "F64": x.dtype == torch.float64})
+            "SEEDED": seeded, "GUIDED": guidance_scale is not None, "RECORD": first_bad is not None,
+            "F64": x.dtype == torch.float64})
     return out
 
 
@@ -101,12 +111,12 @@ def reverse_step(x_t, model_out, t, table, noise, seed, sample_offset, predictio
 
 
 def reverse_step_out(x_t, model_out, t, table, noise, seed, sample_offset, prediction_type, variance_type,
-                     clip, clip_range, guidance_scale, out):
+                     clip, clip_range, guidance_scale, out, first_bad=None):
     """reverse_step written into ``out``: in place when it is contiguous (each element is read
-    before the same thread writes it, so out may be x_t), else through a temporary."""
-    if out.is_contiguous():
-        _launch(x_t, model_out, t, table, noise, seed, sample_offset, prediction_type, variance_type,
-                clip, clip_range, guidance_scale, out)
-    else:
-        out.copy_(reverse_step(x_t, model_out, t, table, noise, seed, sample_offset, prediction_type,
-                               variance_type, clip, clip_range, guidance_scale))
+    before the same thread writes it, so out may be x_t), else through a temporary; the NaN record
+    into ``first_bad`` (int64 [] / [1]) in the same pass."""
+    dst = out if out.is_contiguous() else torch.empty_like(x_t, memory_format=torch.contiguous_format)
+    _launch(x_t, model_out, t, table, noise, seed, sample_offset, prediction_type, variance_type,
+            clip, clip_range, guidance_scale, dst, first_bad)
+    if dst is not out:
+        out.copy_(dst)
