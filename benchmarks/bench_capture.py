@@ -2,9 +2,11 @@
 
     pytest benchmarks/bench_capture.py --benchmark-only
 
-For cuda_graph="step" (one step captured, replayed T times) and "loop" (all T steps in one
-graph), T = 1000, batch 1, eager model: the first call's time (warm-up + capture + instantiate,
-the cache emptied before each round) and a cached call's time. "loop" records T x (model +
+For cuda_graph=False ("eager": no graph, the baseline), "step" (one step captured, replayed T
+times) and "loop" (all T steps in one graph), T = 1000, batch 1, eager model: the first call's
+time (warm-up + capture + instantiate, the cache emptied before each round) and a cached call's
+time. "step" pays for its capture against eager after (build_step - call_eager) /
+(call_eager - call_step) calls. "loop" records T x (model +
 step) nodes, so it costs about T times "step"'s capture; per call it saves T - 1 graph launches.
 The summary prints the calls after which "loop" has paid for its capture:
     break-even calls = (build_loop - build_step) / (call_step - call_loop)
@@ -25,7 +27,7 @@ pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 T = 1000
-MODES = ("step", "loop")
+MODES = ("eager", "step", "loop")
 _results: dict = {}
 
 
@@ -51,7 +53,8 @@ def _timed(fn) -> float:
 @pytest.mark.parametrize("mode", MODES)
 def test_capture_cost(benchmark, speedup_report, model_name, shape, mode):
     model = _model(model_name)
-    kw = dict(schedule=NoiseSchedule.linear(T), seed=0, device="cuda", cuda_graph=mode)
+    kw = dict(schedule=NoiseSchedule.linear(T), seed=0, device="cuda", cuda_graph=False if mode == "eager" else mode)
+    new_captures = 0 if mode == "eager" else 2
 
     def build():
         cache.clear_cache()
@@ -59,10 +62,10 @@ def test_capture_cost(benchmark, speedup_report, model_name, shape, mode):
 
     captures = cache.cache_info()["captures"]
     benchmark.pedantic(build, rounds=2, iterations=1, warmup_rounds=0)
-    assert cache.cache_info()["captures"] == captures + 2          # each round captured once
+    assert cache.cache_info()["captures"] == captures + new_captures   # each round captured once
     build_s = benchmark.stats.stats.median
     call_s = min(_timed(lambda: ddpm_fast.sample(model, shape, **kw)) for _ in range(5))
-    assert cache.cache_info()["captures"] == captures + 2          # cached calls replay
+    assert cache.cache_info()["captures"] == captures + new_captures   # cached calls replay
     benchmark.extra_info.update({"suite": "capture", "model": model_name, "mode": mode, "T": T,
                                  "build_s": build_s, "call_s": call_s,
                                  "device_name": torch.cuda.get_device_name()})
@@ -70,8 +73,14 @@ def test_capture_cost(benchmark, speedup_report, model_name, shape, mode):
     speedup_report(f"capture {model_name} {mode}: first call {build_s * 1e3:.1f} ms, "
                    f"cached call {call_s * 1e3:.2f} ms ({call_s / T * 1e6:.2f} us/step)")
     if all((model_name, m) in _results for m in MODES):
-        (b_step, c_step), (b_loop, c_loop) = _results[(model_name, "step")], _results[(model_name, "loop")]
-        gain = c_step - c_loop
-        when = (f"after {max(0.0, (b_loop - b_step) / gain):.0f} calls" if gain > 0
-                else "never (not faster per call)")
-        speedup_report(f"capture {model_name}: 'loop' pays for its capture {when}")
+        (_, c_eager), (b_step, c_step), (b_loop, c_loop) = (_results[(model_name, m)] for m in MODES)
+        speedup_report(f"capture {model_name}: 'step' pays for its capture against eager "
+                       f"{_break_even(b_step - c_eager, c_eager - c_step)}; 'loop' against 'step' "
+                       f"{_break_even(b_loop - b_step, c_step - c_loop)}")
+
+
+def _break_even(extra_build_s: float, gain_per_call_s: float) -> str:
+    """After how many calls a one-off extra cost is paid back by a per-call gain."""
+    if gain_per_call_s <= 0:
+        return "never (not faster per call)"
+    return f"after {max(0.0, extra_build_s / gain_per_call_s):.0f} calls"

@@ -73,6 +73,14 @@ def test_cuda_sources_have_no_torch_headers():
         assert not re.search(r"#include\s*[<\"](torch|ATen|c10)/", f.read_text()), f
 
 
+def test_cuda_binding_includes_no_cuda_context_header():
+    """The binding needs only c10/cuda's stream and guard: ATen/cuda/CUDAContext.h pulls cuBLAS and
+    cuSPARSE headers (and their include paths) into a file that calls neither."""
+    text = (ROOT / "csrc" / "cuda" / "bindings.cpp").read_text()
+    assert re.search(r"#include\s*[<\"]c10/cuda/CUDAGuard\.h", text)
+    assert not re.search(r"#include\s*[<\"]ATen/cuda/", text)
+
+
 @pytest.mark.extension
 def test_loader_refuses_a_library_built_for_another_torch(tmp_path):
     from ddpm_fast.ops import extension

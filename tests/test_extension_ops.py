@@ -195,6 +195,7 @@ def test_other_ops_bad_input():
         ops.reverse_step_out(*_step_args(x_t=x, model_out=x), torch.empty(2, 4, 3, 3, dtype=torch.float16))
 
 
+@pytest.mark.cuda
 @requires_cuda
 def test_wrong_device_is_a_clear_error():
     x = torch.randn(2, 4, 3, 3, device="cuda")
@@ -205,6 +206,7 @@ def test_wrong_device_is_a_clear_error():
 
 
 
+@pytest.mark.cuda
 @requires_cuda
 @pytest.mark.parametrize("batch,numel", [(1, 1), (5, 1), (3, 3), (7, 5), (2, 1023), (3, 1025), (2, 4096), (600, 6)])
 def test_cuda_philox_rows_of_any_length(batch, numel):
@@ -227,6 +229,7 @@ _GN_CASES = [((2, 64, (32, 32), 32, 0)), ((1, 8, (128, 96), 2, 0)), ((1, 4, (100
              ((3, 6, (16, 8), 3, 1)), ((1, 1, (1, 1), 1, 0)), ((5, 12, (7, 5), 4, 0))]
 
 
+@pytest.mark.cuda
 @requires_cuda
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", range(len(_GN_CASES)))
@@ -249,6 +252,7 @@ def test_cuda_groupnorm_two_phase_matches_closed_form(dtype, case):
     torch.testing.assert_close(got.cpu().double(), want, rtol=tol, atol=tol)
 
 
+@pytest.mark.cuda
 @requires_cuda
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(3, 2, 4, 4), (3, 1, 2, 6), (2, 1, 1, 13), (5, 3, 7, 9)])

@@ -69,8 +69,10 @@ def _t(B, dev, kind="per-sample", dtype=torch.int64):
     return t
 
 
-def _table(dev):
-    return NoiseSchedule.linear(T).table(dev)
+def _table(dev, layout="contiguous"):
+    """The schedule table, or ("colmajor") the same values in a non-contiguous column-major view."""
+    table = NoiseSchedule.linear(T).table(dev)
+    return table.t().contiguous().t() if layout == "colmajor" else table
 
 
 def _seed(dev):
@@ -94,26 +96,43 @@ def _model_out(shape, dtype, dev, layout, w):
     return _data(shape if w is None else (2 * shape[0], *shape[1:]), dtype, dev, layout)
 
 
-def _step(shape, layout, t_kind, pred, var, clip, noise=False, mixed=False, w=None):
+def _step(shape, layout, t_kind, pred, var, clip, noise=False, mixed=False, w=None, table="contiguous"):
     def build(dev, dtype):
         x = _data(shape, torch.float32 if mixed else dtype, dev)
         m = _model_out(shape, dtype, dev, layout, w)
         z = _data(shape, dtype, dev, layout) if noise else None
-        return (x, m, _t(shape[0], dev, t_kind), _table(dev), z, None if noise else _seed(dev), 11, pred, var,
+        return (x, m, _t(shape[0], dev, t_kind), _table(dev, table), z, None if noise else _seed(dev), 11, pred, var,
                 clip, 1.0, w)
     return build
 
 
-def _ddim(shape, layout, pred, eta, clip, t_prev, noise=False, w=None):
+def _ddim_t(B, dev, t_kind, t_prev):
+    """DDIM's (t, t_prev): t_prev 50 below t ("table"), -1 ("final") or both alternating ("mixed");
+    t_kind "expanded" gives both as stride-0 views, "sliced" as stride-2 views."""
+    if t_kind == "expanded":
+        t = torch.tensor([733], device=dev).expand(B)
+    else:
+        t = torch.randint(50, T, (B,), device=dev)
+    tp = {"table": t - 50, "final": torch.full_like(t, -1),
+          "mixed": torch.where(torch.arange(B, device=dev) % 2 == 0, t - 50, -1)}[t_prev]
+    if t_kind == "expanded":
+        return t, tp[:1].expand(B)
+    if t_kind == "sliced":
+        wide_t, wide_tp = torch.full((2 * B,), 7, device=dev), torch.full((2 * B,), 3, device=dev)
+        wide_t[::2], wide_tp[::2] = t, tp
+        return wide_t[::2], wide_tp[::2]
+    return t, tp
+
+
+def _ddim(shape, layout, pred, eta, clip, t_prev, noise=False, w=None, t_kind="per-sample", table="contiguous"):
     def build(dev, dtype):
         B = shape[0]
-        t = torch.randint(50, T, (B,), device=dev)
-        tp = {"table": t - 50, "final": torch.full_like(t, -1),
-              "mixed": torch.where(torch.arange(B, device=dev) % 2 == 0, t - 50, -1)}[t_prev]
+        t, tp = _ddim_t(B, dev, t_kind, t_prev)
         z = _data(shape, dtype, dev) if noise and eta > 0 else None
         seed = _seed(dev) if eta > 0 and not noise else None
         m = _model_out(shape, dtype, dev, layout if w is not None else "contiguous", w)
-        return (_data(shape, dtype, dev, layout), m, t, tp, _table(dev), z, seed, 2, eta, pred, clip, 1.0, 0.9991, w)
+        return (_data(shape, dtype, dev, layout), m, t, tp, _table(dev, table), z, seed, 2, eta, pred, clip, 1.0,
+                0.9991, w)
     return build
 
 
@@ -166,6 +185,8 @@ CASES = [
     Case("reverse_step", "eps-small-clip", _step((3, 5, 7, 9), "transposed", "per-sample", 0, 0, True)),
     Case("reverse_step", "v-large-noise", _step((2, 3, 8, 8), "sliced", "expanded", 2, 1, False, noise=True)),
     Case("reverse_step", "x0-batch1", _step((1, 1, 1, 1), "contiguous", "scalar", 1, 0, True)),
+    Case("reverse_step", "eps-colmajor-table", _step((3, 5, 7, 9), "contiguous", "per-sample", 0, 0, True,
+                                                     table="colmajor")),
     Case("reverse_step", "mixed-dtypes", _step((3, 5, 7, 9), "sliced", "sliced", 0, 0, True, noise=True,
                                                mixed=True)),
     # classifier-free guidance fused into the step: model_out [2B, ...], odd sizes, non-contiguous
@@ -195,6 +216,10 @@ CASES = [
     Case("ddim_step_out", "guided-record", lambda d, dt: (
         *_ddim((3, 5, 7, 9), "contiguous", 2, 1.0, True, "final", w=1.5)(d, dt),
         torch.empty(3, 5, 7, 9, dtype=dt, device=d), torch.full((), -1, dtype=torch.int64, device=d))),
+    Case("ddim_step", "expanded-t-colmajor-table", _ddim((3, 4, 5, 5), "contiguous", 0, 0.5, False, "table",
+                                                         t_kind="expanded", table="colmajor")),
+    Case("ddim_step", "sliced-t-mixed-prev", _ddim((4, 3, 5, 5), "transposed", 2, 1.0, True, "mixed",
+                                                   t_kind="sliced")),
     Case("multistep_update", "k0-odd", _multistep((3, 5, 7), 0, "contiguous")),
     Case("multistep_update", "k1-transposed", _multistep((2, 3, 5, 9), 1, "transposed", "one", mixed=True)),
     Case("multistep_update", "k2-sliced", _multistep((1, 1, 3, 3), 2, "sliced")),

@@ -74,6 +74,26 @@ def test_cpu_x_T_on_a_cuda_run(cuda_graph):
 
 # --- capture on the sampler's device ----------------------------------------------------------
 
+def test_a_failed_default_capture_warns_and_an_asked_one_raises(monkeypatch):
+    """cuda_graph=None (the default on CUDA) falls back to the uncaptured loop with a warning
+    naming the error; an explicit cuda_graph=True/"step"/"loop" raises it (fast.py _build).
+    With fakes: the capture fails on purpose, so no GPU is needed."""
+    def failing_capture(*args, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    synced = []
+    monkeypatch.setattr(fast, "GraphSampler", failing_capture)
+    monkeypatch.setattr(fast, "LoopSampler", lambda *args: "loop sampler")
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+    spec = types.SimpleNamespace(device=torch.device("cuda", 0))
+    with pytest.warns(RuntimeWarning, match="capturing the sampler as a CUDA graph failed "
+                                            r"\(RuntimeError: operation not permitted"):
+        assert fast._build(spec, None, {}, None, "step", 0, auto=True) == "loop sampler"
+    assert synced == [spec.device]
+    with pytest.raises(RuntimeError, match="operation not permitted"):
+        fast._build(spec, None, {}, None, "step", 0, auto=False)
+
+
 def test_capture_uses_a_stream_of_the_samplers_device(monkeypatch):
     """With the model on cuda:1 the graph is captured on a cuda:1 stream with cuda:1 current
     (torch.cuda.graph's default stream is made once, on whatever device was current)."""

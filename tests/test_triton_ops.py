@@ -101,3 +101,38 @@ def test_grid_puts_the_batch_on_axis_0():
     of (sample, block) programs, so a batch of 70000 is a valid launch (_common.py)."""
     from ddpm_fast.ops.triton._common import elementwise_grid
     assert elementwise_grid(70000, 3000)({"BLOCK": 1024}) == (70000 * 3,)
+
+
+def test_launch_runs_on_the_tensors_gpu_not_the_current_one(monkeypatch):
+    """Triton launches on the current device: with cuda:0 current and the data on cuda:1 the
+    launcher must make cuda:1 current around the launch (_common.py device_guard). With fakes for
+    the device context and the kernel, so it runs without a GPU (2 GPUs: the sampler test)."""
+    import contextlib
+
+    from ddpm_fast.ops.triton import _common
+    current = ["cuda:0"]
+    seen = []
+
+    @contextlib.contextmanager
+    def fake_device(dev):
+        before, current[0] = current[0], str(dev)
+        try:
+            yield
+        finally:
+            current[0] = before
+
+    class FakeKernel:
+        def __getitem__(self, grid):
+            return lambda *args, **kw: seen.append(current[0])
+
+    class OnSecondGpu:
+        device = torch.device("cuda", 1)
+
+    monkeypatch.setattr(torch.cuda, "device", fake_device)
+    monkeypatch.setattr(_common, "USE_TRITON_OP", False)
+    monkeypatch.setattr(_common, "AUTOTUNE", False)
+    _common.launch(FakeKernel(), None, lambda meta: (1,), (OnSecondGpu(),), {})
+    assert seen == ["cuda:1"] and current == ["cuda:0"]
+    seen.clear()
+    _common.launch(FakeKernel(), None, lambda meta: (1,), (torch.zeros(1),), {})   # CPU data: no guard
+    assert seen == ["cuda:0"]
