@@ -7,7 +7,17 @@ claim on a GPU). Expected values: float64 numpy on the same float32 arguments.
 Bounds (docs/ops_contract.md, Noise): over every argument the stream can produce (all 2**23
 uniforms u = (k + 0.5) 2**-23 and angles float32(u · float32(2π))), relative errors of
 r = sqrt(-2 log u) and of cos/sin sum with the product's rounding to < 5 · 2**-24, a bound for
-every normal; on 2**20 consecutive counters the normals are within 3.5 ulp (measured 3.0)."""
+every normal; on 2**20 consecutive counters the normals are within 3.5 ulp (measured 3.0).
+
+The CPU SIMD paths' float-float Box–Muller (csrc/include/ddpm_fast/box_muller_ff_body.h) is built
+here too, on scalar floats (same operations, so the same bits: checked against the extension's AVX2 /
+AVX-512 output). Over every argument, r = sqrt(-2 log u) as r_hi + r_lo is within e_r = 0.11 · 2**-24
+and cos/sin θ as hi + lo within e_cs = 0.33 · 2**-24 relative error, and the low parts are below
+ρ_r = 2 · 2**-24 and ρ_cs = 40 · 2**-24 of the high parts; each normal is
+fma(r_hi, c_hi, fma(r_hi, c_lo, r_lo c_hi)), rounded once, so (as |z| < 2**24 ulp(z)) it is within
+0.5 + 2**24 (e_r + e_cs + e_r e_cs) + ρ_cs + 2 ρ_r + 2**24 ρ_r ρ_cs < 0.94 ulp of the float64 value
+(docs/ops_contract.md, Noise): the last term bounds the rounding of the small terms and the dropped
+r_lo c_lo."""
 from __future__ import annotations
 
 import shutil
@@ -19,6 +29,7 @@ import pytest
 import torch
 
 from ddpm_fast import noise
+from ddpm_fast.ops import extension
 
 from gpu_gates import requires_cuda_kernels
 
@@ -30,6 +41,9 @@ THETA = (U * np.float32(noise.TWO_PI_F32)).astype(np.float32)        # every Box
 REL_BOUND = 5 * 2.0 ** -24       # relative error of any normal (r, cos/sin, product rounding)
 ULP_BOUND = 3.5                  # on the sampled counters below
 SEED, T, OFFSET, STREAM, NQ = -(2 ** 40) - 12345, 977, 2 ** 32 - 3, 1, 2 ** 20
+FF_R_REL, FF_CS_REL = 0.11 * 2.0 ** -24, 0.33 * 2.0 ** -24   # float-float factors, every argument
+FF_R_LO, FF_CS_LO = 2 * 2.0 ** -24, 40 * 2.0 ** -24          # |lo| / |hi| of the factors
+FF_ULP_BOUND = 0.94              # any float-float normal (module docstring)
 
 
 @pytest.fixture(scope="module")
@@ -125,4 +139,50 @@ def test_cuda_normals_equal_the_host_build(host):
     want = host("normals", (words & 0xFFFFFFFF).numpy().astype(np.uint32))
     exact = _exact_normals(words)
     assert _rel(z, exact).max() < REL_BOUND
+    assert np.array_equal(z.view(np.uint32), want.view(np.uint32))
+
+
+def _ff_factors(host) -> tuple[float, float, float, float]:
+    """Over every argument of the stream: max relative error of r_hi + r_lo and of
+    (cos|sin)_hi + _lo, and max |lo| / |hi| of each."""
+    r = host("ff_radius", U).reshape(-1, 2).astype(np.float64)
+    exact_r = np.sqrt(-2.0 * np.log(U.astype(np.float64)))
+    cs = host("ff_cos_sin", THETA).reshape(-1, 4).astype(np.float64)
+    th = THETA.astype(np.float64)
+    rel_r = _rel(r[:, 0] + r[:, 1], exact_r).max()
+    rel_cs = max(_rel(cs[:, 0] + cs[:, 1], np.cos(th)).max(), _rel(cs[:, 2] + cs[:, 3], np.sin(th)).max())
+    lo_r = (np.abs(r[:, 1]) / r[:, 0]).max()
+    lo_cs = max((np.abs(cs[:, 1]) / np.abs(cs[:, 0])).max(), (np.abs(cs[:, 3]) / np.abs(cs[:, 2])).max())
+    return float(rel_r), float(rel_cs), float(lo_r), float(lo_cs)
+
+
+def test_ff_factors_every_argument(host):
+    """The float-float factors on every u and θ the stream can produce, and the normal bound they give."""
+    rel_r, rel_cs, lo_r, lo_cs = _ff_factors(host)
+    assert rel_r <= FF_R_REL and rel_cs <= FF_CS_REL, (rel_r * 2 ** 24, rel_cs * 2 ** 24)
+    assert lo_r <= FF_R_LO and lo_cs <= FF_CS_LO, (lo_r * 2 ** 24, lo_cs * 2 ** 24)
+    bound = 0.5 + 2.0 ** 24 * (rel_r + rel_cs + rel_r * rel_cs) + lo_cs + 2 * lo_r + 2.0 ** 24 * lo_r * lo_cs
+    assert bound < FF_ULP_BOUND, bound
+
+
+def test_ff_normals_bound(host):
+    words = _words()
+    z = host("ff_normals", (words & 0xFFFFFFFF).numpy().astype(np.uint32))
+    err = _ulp(z, _exact_normals(words))
+    assert err.max() <= FF_ULP_BOUND, err.max()
+    assert err.max() > 0.5   # not the correctly rounded value everywhere: the measure sees the error
+
+
+@pytest.mark.extension
+@pytest.mark.skipif(not extension.available(), reason="C++ extension not built")
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"),
+                    reason="no SIMD noise path on this CPU")
+def test_cpu_simd_normals_equal_the_host_build(host):
+    """The extension's AVX2 / AVX-512 philox_normal is the float-float host build bit for bit, so
+    the bounds above hold for it (tests/test_cpu_noise.py checks each path against float64)."""
+    words = _words()
+    seed = torch.tensor(SEED, dtype=torch.int64)
+    t = torch.tensor(T, dtype=torch.int64)
+    z = torch.ops.ddpm_fast.philox_normal(seed, t, 1, 4 * NQ, OFFSET, STREAM).flatten().numpy()
+    want = host("ff_normals", (words & 0xFFFFFFFF).numpy().astype(np.uint32))
     assert np.array_equal(z.view(np.uint32), want.view(np.uint32))

@@ -1,9 +1,10 @@
 """The CPU kernels' noise (csrc/cpu/philox_simd.cpp) on every instruction-set path this machine can
 run (ATEN_CPU_CAPABILITY selects it, each in a fresh process): uniforms bitwise the reference's,
-normals within the bound of docs/ops_contract.md (Noise: 2 ulp, and in fact 0.5 ulp + 2^-20, a
-float32 rounding of the double Box–Muller) over 2**20 consecutive counters, measured against the
-contract's formulas evaluated in float64 on the same float32 u_a and θ = float32(2π u_b), the words
-coming from the reference generator (ddpm_fast/noise.py)."""
+normals within the bound of docs/ops_contract.md (Noise: 2 ulp; in fact < 0.94 ulp on the SIMD
+paths, float32 lanes with float-float intermediates and one rounding per normal, and 0.5 ulp + 2^-20
+on the scalar path, a float32 rounding of the double Box–Muller) over 2**20 consecutive counters,
+measured against the contract's formulas evaluated in float64 on the same float32 u_a and
+θ = float32(2π u_b), the words coming from the reference generator (ddpm_fast/noise.py)."""
 from __future__ import annotations
 
 import os
@@ -21,7 +22,8 @@ pytestmark = [pytest.mark.extension,
 
 NQ = 2 ** 20        # consecutive counters checked per path
 SEED, T, OFFSET, STREAM = -(2 ** 40) - 12345, 977, 2 ** 32 - 3, 1
-MAX_ULP = 0.5 + 2.0 ** -20   # the contract's 2 ulp, met with room: one float32 rounding
+# the contract's 2 ulp, met with room (tests/test_box_muller_math.py derives the SIMD bound)
+MAX_ULP = {"DEFAULT": 0.5 + 2.0 ** -20, "AVX2": 0.94, "AVX512": 0.94}   # per ATen capability
 
 
 def _ulp_errors(z: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
@@ -46,7 +48,8 @@ def _check_this_process() -> str:
     z = ops.philox_normal(seed, t, 1, 4 * NQ, OFFSET, STREAM)
     err = _ulp_errors(z, words)
     worst = err.max().item()
-    assert worst <= MAX_ULP, f"normals {worst:.3f} ulp from the float64 Box–Muller (bound {MAX_ULP})"
+    bound = MAX_ULP.get(torch.backends.cpu.get_cpu_capability(), 0.94)
+    assert worst <= bound, f"normals {worst:.3f} ulp from the float64 Box–Muller (bound {bound})"
     # an element's value does not depend on how many elements were drawn (every counter takes
     # the same code path, the last vector only partly stored)
     for numel in (1, 7, 37, 4099):

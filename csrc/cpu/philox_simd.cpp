@@ -2,9 +2,10 @@
 // The SIMD paths are compiled under `#pragma GCC target` regions rather than per-file -m flags:
 // only the functions in a region use the wider ISA, they all have internal linkage, and no torch
 // header is included inside a region, so no inline function shared with other files is ever
-// compiled for an ISA the running CPU may lack. Sleef (exported by libtorch_cpu, which ATen's own
-// Vectorized<double>::log uses) supplies the 1-ulp vector log and sincos, evaluated in double so
-// that each normal is rounded to float32 once (philox_simd_body.h, box_muller_vec).
+// compiled for an ISA the running CPU may lack. The SIMD paths' Box-Muller is float32 lanes with
+// float-float intermediates (ddpm_fast/box_muller_ff_body.h, included in each region): no libm or
+// Sleef call, each normal rounded once, within 0.94 ulp of the float64 evaluation. The scalar path
+// (no FMA to rely on) evaluates in double with libm: within 0.5 ulp + 2^-20.
 #include "philox_simd.h"
 
 #include <algorithm>
@@ -46,17 +47,11 @@ void normals_scalar(const PhiloxRun& r, float* out) {
 }
 
 #ifdef DDPM_FAST_X86_SIMD
-// Sleef's vector functions as libtorch_cpu exports them (sleef.h declares them only when the
-// whole file is compiled with -mavx2 / -mavx512f). Declared inside the target regions so that
-// vectors pass in registers.
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
-struct SleefD4x2 {
-  __m256d x, y;
-};
-extern "C" __m256d Sleef_logd4_u35avx2(__m256d);
-extern "C" SleefD4x2 Sleef_sincosd4_u35avx2(__m256d);
-
+// box_muller_ff_body.h's error-free sums and products need every vmul rounded on its own: no
+// contraction of a mul and an add into an fma (GCC's default for C++, even with -std=c++20).
+#pragma GCC optimize("fp-contract=off")
 namespace avx2 {
 constexpr int kW = 8;
 using VU = __m256i;
@@ -73,43 +68,40 @@ inline void mulhilo(VU a, VU m, VU& hi, VU& lo) {
   hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
   lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
 }
-inline VF to_float(VU a) { return _mm256_cvtepi32_ps(a); }  // exact: a < 2^23
+inline VF to_float(VU a) { return _mm256_cvtepi32_ps(a); }  // int32 lanes, exact below 2^24
 inline VF splat_f(float x) { return _mm256_set1_ps(x); }
 inline VF vadd(VF a, VF b) { return _mm256_add_ps(a, b); }
 inline VF vmul(VF a, VF b) { return _mm256_mul_ps(a, b); }
 inline void vstore(float* p, VF a) { _mm256_store_ps(p, a); }
-using VD = __m256d;
-inline VD half_to_double(VF a, int h) {
-  return _mm256_cvtps_pd(h == 0 ? _mm256_castps256_ps128(a) : _mm256_extractf128_ps(a, 1));
-}
-inline VF doubles_to_float(VD lo, VD hi) {
-  return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(lo)), _mm256_cvtpd_ps(hi), 1);
-}
-inline VD splat_d(double x) { return _mm256_set1_pd(x); }
-inline VD vmul_d(VD a, VD b) { return _mm256_mul_pd(a, b); }
-inline VD vsqrt_d(VD a) { return _mm256_sqrt_pd(a); }
-inline VD vlog_d(VD a) { return Sleef_logd4_u35avx2(a); }
-inline void vsincos_d(VD a, VD& s, VD& c) {
-  const SleefD4x2 sc = Sleef_sincosd4_u35avx2(a);
-  s = sc.x;
-  c = sc.y;
-}
+// for box_muller_ff_body.h
+inline VF vsub(VF a, VF b) { return _mm256_sub_ps(a, b); }
+inline VF vdiv(VF a, VF b) { return _mm256_div_ps(a, b); }
+inline VF vfma(VF a, VF b, VF c) { return _mm256_fmadd_ps(a, b, c); }
+inline VF vsqrt(VF a) { return _mm256_sqrt_ps(a); }
+inline VF vfloor(VF a) { return _mm256_floor_ps(a); }
+inline VF vneg(VF a) { return _mm256_xor_ps(a, _mm256_set1_ps(-0.0f)); }
+inline VU as_bits(VF a) { return _mm256_castps_si256(a); }
+inline VF from_bits(VU a) { return _mm256_castsi256_ps(a); }
+inline VU iadd(VU a, VU b) { return _mm256_add_epi32(a, b); }
+inline VU isub(VU a, VU b) { return _mm256_sub_epi32(a, b); }
+inline VU iand(VU a, VU b) { return _mm256_and_si256(a, b); }
+inline VU isra23(VU a) { return _mm256_srai_epi32(a, 23); }
+inline VU ishl(VU a, int n) { return _mm256_slli_epi32(a, n); }
+inline VU to_int(VF a) { return _mm256_cvttps_epi32(a); }
+inline VF vxor_f(VF a, VU s) { return _mm256_xor_ps(a, _mm256_castsi256_ps(s)); }
+inline VF vsel_odd(VU q, VF a, VF b) { return _mm256_blendv_ps(b, a, _mm256_castsi256_ps(_mm256_slli_epi32(q, 31))); }
+#include "ddpm_fast/box_muller_ff_body.h"
 #include "philox_simd_body.h"
 }  // namespace avx2
 #pragma GCC pop_options
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx2,fma")
+#pragma GCC optimize("fp-contract=off")  // as in the AVX2 region
 // GCC 12's avx512fintrin.h seeds _mm512_undefined_* with a self-initialisation that -Wall reports
 // as "may be used uninitialized" at every intrinsic using it.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-struct SleefD8x2 {
-  __m512d x, y;
-};
-extern "C" __m512d Sleef_logd8_u35avx512f(__m512d);
-extern "C" SleefD8x2 Sleef_sincosd8_u35avx512f(__m512d);
-
 namespace avx512 {
 constexpr int kW = 16;
 using VU = __m512i;
@@ -131,25 +123,24 @@ inline VF splat_f(float x) { return _mm512_set1_ps(x); }
 inline VF vadd(VF a, VF b) { return _mm512_add_ps(a, b); }
 inline VF vmul(VF a, VF b) { return _mm512_mul_ps(a, b); }
 inline void vstore(float* p, VF a) { _mm512_store_ps(p, a); }
-using VD = __m512d;
-inline VD half_to_double(VF a, int h) {
-  const __m512d bits = _mm512_castps_pd(a);
-  return _mm512_cvtps_pd(_mm256_castpd_ps(h == 0 ? _mm512_castpd512_pd256(bits) : _mm512_extractf64x4_pd(bits, 1)));
-}
-inline VF doubles_to_float(VD lo, VD hi) {
-  const __m512d joined = _mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(_mm512_cvtpd_ps(lo))),
-                                            _mm256_castps_pd(_mm512_cvtpd_ps(hi)), 1);
-  return _mm512_castpd_ps(joined);
-}
-inline VD splat_d(double x) { return _mm512_set1_pd(x); }
-inline VD vmul_d(VD a, VD b) { return _mm512_mul_pd(a, b); }
-inline VD vsqrt_d(VD a) { return _mm512_sqrt_pd(a); }
-inline VD vlog_d(VD a) { return Sleef_logd8_u35avx512f(a); }
-inline void vsincos_d(VD a, VD& s, VD& c) {
-  const SleefD8x2 sc = Sleef_sincosd8_u35avx512f(a);
-  s = sc.x;
-  c = sc.y;
-}
+// for box_muller_ff_body.h (avx512f only: no avx512dq float xor, so sign flips go through the bits)
+inline VF vsub(VF a, VF b) { return _mm512_sub_ps(a, b); }
+inline VF vdiv(VF a, VF b) { return _mm512_div_ps(a, b); }
+inline VF vfma(VF a, VF b, VF c) { return _mm512_fmadd_ps(a, b, c); }
+inline VF vsqrt(VF a) { return _mm512_sqrt_ps(a); }
+inline VF vfloor(VF a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
+inline VU as_bits(VF a) { return _mm512_castps_si512(a); }
+inline VF from_bits(VU a) { return _mm512_castsi512_ps(a); }
+inline VF vneg(VF a) { return from_bits(_mm512_xor_si512(as_bits(a), splat_u(0x80000000u))); }
+inline VU iadd(VU a, VU b) { return _mm512_add_epi32(a, b); }
+inline VU isub(VU a, VU b) { return _mm512_sub_epi32(a, b); }
+inline VU iand(VU a, VU b) { return _mm512_and_si512(a, b); }
+inline VU isra23(VU a) { return _mm512_srai_epi32(a, 23); }
+inline VU ishl(VU a, int n) { return _mm512_slli_epi32(a, n); }
+inline VU to_int(VF a) { return _mm512_cvttps_epi32(a); }
+inline VF vxor_f(VF a, VU s) { return from_bits(_mm512_xor_si512(as_bits(a), s)); }
+inline VF vsel_odd(VU q, VF a, VF b) { return _mm512_mask_blend_ps(_mm512_test_epi32_mask(q, splat_u(1u)), b, a); }
+#include "ddpm_fast/box_muller_ff_body.h"
 #include "philox_simd_body.h"
 }  // namespace avx512
 #pragma GCC diagnostic pop

@@ -2,9 +2,8 @@
 // each `#pragma GCC target` region (no include guard: one copy per ISA namespace), so that every
 // function here is compiled for that ISA and has internal linkage. The includer defines, in the
 // enclosing namespace: kW (lanes), VU / VF (uint32 / float vectors), splat_u, lanes_from, vxor,
-// mulhilo (32x32 -> hi, lo per lane), to_float, srl9, splat_f, vadd, vmul, vstore; VD (a double
-// vector of kW / 2 lanes), half_to_double (lanes h*kW/2 .. of a float vector), doubles_to_float,
-// splat_d, vmul_d, vsqrt_d, vlog_d, vsincos_d.
+// mulhilo (32x32 -> hi, lo per lane), to_float, srl9, splat_f, vadd, vmul, vstore, and (included
+// before this file) the functions of ddpm_fast/box_muller_ff_body.h over the same VF / VU.
 //
 // Layout: lane i of a vector holds counter q + i; its four words give out[4(q + i) + j].
 
@@ -34,23 +33,10 @@ inline void philox_words_vec(const PhiloxRun& r, uint64_t q, VU w[4]) {
 inline VF uniform_vec(VU w) { return vmul(vadd(to_float(srl9(w)), splat_f(0.5f)), splat_f(kTwoPow23Inv)); }
 
 // Box-Muller in place: (ua, ub) -> (r cos(theta), r sin(theta)). theta = ub * float32(2 pi) is
-// formed in float32 as the contract says; then r, cos and sin are evaluated in double (Sleef's
-// 1-ulp double log and sincos) and each normal is rounded to float32 once, so it is the float32
-// rounding of the exact value up to double-precision error (<= 0.5 ulp + 2^-26 ulp).
-inline void box_muller_half(VD ua, VD theta, VD& za, VD& zb) {
-  const VD r = vsqrt_d(vmul_d(splat_d(-2.0), vlog_d(ua)));
-  VD s, c;
-  vsincos_d(theta, s, c);
-  za = vmul_d(r, c);
-  zb = vmul_d(r, s);
-}
-
+// formed in float32 as the contract says; the rest is box_muller_ff_body.h (float-float, each
+// normal rounded once: within 0.94 ulp of the float64 evaluation, docs/ops_contract.md, Noise).
 inline void box_muller_vec(VF& a, VF& b) {
-  const VF theta = vmul(b, splat_f(kTwoPiF32));
-  VD za[2], zb[2];
-  for (int h = 0; h < 2; ++h) box_muller_half(half_to_double(a, h), half_to_double(theta, h), za[h], zb[h]);
-  a = doubles_to_float(za[0], za[1]);
-  b = doubles_to_float(zb[0], zb[1]);
+  ff_box_muller(a, vmul(b, splat_f(kTwoPiF32)), a, b);
 }
 
 // out[4i + j] = lane i of v[j] for i < count (count <= kW).

@@ -4,7 +4,8 @@
 //   counter (c0, c1, c2, c3) = (element / 4, global sample, timestep, stream);
 //   u = ((w >> 9) + 0.5) * 2^-23 (exact in float32, in (0, 1));
 //   Box-Muller on word pairs (0, 1) and (2, 3): r = sqrt(-2 log u_a), theta = 2pi u_b
-//   (float32 here, for the CUDA kernels; the CPU kernels evaluate it in double, csrc/cpu/philox_simd.cpp).
+//   (float32 here, for the CUDA kernels; the CPU kernels: csrc/cpu/philox_simd.cpp, float-float in
+//   SIMD lanes (ddpm_fast/box_muller_ff_body.h) or double in the scalar path).
 #pragma once
 
 #include <cmath>
