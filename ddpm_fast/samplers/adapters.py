@@ -5,6 +5,7 @@ No wrapper is needed from the user; we only normalise the output to a tensor and
 """
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any, Callable, Optional
 
@@ -27,16 +28,28 @@ def model_input_dtype(model: Any, default: torch.dtype = torch.float32) -> torch
 _DTYPE_CLASH = re.compile(r"dtype|scalar type|Input type|should be the same", re.IGNORECASE)
 
 
+def autocast_context(device_type: str, model_dtype: Optional[torch.dtype]):
+    """``torch.autocast(device_type, model_dtype)`` around the model call (``sample(model_dtype=)``),
+    or nothing for None. The weight-cast cache is off: a captured CUDA graph must not hold casts
+    made outside it (PyTorch's CUDA graph notes), and on CPU a weight is read once per forward."""
+    if model_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=model_dtype, cache_enabled=False)
+
+
 def call_model(model: Callable, x: torch.Tensor, t: torch.Tensor, kwargs: dict,
-               guided: bool = False) -> torch.Tensor:
+               guided: bool = False, model_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """``model(x, t, **kwargs)`` as a tensor. A dtype clash inside the model (x in one dtype,
     its weights in another) is re-raised saying which dtype x had and how to change it.
     ``guided``: classifier-free guidance, one call on the 2B batch (x and t duplicated; kwargs
-    are the 2B-batch kwargs already, samplers/guidance.py), returning [2B, ...]."""
+    are the 2B-batch kwargs already, samplers/guidance.py), returning [2B, ...].
+    ``model_dtype``: run the model under ``torch.autocast`` to that dtype (bfloat16 / float16);
+    its output is returned in whatever dtype the model produced (the steps take it as is)."""
     if guided:
         x, t = torch.cat([x, x]), torch.cat([t, t])
     try:
-        return unwrap_output(model(x, t, **kwargs))
+        with autocast_context(x.device.type, model_dtype):
+            return unwrap_output(model(x, t, **kwargs))
     except TypeError as e:
         if not (guided and "keyword argument" in str(e)):
             raise
@@ -92,14 +105,15 @@ def check_output(out: torch.Tensor, x: torch.Tensor, learned_variance: bool = Fa
         raise TypeError(f"the model returned {out.dtype}; expected a floating tensor")
 
 
-def make_caller(model: Callable, model_kwargs: Optional[dict], dtype: torch.dtype, guided: bool = False
+def make_caller(model: Callable, model_kwargs: Optional[dict], dtype: torch.dtype, guided: bool = False,
+                model_dtype: Optional[torch.dtype] = None
                 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """``call(x, t_batch) -> tensor`` for the user's model, casting x to its dtype (on the 2B
-    batch with ``guided``: see ``call_model``)."""
+    batch with ``guided``, under autocast to ``model_dtype``: see ``call_model``)."""
     kwargs = dict(model_kwargs or {})
 
     def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return call_model(model, x.to(dtype), t, kwargs, guided)
+        return call_model(model, x.to(dtype), t, kwargs, guided, model_dtype)
     call.kwargs = kwargs
     return call
 

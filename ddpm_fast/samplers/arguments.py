@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import warnings
 from typing import Any, Optional
 
 import torch
@@ -12,7 +13,7 @@ import torch
 from ..ops import BACKENDS, get_backend
 from ..schedule import Col, NoiseSchedule
 
-__all__ = ["check_shape", "check_device", "check_dtype", "check_eta", "check_model_kwargs",
+__all__ = ["check_shape", "check_device", "check_dtype", "check_model_dtype", "check_eta", "check_model_kwargs",
            "check_schedule_table", "resolve_backend"]
 
 SAMPLE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -56,6 +57,49 @@ def check_dtype(dtype: Any) -> torch.dtype:
         raise TypeError(f"dtype must be one of torch.float32, torch.float64, torch.float16, "
                         f"torch.bfloat16, got {dtype!r}")
     return dtype
+
+
+# what sample(model_dtype=) can run the model in: autocast's lower-precision dtypes; float32 = off
+MODEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def check_model_dtype(model_dtype: Any, device: torch.device) -> Optional[torch.dtype]:
+    """``sample(model_dtype=)``: the dtype ``torch.autocast`` runs the model in, or None (off).
+    None and torch.float32 mean no autocast (the model computes in its weights' dtype); bfloat16
+    and float16 need ``device``'s autocast to support them (checked by entering it once)."""
+    if model_dtype is None or model_dtype == torch.float32:
+        return None
+    if isinstance(model_dtype, str):
+        name = model_dtype.replace("torch.", "")
+        name = {"bf16": "bfloat16", "fp16": "float16", "half": "float16"}.get(name, name)
+        raise TypeError(f"model_dtype must be a torch dtype, got the string {model_dtype!r}: pass "
+                        f"torch.{name}")
+    if not isinstance(model_dtype, torch.dtype) or not model_dtype.is_floating_point:
+        raise TypeError(f"model_dtype must be torch.bfloat16 or torch.float16 (autocast of the model "
+                        f"forward; None or torch.float32: off), got {model_dtype!r}")
+    if model_dtype not in MODEL_DTYPES:
+        raise ValueError(f"model_dtype={model_dtype} is not an autocast precision: model_dtype runs the "
+                         "model in a lower precision (torch.bfloat16 or torch.float16). For a float64 "
+                         "model, cast it (model.double()) and pass dtype=torch.float64")
+    if not _autocast_supports(device.type, model_dtype):
+        raise ValueError(f"model_dtype={model_dtype}: torch.autocast on {device.type!r} does not "
+                         f"support {model_dtype} here (torch {torch.__version__}); use "
+                         f"{'torch.float16' if model_dtype == torch.bfloat16 else 'torch.bfloat16'} "
+                         "or model_dtype=None")
+    return model_dtype
+
+
+def _autocast_supports(device_type: str, dtype: torch.dtype) -> bool:
+    """True when ``torch.autocast(device_type, dtype)`` really turns on (an unsupported pair
+    only warns and runs in full precision, or raises, depending on the device)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.autocast(device_type, dtype=dtype, cache_enabled=False):
+                return (torch.is_autocast_enabled(device_type)
+                        and torch.get_autocast_dtype(device_type) == dtype)
+    except (RuntimeError, ValueError, AssertionError):
+        return False
 
 
 def check_eta(eta: Any) -> float:

@@ -68,6 +68,7 @@ def make_key(model, spec, schedule_digest: str, kwargs_layout: tuple, mode: tupl
         "train/eval mode": modes,
         "shape": spec.shape,
         "dtype": spec.dtype,
+        "model dtype": spec.model_dtype,
         "device": str(spec.device),
         "schedule": schedule_digest,
         "sampler": (spec.sampler, plan.timesteps, plan.prev, spec.prediction_type, spec.variance_type,

@@ -28,7 +28,7 @@ def sample_eager(spec: SamplerSpec, model: Callable, model_kwargs: Optional[dict
     for start, n in ranges:
         sub = spec if n == B else sub_spec(spec, start, n)
         kw = chunk_kwargs(model_kwargs, uncond_kwargs, spec.guidance, start, n, B)
-        call = make_caller(model, kw, dtype, spec.guided)
+        call = make_caller(model, kw, dtype, spec.guided, spec.model_dtype)
         x = start_noise(sub, seed_t, None if x_T is None else x_T[start:start + n])
         x, inter = run_eager(sub, call, x, seed_t, progress, every)
         outs.append(x)

@@ -58,11 +58,12 @@ class _Model:
 
     def __init__(self, model: Callable, compile_kwargs: Optional[dict], kwargs: dict,
                  device: Optional[torch.device] = None, dtype: torch.dtype = torch.float32,
-                 guided: bool = False):
+                 guided: bool = False, model_dtype: Optional[torch.dtype] = None):
         self.net = compiled_model(model, compile_kwargs) if compile_kwargs is not None else model
         self.dtype = model_input_dtype(model, dtype)
         self.kwargs = kwargs
         self.guided = guided
+        self.model_dtype = model_dtype   # autocast around the (compiled) model: sample(model_dtype=)
         self.backend = None
         if compile_kwargs is not None and device is not None:
             from ..ops import get_backend
@@ -71,10 +72,10 @@ class _Model:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if self.backend is None:
-            return call_model(self.net, x.to(self.dtype), t, self.kwargs, self.guided)
+            return call_model(self.net, x.to(self.dtype), t, self.kwargs, self.guided, self.model_dtype)
         from ..ops import use_backend
         with use_backend(self.backend):
-            return call_model(self.net, x.to(self.dtype), t, self.kwargs, self.guided)
+            return call_model(self.net, x.to(self.dtype), t, self.kwargs, self.guided, self.model_dtype)
 
 
 class LoopSampler:
@@ -86,7 +87,7 @@ class LoopSampler:
         self.spec = spec
         self.compiled = compile_kwargs is not None
         self.model = _Model(model, compile_kwargs, dict(model_kwargs or {}), spec.device, spec.dtype,
-                            spec.guided)
+                            spec.guided, spec.model_dtype)
         self.ts_b, ps_b = step_tables(spec)
         advance = make_advance(spec, self.ts_b, ps_b)
         # A fused backend's step is one kernel already: compiling around it only adds Dynamo's
@@ -172,7 +173,8 @@ class GraphSampler:
         self.history = spec.new_history()   # a multistep solver's x0 ring (None otherwise)
         static_kwargs = {k: (v.detach().clone() if isinstance(v, torch.Tensor) else v)
                          for k, v in (model_kwargs or {}).items()}
-        self.model = _Model(model, compile_kwargs, static_kwargs, spec.device, spec.dtype, spec.guided)
+        self.model = _Model(model, compile_kwargs, static_kwargs, spec.device, spec.dtype, spec.guided,
+                            spec.model_dtype)
         n_inter = self.n_steps // self.every if self.every else 0
         self.inter = torch.zeros((n_inter, *spec.shape), dtype=spec.dtype, device=dev) if n_inter else None
         self.ts_b, ps_b = step_tables(spec)

@@ -50,6 +50,7 @@ class SamplerSpec:
     solver_table: Optional[torch.Tensor] = None
     solver_table_x0: Optional[torch.Tensor] = None   # the same for an x0 input (a = 0, b = 1)
     history: int = 0
+    model_dtype: Optional[torch.dtype] = None   # the model runs under autocast to it (None: off)
     impls: dict = field(default_factory=dict)
 
     def resolve(self) -> "SamplerSpec":

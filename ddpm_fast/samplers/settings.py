@@ -14,7 +14,7 @@ from ..ops.enums import MS_X0_M, MS_X0_X, VARIANCE_TYPES
 from ..schedule import Col, NoiseSchedule, respaced_table
 from . import diffusers_config, lucidrains
 from .adapters import canonical_prediction
-from .arguments import check_dtype, check_eta, check_schedule_table, resolve_backend
+from .arguments import check_dtype, check_eta, check_model_dtype, check_schedule_table, resolve_backend
 from .loop import SamplerSpec
 from . import multistep
 from .multistep import MULTISTEP_SAMPLERS, SolverConfig
@@ -117,8 +117,17 @@ def _prediction(schedule: NoiseSchedule, asked: Optional[str], foreign: Optional
 
 def make_spec(schedule: NoiseSchedule, s: dict, shape: tuple, device: torch.device,
               dtype: torch.dtype, sample_offset: int, backend: Optional[str],
-              check_nan: bool, guidance=None) -> SamplerSpec:
-    """The SamplerSpec of resolved settings ``s``, every value checked."""
+              check_nan: bool, guidance=None, model_dtype: Optional[torch.dtype] = None) -> SamplerSpec:
+    """The SamplerSpec of resolved settings ``s``, every value checked. ``model_dtype``: the
+    model forward's autocast dtype (``check_model_dtype``); the state stays in ``dtype``."""
+    spec = _make_spec(schedule, s, shape, device, dtype, sample_offset, backend, check_nan, guidance)
+    spec.model_dtype = check_model_dtype(model_dtype, device)
+    return spec
+
+
+def _make_spec(schedule: NoiseSchedule, s: dict, shape: tuple, device: torch.device,
+               dtype: torch.dtype, sample_offset: int, backend: Optional[str],
+               check_nan: bool, guidance=None) -> SamplerSpec:
     sampler = s["sampler"]
     if sampler == "ddim":
         s["eta"] = check_eta(s["eta"])
