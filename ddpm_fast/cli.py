@@ -7,6 +7,7 @@
         --sampler ddim --steps 50 --out grid.png
     ddpm-fast train --conditional --cond-drop 0.1 --out-dir runs/cond   # class-conditional
     ddpm-fast sample --checkpoint runs/cond/last.safetensors --class 7 --guidance 3 --n 64
+    ddpm-fast sample --checkpoint runs/digits/last.safetensors --model-dtype bf16   # bf16 forward
     ddpm-fast demo                                            # what `make demo` runs
 
 An error prints one line (what was wrong, which option, what to do) and exits with status 1;
@@ -27,6 +28,9 @@ __all__ = ["main", "build_parser"]
 
 # training options whose flag is not the field's name with dashes (the field's flag works too)
 _FLAG_ALIASES = {"cond_drop_prob": "--cond-drop"}
+
+# --model-dtype: sample(model_dtype=)'s torch dtype by name (None: no autocast)
+_MODEL_DTYPES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
 
 _PRED_ALIASES = {"eps": "epsilon", "epsilon": "epsilon", "x0": "sample", "sample": "sample",
                  "v": "v_prediction", "v_prediction": "v_prediction"}
@@ -98,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default=None)
     sp.add_argument("--backend", default="auto")
     sp.add_argument("--compile", action="store_true", help="the torch.compile'd fast loop")
+    sp.add_argument("--model-dtype", choices=sorted(_MODEL_DTYPES), default="fp32",
+                    help="run the model forward under autocast to bf16 (or fp16); the sampler state "
+                         "stays float32 (default: fp32, no autocast)")
     sp.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
     sp.add_argument("--metric", action=argparse.BooleanOptionalAction, default=True,
                     help="print the digits quality metric (digits checkpoints)")
@@ -163,14 +170,17 @@ def _sample_cmd(args) -> int:
         labels.to(args.device), model.null_class, 1.0 if args.guidance is None else args.guidance)
     schedule = NoiseSchedule.make(cfg.schedule, cfg.T)
     steps = args.steps          # sample() decides what steps means for the sampler, or refuses
+    md = _MODEL_DTYPES[args.model_dtype]
     t0 = time.perf_counter()
     x = sample(model, (n, *shape), schedule=schedule, sampler=args.sampler, steps=steps,
                eta=args.eta, seed=args.seed, prediction_type=cfg.prediction_type, backend=args.backend,
-               device=args.device, chunk_size=args.batch_size, compile=args.compile, **guide)
+               device=args.device, chunk_size=args.batch_size, compile=args.compile,
+               model_dtype=None if md is None else getattr(torch, md), **guide)
     dt = time.perf_counter() - t0
     save_grid(x, args.out, nrow=nrow, scale=max(1, 64 // max(shape[1:])))
     nsteps = steps or (MULTISTEP_STEPS if args.sampler in MULTISTEP_SAMPLERS else cfg.T)
-    print(f"sampled {n} images{what} ({args.sampler}, {nsteps} steps, seed {args.seed}) in {dt:.2f} s "
+    forward = "" if md is None else f", model forward {args.model_dtype}"
+    print(f"sampled {n} images{what} ({args.sampler}, {nsteps} steps, seed {args.seed}{forward}) in {dt:.2f} s "
           f"({n / dt:.1f} images/s, {dt / nsteps * 1e3:.1f} ms/step) -> {args.out}")
     if args.metric and cfg.data in ("digits", "sklearn-digits") and shape == (1, 16, 16) and n >= 2:
         import os

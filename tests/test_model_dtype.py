@@ -163,3 +163,28 @@ def test_the_cache_keys_compiled_samplers_by_model_dtype():
         spec = make_spec(sched, s, SHAPE, torch.device("cpu"), torch.float32, 0, None, True, None, md)
         keys.append(cache.make_key(unet, spec, "sched", (), ()))
     assert keys[0]["model dtype"] is None and keys[1]["model dtype"] == BF16 and keys[0] != keys[1]
+
+
+def test_cli_model_dtype_reaches_sample(tmp_path, monkeypatch, capsys):
+    """``ddpm-fast sample --model-dtype bf16`` passes torch.bfloat16 (fp32: None) to sample()."""
+    import ddpm_fast.sampling
+    from ddpm_fast.cli import main
+    ckpt = tmp_path / "ckpt"
+    assert main(["train", "--steps", "1", "--batch-size", "4", "--model-kwargs", '{"ch": 8, "ch_mult": [1]}',
+                 "--T", "10", "--out-dir", str(ckpt), "--sample-n", "0", "--no-progress", "--threads", "1"]) == 0
+    real, seen = ddpm_fast.sampling.sample, []
+
+    def spy(model, shape, **kw):
+        seen.append(kw["model_dtype"])
+        return real(model, shape, **kw)
+
+    monkeypatch.setattr(ddpm_fast.sampling, "sample", spy)
+    for flag in ("bf16", "fp32"):
+        rc = main(["sample", "--checkpoint", str(ckpt / "last.safetensors"), "--n", "2", "--sampler", "ddim",
+                   "--steps", "2", "--model-dtype", flag, "--out", str(tmp_path / "g.png"), "--no-metric"])
+        assert rc == 0
+    out = capsys.readouterr().out
+    assert seen == [BF16, None] and out.count("model forward bf16") == 1
+    with pytest.raises(SystemExit):       # argparse names the choices
+        main(["sample", "--checkpoint", str(ckpt / "last.safetensors"), "--model-dtype", "f64"])
+    assert "--model-dtype: invalid choice" in capsys.readouterr().err
