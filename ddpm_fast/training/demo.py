@@ -1,7 +1,8 @@
 """``python -m ddpm_fast demo`` (``make demo``): train a small class-conditional UNet on the
 embedded 16x16 digits for a fixed number of steps on the CPU, sample one row per digit with
 classifier-free guidance, write the grid and the loss curve, print the quality metric (with the
-class accuracy) and the sampler's speed against the reference backend.
+class accuracy) and the sampler's speed against the reference backend and diffusers' loop on the
+same model (ddpm_fast/training/demo_timing.py).
 
 The run is fixed: the same steps, seed and thread count on every machine, so the same command
 gives the same model and the same grid everywhere (up to float rounding between CPU kernels);
@@ -16,6 +17,8 @@ import time
 from typing import Optional
 
 import torch
+
+from .demo_timing import FAST_PATH, FAST_PATH_NAME, _backend_name, speed_line
 
 __all__ = ["run_demo", "DEMO_CONFIG", "DEMO_GUIDANCE", "DEMO_PER_CLASS"]
 
@@ -83,25 +86,18 @@ def run_demo(out_dir: str = "out", steps: Optional[int] = None, threads: Optiona
     lines = [f"trained {res.step} steps in {res.timings.get('train_s', 0):.0f} s "
              f"({res.images_per_second:.0f} images/s); final loss (mean of last 100 steps) "
              f"{_tail_mean(res.losses):.4f}"]
-    # the sampler: fast path (fused backend) vs the reference ops. Eager: compile=True paid
-    # ~90 s of torch.compile on the 2-core CPU for a 50-step run that takes seconds eagerly
+    # the sampler: ddpm_fast's fastest path (demo_timing.FAST_PATH: eager with the fused step;
+    # compile=True's cold compile costs more than this whole run's sampling)
     labels = class_rows(K, per_class)
-    x_fast, t_fast = _time_sample(res.ema, labels, cfg, guidance, backend="auto")
+    x_fast, t_fast = _time_sample(res.ema, labels, cfg, guidance, **FAST_PATH)
     grid = save_grid(x_fast, os.path.join(out_dir, "samples.png"), nrow=per_class, scale=4)
     lines.append(f"sampled {per_class} digits of each class 0-{K - 1} (one row per class; {cfg.sampler}, "
                  f"{cfg.sample_steps} steps, guidance {guidance:g}, fused ops backend "
                  f"{_backend_name()}) in {t_fast:.2f} s")
     if reference:
-        # the first two rows only: the same images (sample i depends on (seed, i) alone), a
-        # fifth of the cost, enough for the speed ratio
-        from .. import ops
-        sub = labels[:2 * per_class]
-        _, t_sub = _time_sample(res.ema, sub, cfg, guidance, backend="auto")
-        with ops.use_backend("reference"):      # the UNet's norms and the sampler steps alike
-            x_ref, t_ref = _time_sample(res.ema, sub, cfg, guidance, backend="reference")
-        diff = float((x_fast[:len(sub)] - x_ref).abs().max())
-        lines.append(f"reference backend on the first {len(sub)}: {t_ref:.2f} s vs {t_sub:.2f} s -> fast "
-                     f"sampler {t_ref / t_sub:.2f}x (max |fast - reference| = {diff:.2e})")
+        # the first two rows only (sample i depends on (seed, i) alone): a fifth of the cost,
+        # enough for the speed ratios against the reference backend and diffusers' loop
+        lines.append(speed_line(res.ema, labels[:2 * per_class], cfg, guidance, FAST_PATH_NAME))
     from ..metrics import DigitsMetric
     quality = DigitsMetric(cache=os.path.join(out_dir, "digits_classifier.safetensors")).evaluate(x_fast, labels)
     lines.append(str(quality))
@@ -113,13 +109,6 @@ def run_demo(out_dir: str = "out", steps: Optional[int] = None, threads: Optiona
                    "guidance": guidance, "quality": quality.as_dict(), "timings": res.timings}, f, indent=2)
     print("\n".join(lines))
     return 0
-
-
-def _backend_name(op: str = "ddim_step") -> str:
-    """Which backend "auto" picks for ``op`` on the CPU (the first available in the auto order)."""
-    from ..ops import dispatch
-    fn = dispatch.implementation(op, "auto", torch.device("cpu"))
-    return dispatch.backend_of(op, fn) or "auto"
 
 
 def _tail_mean(losses, k: int = 100) -> float:

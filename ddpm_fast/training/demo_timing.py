@@ -1,0 +1,131 @@
+"""The demo's speed line: the same trained model, the same digits, steps and guidance, timed
+three ways in one process on the same threads — ddpm_fast's sampler (its fastest correct path,
+``FAST_PATH``), ddpm_fast with the reference backend (plain PyTorch ops, model norms included),
+and diffusers' own ``DDIMScheduler`` loop with the classifier-free guidance combine as its
+pipelines write it (when diffusers is importable). Each is warmed up once, then the three are
+timed in interleaved rounds and the median kept, so a burst of load on a shared machine hits
+them alike. All three start from the same x_T: the line also prints how far apart their
+samples are (deterministic DDIM, eta = 0: they agree to float rounding).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Optional
+
+import torch
+
+__all__ = ["FAST_PATH", "speed_line", "diffusers_ddim_loop"]
+
+# ddpm_fast's path in the demo: eager, fused step (the "auto" backend). compile=True was
+# measured on the demo model (the first 20 digits, DDIM 50, guidance 3, one thread) on the
+# 2-core dev machine: see README, "The demo's speed line". Its cold compile costs more than the
+# demo's whole sampling, so eager is the fastest path for a one-shot run.
+FAST_PATH = dict(backend="auto")
+FAST_PATH_NAME = "eager, fused step"
+ROUNDS = 3
+
+
+def _sample_kw(cfg, labels: torch.Tensor, null_class: int, guidance: float) -> dict:
+    from ..schedule import NoiseSchedule
+    from .conditioning import guidance_kwargs
+    return dict(schedule=NoiseSchedule.make(cfg.schedule, cfg.T), sampler=cfg.sampler,
+                steps=cfg.sample_steps, seed=cfg.seed, prediction_type=cfg.prediction_type,
+                **guidance_kwargs(labels, null_class, guidance))
+
+
+def diffusers_ddim_loop(model, x_T: torch.Tensor, labels: torch.Tensor, cfg, guidance: float) -> torch.Tensor:
+    """diffusers' DDIMScheduler loop on ``model(x, t, y=)`` with classifier-free guidance as its
+    pipelines do it (one call on the doubled batch, ``uncond + w (cond - uncond)``), configured
+    as ddpm_fast samples the demo: linear betas, ``prediction_type``, x0 clipped to [-1, 1], ε
+    re-derived from the clipped x0 (``use_clipped_model_output=True``), final ᾱ = 1."""
+    from diffusers import DDIMScheduler
+    if cfg.schedule != "linear" or cfg.sampler != "ddim":
+        raise ValueError("the diffusers comparison is written for the demo's linear schedule and DDIM")
+    sch = DDIMScheduler(num_train_timesteps=cfg.T, beta_schedule="linear", prediction_type=cfg.prediction_type,
+                        clip_sample=True, set_alpha_to_one=True, timestep_spacing="leading")
+    sch.set_timesteps(cfg.sample_steps)
+    y = torch.cat([labels, torch.full_like(labels, model.null_class)])
+    x = x_T
+    for t in sch.timesteps:
+        out = model(torch.cat([x, x]), t.expand(y.shape[0]), y=y)
+        cond, uncond = out.chunk(2)
+        x = sch.step(uncond + guidance * (cond - uncond), t, x, use_clipped_model_output=True).prev_sample
+    return x
+
+
+def _median_times(fns: dict, rounds: int = ROUNDS) -> dict:
+    """Median wall seconds of each no-argument function, after one warm-up call each, over
+    ``rounds`` interleaved rounds."""
+    for f in fns.values():
+        f()
+    times: dict = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def speed_line(model, labels: torch.Tensor, cfg, guidance: float, fast_name: str,
+               with_diffusers: Optional[bool] = None, rounds: int = ROUNDS) -> str:
+    """One line: ddpm_fast's fastest path vs the reference backend and diffusers' loop on
+    ``labels`` (one sample each), with both speed-ups and the largest sample differences.
+    ``with_diffusers`` None: when diffusers imports."""
+    from .. import ops
+    from ..sampling import sample
+    if with_diffusers is None:
+        try:
+            import diffusers  # noqa: F401
+            with_diffusers = True
+        except ImportError:
+            with_diffusers = False
+    kw = _sample_kw(cfg, labels, model.null_class, guidance)
+    shape = (labels.shape[0], *model_image_shape(model))
+    x_T = torch.randn(shape, generator=torch.Generator().manual_seed(cfg.seed))
+    out: dict = {}
+
+    def run(name: str, fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
+        def go():
+            out[name] = fn()
+        return go
+
+    def reference():
+        with ops.use_backend("reference"):      # the UNet's norms and the sampler steps alike
+            return sample(model, shape, x_T=x_T, backend="reference", **kw)
+
+    fns = {"fast": run("fast", lambda: sample(model, shape, x_T=x_T, **FAST_PATH, **kw)),
+           "reference": run("reference", reference)}
+    if with_diffusers:
+        fns["diffusers"] = run("diffusers", lambda: diffusers_ddim_loop(model, x_T, labels, cfg, guidance))
+    with torch.no_grad():
+        t = _median_times(fns, rounds)
+    n = labels.shape[0]
+    parts = [f"speed on {n} digits ({cfg.sampler}, {cfg.sample_steps} steps, guidance {guidance:g}, "
+             f"{torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}, median of "
+             f"{rounds}): ddpm_fast ({fast_name}, {_backend_name()}) {t['fast']:.2f} s",
+             f"reference backend {t['reference']:.2f} s -> {t['reference'] / t['fast']:.2f}x "
+             f"(max |diff| {_maxdiff(out['fast'], out['reference']):.1e})"]
+    if with_diffusers:
+        parts.append(f"diffusers DDIMScheduler loop {t['diffusers']:.2f} s -> {t['diffusers'] / t['fast']:.2f}x "
+                     f"(max |diff| {_maxdiff(out['fast'], out['diffusers']):.1e})")
+    else:
+        parts.append("diffusers not installed (no loop to compare)")
+    return "; ".join(parts)
+
+
+def model_image_shape(model) -> tuple:
+    """(C, H, W) of ddpm_fast's UNet."""
+    return (model.in_channels, *model.resolution)
+
+
+def _maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max())
+
+
+def _backend_name(op: str = "ddim_step") -> str:
+    """Which backend "auto" picks for ``op`` on the CPU (the first available in the auto order)."""
+    from ..ops import dispatch
+    fn = dispatch.implementation(op, "auto", torch.device("cpu"))
+    return dispatch.backend_of(op, fn) or "auto"
