@@ -104,6 +104,29 @@ def test_bf16_forward_compiled_matches_eager():
     _within_bf16_budget(comp, unet)
 
 
+@pytest.mark.parametrize("sampler,mode", [("ddpm", "step"), ("ddim", "loop")])
+def test_the_graph_runner_runs_the_model_under_the_same_autocast(sampler, mode):
+    """The CUDA-graph runner's bookkeeping on CPU (its capture records the Python function, as
+    tests/test_fast_sampler.py's EagerReplay): autocast around the captured model call, the bf16
+    output into the in-place step (DDPM: reverse_step_out writing x_t), equal to the eager path."""
+    from ddpm_fast.samplers.graph import GraphSampler
+    from ddpm_fast.samplers.settings import make_spec, resolve
+
+    class EagerReplay(GraphSampler):
+        needs_cuda = False
+
+        def _record(self, fn):
+            return fn
+
+    unet, sched = _unet(), ddpm_fast.NoiseSchedule.linear(1000)
+    s = resolve(sched, {"sampler": sampler, "steps": 6})[1]
+    spec = make_spec(sched, s, SHAPE, torch.device("cpu"), torch.float32, 0, None, True, None, BF16)
+    x, _, bad = EagerReplay(spec, unet, {}, None, mode).run(7, None, {}, False, 0)
+    want = ddpm_fast.sample(unet, SHAPE, sampler=sampler, steps=6, seed=7, model_dtype=BF16)
+    assert x.dtype == torch.float32 and int(bad) == -1
+    assert torch.equal(x, want) and not torch.equal(x, ddpm_fast.sample(unet, SHAPE, sampler=sampler, steps=6, seed=7))
+
+
 def test_bf16_forward_of_foreign_models():
     """diffusers' UNet2DModel (``.sample`` output, attention) within the bf16 budget; lucidrains'
     Unet computes its time embedding in float32 whatever its weights (so it has no float64 or
