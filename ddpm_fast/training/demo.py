@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from .demo_timing import FAST_PATH, FAST_PATH_NAME, _backend_name, speed_line
+from .demo_timing import fast_path_name, fast_sample, speed_line
 
 __all__ = ["run_demo", "DEMO_CONFIG", "DEMO_GUIDANCE", "DEMO_PER_CLASS"]
 
@@ -46,21 +46,19 @@ DEMO_GUIDANCE = 3.0      # classifier-free guidance scale of the demo's samples
 DEMO_PER_CLASS = 10      # samples per digit: a 10 x 10 grid, 100 images for the metric
 
 
-def _time_sample(model, labels, cfg, guidance, **kw):
-    """(samples, seconds) for one sample per label, after a 2-step warm-up call (first-call
-    costs excluded)."""
-    from ..sampling import sample
+def _time_sample(model, labels, cfg, guidance):
+    """(samples, seconds) for one sample per label on ddpm_fast's fastest path
+    (demo_timing.fast_sample), after a 2-step warm-up call (first-call costs excluded)."""
     from ..schedule import NoiseSchedule
     from .conditioning import guidance_kwargs
     schedule = NoiseSchedule.make(cfg.schedule, cfg.T)
     shape = (1, 16, 16)
-    sample(model, (2, *shape), schedule=schedule, sampler="ddim", steps=2, seed=cfg.seed,
-           prediction_type=cfg.prediction_type, **guidance_kwargs(labels[:2], model.null_class, guidance),
-           **kw)
+    fast_sample(model, (2, *shape), schedule=schedule, sampler="ddim", steps=2, seed=cfg.seed,
+                prediction_type=cfg.prediction_type, **guidance_kwargs(labels[:2], model.null_class, guidance))
     t0 = time.perf_counter()
-    x = sample(model, (labels.shape[0], *shape), schedule=schedule, sampler=cfg.sampler,
-               steps=cfg.sample_steps, seed=cfg.seed, prediction_type=cfg.prediction_type,
-               **guidance_kwargs(labels, model.null_class, guidance), **kw)
+    x = fast_sample(model, (labels.shape[0], *shape), schedule=schedule, sampler=cfg.sampler,
+                    steps=cfg.sample_steps, seed=cfg.seed, prediction_type=cfg.prediction_type,
+                    **guidance_kwargs(labels, model.null_class, guidance))
     return x, time.perf_counter() - t0
 
 
@@ -86,18 +84,17 @@ def run_demo(out_dir: str = "out", steps: Optional[int] = None, threads: Optiona
     lines = [f"trained {res.step} steps in {res.timings.get('train_s', 0):.0f} s "
              f"({res.images_per_second:.0f} images/s); final loss (mean of last 100 steps) "
              f"{_tail_mean(res.losses):.4f}"]
-    # the sampler: ddpm_fast's fastest path (demo_timing.FAST_PATH: eager with the fused step;
-    # compile=True's cold compile costs more than this whole run's sampling)
+    # the sampler on ddpm_fast's fastest path (demo_timing.FAST_PATH_NAME: eager, the fused
+    # step; compile=True's cold compile costs more than this whole run's sampling)
     labels = class_rows(K, per_class)
-    x_fast, t_fast = _time_sample(res.ema, labels, cfg, guidance, **FAST_PATH)
+    x_fast, t_fast = _time_sample(res.ema, labels, cfg, guidance)
     grid = save_grid(x_fast, os.path.join(out_dir, "samples.png"), nrow=per_class, scale=4)
     lines.append(f"sampled {per_class} digits of each class 0-{K - 1} (one row per class; {cfg.sampler}, "
-                 f"{cfg.sample_steps} steps, guidance {guidance:g}, fused ops backend "
-                 f"{_backend_name()}) in {t_fast:.2f} s")
+                 f"{cfg.sample_steps} steps, guidance {guidance:g}, {fast_path_name()}) in {t_fast:.2f} s")
     if reference:
         # the first two rows only (sample i depends on (seed, i) alone): a fifth of the cost,
         # enough for the speed ratios against the reference backend and diffusers' loop
-        lines.append(speed_line(res.ema, labels[:2 * per_class], cfg, guidance, FAST_PATH_NAME))
+        lines.append(speed_line(res.ema, labels[:2 * per_class], cfg, guidance))
     from ..metrics import DigitsMetric
     quality = DigitsMetric(cache=os.path.join(out_dir, "digits_classifier.safetensors")).evaluate(x_fast, labels)
     lines.append(str(quality))

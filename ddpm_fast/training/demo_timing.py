@@ -15,14 +15,17 @@ from typing import Callable, Optional
 
 import torch
 
-__all__ = ["FAST_PATH", "speed_line", "diffusers_ddim_loop"]
+__all__ = ["fast_sample", "fast_path_name", "speed_line", "diffusers_ddim_loop"]
 
-# ddpm_fast's path in the demo: eager, fused step (the "auto" backend). compile=True was
-# measured on the demo model (the first 20 digits, DDIM 50, guidance 3, one thread) on the
-# 2-core dev machine: see README, "The demo's speed line". Its cold compile costs more than the
-# demo's whole sampling, so eager is the fastest path for a one-shot run.
-FAST_PATH = dict(backend="auto")
-FAST_PATH_NAME = "eager, fused step"
+# ddpm_fast's fastest correct path for the demo, by measurement on the 2-core dev machine (the
+# trained demo model, its first 20 digits, DDIM 50, guidance 3, one thread, 5 interleaved rounds,
+# load ~15 from other jobs, so only the ratios count): the reference backend 12.9 s; eager with
+# the fused C++ step and the UNet's norms on PyTorch's own group_norm 13.3 s; eager all-C++
+# 14.7 s (at 16x16 and 16-32 channels the C++ GroupNorm+SiLU loses to PyTorch's); compile=True
+# 10.3 s once compiled, but its cold compile took 369 s there (~90 s idle), more than this whole
+# run's sampling and past the demo's 5-minute budget. So: eager, fused step, PyTorch norms.
+FAST_PATH_NAME = "eager, fused {step} step, PyTorch norms"
+FAST_MODEL_BACKEND = "reference"   # the backend of the ops inside the UNet (its norms)
 ROUNDS = 3
 
 
@@ -54,6 +57,19 @@ def diffusers_ddim_loop(model, x_T: torch.Tensor, labels: torch.Tensor, cfg, gui
     return x
 
 
+def fast_sample(model, shape, **kw) -> torch.Tensor:
+    """``ddpm_fast.sample`` on the demo's fastest path (``FAST_PATH_NAME``): the fused step of
+    the "auto" backend, the model's own ops on ``FAST_MODEL_BACKEND``."""
+    from .. import ops
+    from ..sampling import sample
+    with ops.use_backend(FAST_MODEL_BACKEND):
+        return sample(model, shape, backend="auto", **kw)
+
+
+def fast_path_name() -> str:
+    return FAST_PATH_NAME.format(step=_backend_name())
+
+
 def _median_times(fns: dict, rounds: int = ROUNDS) -> dict:
     """Median wall seconds of each no-argument function, after one warm-up call each, over
     ``rounds`` interleaved rounds."""
@@ -68,7 +84,7 @@ def _median_times(fns: dict, rounds: int = ROUNDS) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def speed_line(model, labels: torch.Tensor, cfg, guidance: float, fast_name: str,
+def speed_line(model, labels: torch.Tensor, cfg, guidance: float,
                with_diffusers: Optional[bool] = None, rounds: int = ROUNDS) -> str:
     """One line: ddpm_fast's fastest path vs the reference backend and diffusers' loop on
     ``labels`` (one sample each), with both speed-ups and the largest sample differences.
@@ -95,7 +111,7 @@ def speed_line(model, labels: torch.Tensor, cfg, guidance: float, fast_name: str
         with ops.use_backend("reference"):      # the UNet's norms and the sampler steps alike
             return sample(model, shape, x_T=x_T, backend="reference", **kw)
 
-    fns = {"fast": run("fast", lambda: sample(model, shape, x_T=x_T, **FAST_PATH, **kw)),
+    fns = {"fast": run("fast", lambda: fast_sample(model, shape, x_T=x_T, **kw)),
            "reference": run("reference", reference)}
     if with_diffusers:
         fns["diffusers"] = run("diffusers", lambda: diffusers_ddim_loop(model, x_T, labels, cfg, guidance))
@@ -104,7 +120,7 @@ def speed_line(model, labels: torch.Tensor, cfg, guidance: float, fast_name: str
     n = labels.shape[0]
     parts = [f"speed on {n} digits ({cfg.sampler}, {cfg.sample_steps} steps, guidance {guidance:g}, "
              f"{torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}, median of "
-             f"{rounds}): ddpm_fast ({fast_name}, {_backend_name()}) {t['fast']:.2f} s",
+             f"{rounds}): ddpm_fast ({fast_path_name()}) {t['fast']:.2f} s",
              f"reference backend {t['reference']:.2f} s -> {t['reference'] / t['fast']:.2f}x "
              f"(max |diff| {_maxdiff(out['fast'], out['reference']):.1e})"]
     if with_diffusers:
