@@ -106,7 +106,7 @@ __device__ __forceinline__ bool any_nonfinite8(const float v[8]) {
 // `bad` (nullptr when nothing is recorded) |= the unconditional octet holds a NaN/inf: the NaN
 // record checks both halves as read.
 __device__ __forceinline__ void guide8(const void* p, int dt, int64_t i, int n, bool vec, float w, float m[8],
-                                       bool* bad) {
+                                       bool* bad = nullptr) {
   float u[8];
   ld8(p, dt, i, n, vec, u);
   if (bad != nullptr && any_nonfinite8(u)) *bad = true;
