@@ -6,7 +6,10 @@ unchanged: the model object, the *storage* of every parameter and buffer (pointe
 ``load_state_dict(..., assign=True)`` or swapping in EMA tensors rebuilds it; in-place updates
 such as ``p.copy_(ema)`` or an optimizer step keep the pointers and are picked up, stable-fast
 #141/#143), the train/eval flags, the sample shape, dtype, device, schedule table, sampler
-configuration, chunk offset, model kwargs' layout and the compile/graph mode.
+configuration, chunk offset, model kwargs' layout and the compile/graph mode. When Inductor
+froze the weights into the compiled model (``compile={"options": {"freezing": True}}``) the
+key also holds their version counters: an in-place update then rebuilds (compiled.py,
+``_frozen_model``).
 
 Every build is logged (logger ``ddpm_fast.samplers``); a *re*build for a model that was built
 before warns once per changed field (diffusers #5495: say when a recompile happens).
@@ -57,14 +60,18 @@ def schedule_fingerprint(schedule) -> str:
     return hashlib.blake2b(table.contiguous().numpy().tobytes(), digest_size=16).hexdigest()
 
 
-def make_key(model, spec, schedule_digest: str, kwargs_layout: tuple, mode: tuple) -> dict:
-    """The cache key as named fields (the names appear in the rebuild warning)."""
+def make_key(model, spec, schedule_digest: str, kwargs_layout: tuple, mode: tuple,
+             weight_versions: tuple = ()) -> dict:
+    """The cache key as named fields (the names appear in the rebuild warning).
+    ``weight_versions``: the parameters' version counters when the compile froze the weights
+    (compiled.weight_versions), so that an in-place update rebuilds; () otherwise."""
     from ..ops import get_backend
     ident, tensors, modes = model_fingerprint(model)
     plan = spec.plan
     return {
         "model": ident,
         "parameters": tensors,
+        "frozen weights' versions": weight_versions,
         "train/eval mode": modes,
         "shape": spec.shape,
         "dtype": spec.dtype,
@@ -133,6 +140,10 @@ def _say_rebuild(model: Any, key: dict, what: str, announce: bool) -> None:
         hint = (" (a parameter tensor was replaced, e.g. load_state_dict(assign=True) or EMA "
                 "weights swapped in: update weights in place with p.copy_(new) to keep the "
                 "captured sampler)") if "parameters" in changed else ""
+        if "frozen weights' versions" in changed:
+            hint = (" (Inductor froze the weights into the compiled model, compile={'options': "
+                    "{'freezing': True}}: an in-place update compiles afresh; compile without "
+                    "freezing to keep the compiled sampler across weight updates)")
         warnings.warn(f"ddpm_fast: {what} the sampler again because {detail} changed{hint}",
                       RuntimeWarning, stacklevel=4)
 

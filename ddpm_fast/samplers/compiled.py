@@ -20,7 +20,9 @@ cache entry (see ``compile_fn``).
 """
 from __future__ import annotations
 
+import functools
 import types
+import weakref
 from typing import Any, Callable, Optional, Union
 
 import torch
@@ -138,12 +140,14 @@ def compile_fn(fn: Callable, kwargs: dict) -> Callable:
 
     Dynamo keeps compiled variants on the function's code object, at most ``cache_size_limit``
     (8) per object; our closures share one code object, so without this the ninth cache entry
-    (a new shape, seed-independent but spec-dependent) would silently run eagerly."""
+    (a new shape, seed-independent but spec-dependent) would silently run eagerly.
+    Inductor's ``freezing`` option is for the model (``compiled_model``); the step has no
+    weights to freeze, so it is dropped here."""
     _counter[0] += 1
     name = f"{fn.__code__.co_name}_{_counter[0]}"
     code = renamed_code(fn.__code__, name)
     fresh = types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
-    return torch.compile(fresh, **kwargs)
+    return torch.compile(fresh, **_without_freezing(kwargs))
 
 
 def renamed_code(code: types.CodeType, name: str) -> types.CodeType:
@@ -154,10 +158,95 @@ def renamed_code(code: types.CodeType, name: str) -> types.CodeType:
     return code.replace(co_name=name)
 
 
+def freezes_weights(kwargs: Optional[dict]) -> bool:
+    """Whether ``compile=`` kwargs ask Inductor to freeze the model's weights
+    (``{"options": {"freezing": True}}``)."""
+    return bool(((kwargs or {}).get("options") or {}).get("freezing"))
+
+
+def weight_versions(model: Any) -> tuple:
+    """The version counters of the model's parameters and buffers: every in-place update under
+    autograd's tracking (``p.copy_``, ``p.add_``, an optimizer step, ``load_state_dict``) bumps
+    them; writes through ``p.data`` do not."""
+    if not isinstance(model, torch.nn.Module):
+        return ()
+    return tuple(t._version for t in (*model.parameters(), *model.buffers()))
+
+
 def compiled_model(model: Any, kwargs: dict) -> Callable:
     """``torch.compile(model)``. A new wrapper per cache entry is cheap: Dynamo keeps the compiled
     code on the model's forward, so the DDPM and DDIM samplers and every chunk share one compile
-    as long as Dynamo's own guards (shapes, dtypes, train/eval) pass."""
+    as long as Dynamo's own guards (shapes, dtypes, train/eval) pass.
+
+    With ``options={"freezing": True}`` the weights are compiled in as constants (see
+    ``_frozen_model``)."""
     if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
         return model  # the user compiled it already
+    if freezes_weights(kwargs):
+        return _frozen_model(model, _without_freezing(kwargs))
     return torch.compile(model, **kwargs)
+
+
+def _without_freezing(kwargs: dict) -> dict:
+    """``kwargs`` less Inductor's ``freezing`` option (and less ``options`` if that was all:
+    torch.compile refuses ``mode`` and ``options`` together)."""
+    if "freezing" not in (kwargs.get("options") or {}):
+        return kwargs
+    options = {k: v for k, v in kwargs["options"].items() if k != "freezing"}
+    out = {k: v for k, v in kwargs.items() if k != "options"}
+    return {**out, "options": options} if options else out
+
+
+# model -> {compile kwargs: (weight versions, compiled _call_model)}; weakly keyed, and the
+# compiled function takes the model as an argument, so nothing here keeps a model alive.
+_frozen: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _frozen_model(model: Any, kwargs: dict) -> Callable:
+    """The model compiled with Inductor's weight freezing: weights become constants of the
+    compiled code (folded, and on CPU prepacked for oneDNN), so an in-place update no longer
+    reaches it. The compile is kept per (model, kwargs, weight versions): an update that bumps
+    a version (the sampler's cache key then holds the versions, samplers/cache.py) compiles
+    afresh, on a new code object, so Dynamo cannot hand back the code of the old weights.
+
+    Dynamo decides which tensors become constants while it traces, from the *global*
+    ``torch._inductor.config.freezing`` (``options=`` reaches Inductor only after the trace,
+    where it froze nothing: torch 2.13, measured), so every call sets it for its duration."""
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError("compile={'options': {'freezing': True}} needs an nn.Module model: "
+                         "its weights' versions decide when the frozen compile is stale")
+    flags = {"freezing": True}
+    if any(t.dim() == 0 for t in (*model.parameters(), *model.buffers())):
+        # Inductor writes a frozen 0-dim weight into the generated code as a literal, while its
+        # FX graph cache keys frozen weights by shape and dtype only (torch 2.13,
+        # _inductor/codecache.py: is_frozen_param and not can_inline_constant, which counts 1-D
+        # tensors only): a cache hit would hand back the old value. Measured: after an in-place
+        # update the recompiled sampler still used the old scalar. Such models compile uncached.
+        flags["fx_graph_cache"] = False
+    versions = weight_versions(model)
+    per_model = _frozen.setdefault(model, {})
+    tag = repr(sorted(kwargs.items()))
+    held = per_model.get(tag)
+    if held is None or held[0] != versions:
+        held = (versions, compile_fn(_call_model, kwargs))
+        per_model[tag] = held
+    return functools.partial(_call_frozen, held[1], model, flags)
+
+
+def _call_model(model, *args, **kwargs):
+    return model(*args, **kwargs)
+
+
+def _call_frozen(fn: Callable, model: Any, flags: dict, *args, **kwargs):
+    """``fn(model, ...)`` with Inductor's global config ``flags`` set for the call (plain
+    attribute writes: ~18 us a pair on the 2-core machine under load, a ``config.patch``
+    context ~170 us)."""
+    import torch._inductor.config as config
+    old = {k: getattr(config, k) for k in flags}
+    for k, v in flags.items():
+        setattr(config, k, v)
+    try:
+        return fn(model, *args, **kwargs)
+    finally:
+        for k, v in old.items():
+            setattr(config, k, v)

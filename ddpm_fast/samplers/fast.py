@@ -24,7 +24,7 @@ import torch
 
 from . import cache
 from .chunks import check_x_T, chunk_ranges, draw_seed, join_chunks, sub_spec
-from .compiled import compile_kwargs
+from .compiled import compile_kwargs, freezes_weights, weight_versions
 from .graph import GRAPH_MODES, GraphSampler, LoopSampler
 from .guidance_kwargs import chunk_kwargs
 from .loop import SamplerSpec, nonfinite_error
@@ -70,12 +70,13 @@ def sample_fast(spec: SamplerSpec, model: Callable, model_kwargs: Optional[dict]
     digest = cache.schedule_fingerprint(schedule) if schedule is not None else _table_digest(spec)
     mode_key = (repr(sorted(ckw.items())) if ckw else None, mode, every if mode == "loop" else 0)
     what = _what(ckw, mode)
+    versions = weight_versions(model) if freezes_weights(ckw) else ()
 
     outs, inters, bads = [], [], []
     for start, n in ranges:
         sub = spec if n == B else sub_spec(spec, start, n)
         kw = chunk_kwargs(model_kwargs, uncond_kwargs, spec.guidance, start, n, B)
-        key = cache.make_key(model, sub, digest, cache.kwargs_layout(kw), mode_key)
+        key = cache.make_key(model, sub, digest, cache.kwargs_layout(kw), mode_key, versions)
         runner = cache.get_or_build(model, key, lambda: _build(sub, model, kw, ckw, mode, every,
                                                                auto=auto_graph),
                                     what, announce=start == 0)
