@@ -140,7 +140,8 @@ def _say_rebuild(model: Any, key: dict, what: str, announce: bool) -> None:
         hint = (" (a parameter tensor was replaced, e.g. load_state_dict(assign=True) or EMA "
                 "weights swapped in: update weights in place with p.copy_(new) to keep the "
                 "captured sampler)") if "parameters" in changed else ""
-        if "frozen weights' versions" in changed:
+        field = "frozen weights' versions"
+        if field in changed and key[field] and prev[field]:   # both froze: an in-place update
             hint = (" (Inductor froze the weights into the compiled model, compile={'options': "
                     "{'freezing': True}}: an in-place update compiles afresh; compile without "
                     "freezing to keep the compiled sampler across weight updates)")
