@@ -185,3 +185,106 @@ def test_direct_cpp_call_checks_first_bad():
     with pytest.raises(RuntimeError, match=r"ddpm_fast::ddim_step_out: out must be"):
         torch.ops.ddpm_fast.ddim_step_out(x, x, t, t - 5, table, None, None, 0, 0.0, 0, True, 1.0, 1.0, None,
                                           x.double(), None)
+
+
+# --- the sampler: one fused op per step records the NaN ----------------------------------------------
+
+SCHED = NoiseSchedule.linear(40)
+
+
+class NanFrom(torch.nn.Module):
+    """eps = 0.1 x, NaN (or, with a label y, only for the unconditional label 0: the NaN is then
+    in the unconditional half of a guided step) at every t <= ``bad_t``."""
+
+    def __init__(self, bad_t: int):
+        super().__init__()
+        self.bad_t = bad_t
+        self.scale = torch.nn.Parameter(torch.tensor(0.1))
+
+    def forward(self, x, t, y=None):
+        hit = (t <= self.bad_t).view(-1, *([1] * (x.dim() - 1)))
+        if y is not None:
+            hit = hit & (y == 0).view_as(hit)
+            return torch.where(hit, float("nan"), self.scale * x + 0.01 * y.view_as(hit))
+        return torch.where(hit, float("nan"), self.scale * x)
+
+
+# compiled cases (CPU Inductor compiles take seconds each): a fused C++ step after a compiled model,
+# and the compiled reference step, each with DDPM and DDIM, guided and not
+_COMPILED = {("cpp", "ddpm", False), ("cpp", "ddim", True), ("reference", "ddpm", True), ("reference", "ddim", False)}
+
+
+def _sampler_cases():
+    cases = []
+    for backend in ("reference", "cpp", "triton"):
+        marks = [] if backend == "reference" else [pytest.mark.extension] if backend == "cpp" else [pytest.mark.triton]
+        why = None if backend == "reference" else dispatch.unavailable_reason(backend, "cpu")
+        marks.append(pytest.mark.skipif(why is not None, reason=str(why)))
+        for compile_ in (False, True):
+            for sampler in ("ddpm", "ddim"):
+                for guided in (False, True):
+                    if compile_ and (backend, sampler, guided) not in _COMPILED:
+                        continue
+                    cases.append(pytest.param(backend, compile_, sampler, guided, marks=marks,
+                                              id=f"{backend}-{'compiled' if compile_ else 'eager'}-{sampler}"
+                                                 f"{'-guided' if guided else ''}"))
+    return cases
+
+
+@pytest.mark.parametrize("backend,compile_,sampler,guided", _sampler_cases())
+def test_sample_raises_naming_the_first_bad_timestep(backend, compile_, sampler, guided):
+    """NaN from timestep 17 on (DDIM visits 17: timesteps given): FloatingPointError names 17, through
+    the eager loop and the compiled one (CPU), DDPM and DDIM, with guidance the NaN only in the
+    unconditional half."""
+    kw = dict(schedule=SCHED, seed=0, backend=backend, sampler=sampler, compile=compile_)
+    if sampler == "ddim":
+        kw.update(timesteps=[39, 30, 22, 17, 9, 0], eta=0.5)
+    if guided:
+        kw.update(guidance_scale=2.0, model_kwargs={"y": torch.ones(2, dtype=torch.long)},
+                  uncond_kwargs={"y": torch.zeros(2, dtype=torch.long)})
+    with pytest.raises(FloatingPointError, match="timestep 17;"):
+        ddpm_fast.sample(NanFrom(17), (2, 3, 4, 5), **kw)
+    if not compile_:
+        out = ddpm_fast.sample(NanFrom(17), (2, 3, 4, 5), check_nan=False, **kw)
+        assert torch.isnan(out).all()
+
+
+@pytest.mark.extension
+@pytest.mark.skipif(dispatch.unavailable_reason("cpp", "cpu") is not None, reason="no C++ extension")
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+@pytest.mark.parametrize("compile_", [False, True], ids=["eager", "compiled"])
+def test_the_fused_record_is_the_only_step_work(monkeypatch, sampler, compile_):
+    """Each step calls the backend's out-variant once, with the NaN record, and no step calls
+    torch.isfinite (the separate record of the unfused steps)."""
+    op = "reverse_step_out" if sampler == "ddpm" else "ddim_step_out"
+    real = dispatch.implementations(op)["cpp"]
+    calls = []
+
+    def counting(*args):
+        calls.append(args[-1])
+        return real(*args)
+    monkeypatch.setitem(dispatch._registry[op], "cpp", counting)
+    monkeypatch.setattr(dispatch, "_resolved", {})
+    isfinite = torch.isfinite
+    finite_calls = []
+    monkeypatch.setattr(torch, "isfinite", lambda *a, **k: finite_calls.append(1) or isfinite(*a, **k))
+    kw = dict(sampler=sampler, steps=7) if sampler == "ddim" else {}
+    m = NanFrom(-1)
+    ddpm_fast.sample(m, (2, 3, 4, 5), schedule=SCHED, seed=0, backend="cpp", compile=compile_, **kw)
+    steps = 7 if sampler == "ddim" else 40
+    assert len(calls) >= steps and all(isinstance(b, torch.Tensor) and b.dtype == torch.int64 for b in calls)
+    assert len(finite_calls) < steps   # the set-up's own checks (schedule table) only, nothing per step
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=pytest.mark.extension)])
+@pytest.mark.parametrize("compile_", [False, True], ids=["eager", "compiled"])
+def test_the_user_x_T_is_not_written(backend, compile_):
+    """The state is the sampler's own buffer, written in place: the user's x_T stays as it was,
+    also when it is already contiguous float32 on the device."""
+    if dispatch.unavailable_reason(backend, "cpu"):
+        pytest.skip(backend)
+    x_T = torch.randn(2, 3, 4, 5)
+    keep = x_T.clone()
+    out = ddpm_fast.sample(NanFrom(-1), (2, 3, 4, 5), schedule=SCHED, seed=0, x_T=x_T, backend=backend,
+                           compile=compile_)
+    assert torch.equal(x_T, keep) and out.data_ptr() != x_T.data_ptr()

@@ -61,10 +61,11 @@ def _caller(spec: OpSpec, op, fallback: Optional[Callable]) -> Callable:
     out = spec.out_index if spec.out_of else None
 
     def call(*args):
-        if fallback is not None and any(
-                isinstance(args[i], torch.Tensor) and args[i].dtype == torch.float64 for i in data
-                if i < len(args)):
-            return fallback(*args)
+        # a plain loop, not any(<generator>): samplers call this once per step (~1 us saved)
+        if fallback is not None:
+            for i in data:
+                if i < len(args) and isinstance(args[i], torch.Tensor) and args[i].dtype == torch.float64:
+                    return fallback(*args)
         result = op(*args)
         return result if out is None else args[out]
     call.__name__ = spec.name

@@ -94,10 +94,12 @@ def check_x_T(x_T: Any, shape: tuple, *, finite: bool = True) -> None:
 
 
 def start_noise(spec: SamplerSpec, seed_t: torch.Tensor, x_T: Optional[torch.Tensor]) -> torch.Tensor:
-    """x_T of one chunk: the user's (moved to the sampler's device and dtype) or the seeded one."""
+    """x_T of one chunk as the sampler's own state buffer (contiguous, written in place by every
+    step): a copy of the user's (which must not change) in the sampler's device and dtype, or the
+    seeded one."""
     if x_T is None:
         return spec.initial_noise(seed_t)
-    return x_T.to(spec.device, spec.dtype)
+    return torch.empty(spec.shape, dtype=spec.dtype, device=spec.device).copy_(x_T)
 
 
 def draw_seed() -> int:

@@ -4,10 +4,11 @@ Per step i (the counter ``i`` is an int64 [1] device tensor):
 
     t = timesteps_b[i]                         # (B,) int64, read on the device
     out = model(x, t)                          # the user's model, compiled or not
-    x, i, bad = advance(x, out, i, seed, bad)  # fused step + NaN record + i += 1
+    advance_(x, out, i, seed, bad)             # x, bad, i updated in place: fused step + NaN record
 
 ``bad`` (int64 [1]) is the first timestep whose model output was not finite (-1 while all
-were), reported once after the loop. Nothing here synchronises with the host, so the same code
+were), recorded by the fused step kernel itself (samplers/stepper.py) and reported once after
+the loop. Nothing here synchronises with the host, so the same code
 runs eagerly, compiled, and inside a captured CUDA graph (docs/pitfalls.md, Speed).
 
 Timesteps go to the model and to the fused step as int64 [B] (the contract allows [] or [B]):
@@ -27,8 +28,8 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
-from ..ops.enums import VARIANCE_TYPES
 from .loop import SamplerSpec
+from .stepper import make_step_
 
 _counter = [0]
 
@@ -40,43 +41,21 @@ def step_tables(spec: SamplerSpec) -> tuple[torch.Tensor, torch.Tensor]:
     return ts[:, None].expand(-1, B).contiguous(), ps[:, None].expand(-1, B).contiguous()
 
 
-def make_advance(spec: SamplerSpec, ts_b: torch.Tensor, ps_b: torch.Tensor) -> Callable:
-    """``advance(x, out, i, seed, bad, history) -> (x_prev, i + 1, bad)``, pure except for a
-    multistep solver's x0 ring ``history`` (None for DDPM/DDIM), written in place."""
+def make_advance_(spec: SamplerSpec, ts_b: torch.Tensor, ps_b: torch.Tensor) -> Callable:
+    """``advance_(x, out, i, seed, bad, history)``: one step writing into the buffers x (the state),
+    i (the step counter, += 1) and bad (the NaN record; check_nan=False: not touched), and a
+    multistep solver's x0 ring ``history`` (None for DDPM/DDIM). What a CUDA graph records and what
+    the compiled loop runs. The step itself is samplers/stepper.py's: one fused out-variant that
+    also records the NaN (plain DDPM/DDIM), or the general step with a separate record."""
     B = spec.shape[0]
-    check_nan = spec.check_nan
-
-    def ddpm_fast_advance(x, model_out, i, seed, bad, history=None):
-        t = ts_b.index_select(0, i).reshape(B)
-        t_prev = ps_b.index_select(0, i).reshape(B)
-        if check_nan:
-            first = ~torch.isfinite(model_out).all() & (bad < 0)
-            bad = torch.where(first, t[:1], bad)
-        return spec.step(x, model_out, t, t_prev, seed, i, history), i + 1, bad
-
-    return ddpm_fast_advance
-
-
-def make_advance_inplace(spec: SamplerSpec, ts_b: torch.Tensor, ps_b: torch.Tensor,
-                         step_out: Optional[Callable] = None) -> Callable:
-    """``advance_(x, out, i, seed, bad)``: the same step writing into the static buffers x, i,
-    bad (what a CUDA graph records). ``step_out`` is a backend's ``reverse_step_out``: x_{t-1}
-    is then written straight into x (the contract allows out = x_t), saving a copy."""
-    B = spec.shape[0]
-    check_nan = spec.check_nan
-    var = VARIANCE_TYPES[spec.variance_type]
+    step_ = make_step_(spec)
+    record = spec.check_nan
+    uses_prev = spec.sampler != "ddpm" and not spec.multistep   # only DDIM reads t_prev
 
     def ddpm_fast_advance_(x, model_out, i, seed, bad, history=None):
         t = ts_b.index_select(0, i).reshape(B)
-        if check_nan:
-            first = ~torch.isfinite(model_out).all() & (bad < 0)
-            bad.copy_(torch.where(first, t[:1], bad))
-        if step_out is not None:
-            step_out(x, model_out, t, spec.table, None, seed, spec.sample_offset, spec.pred_code, var,
-                     spec.clip_denoised, spec.clip_range, spec.fused_guidance, x)
-        else:
-            t_prev = ps_b.index_select(0, i).reshape(B)
-            x.copy_(spec.step(x, model_out, t, t_prev, seed, i, history))
+        t_prev = ps_b.index_select(0, i).reshape(B) if uses_prev else None
+        step_(x, model_out, t, t_prev, seed, i, bad if record else None, history)
         i.add_(1)
 
     return ddpm_fast_advance_
@@ -87,16 +66,6 @@ def step_backend(spec: SamplerSpec) -> Optional[str]:
     from ..ops import dispatch
     op = spec.step_op
     return dispatch.backend_of(op, spec.impls.get(op))
-
-
-def step_out_impl(spec: SamplerSpec) -> Optional[Callable]:
-    """The ``reverse_step_out`` of the backend that runs this spec's reverse_step, if it has one."""
-    if spec.sampler != "ddpm" or spec.needs_pre_step or spec.learned_variance is not None:
-        return None
-    if spec.guided and spec.fused_guidance is None:   # the combine runs before the step
-        return None
-    from ..ops import dispatch
-    return dispatch.implementations("reverse_step_out").get(step_backend(spec))
 
 
 # torch.compile modes under which Inductor captures CUDA graphs of its own

@@ -25,8 +25,8 @@ import torch
 from ..noise import seed_to_int64
 from . import cache
 from .adapters import call_model, check_output, model_input_dtype
-from .compiled import (compile_fn, compiled_model, make_advance, make_advance_inplace, step_backend,
-                       step_out_impl, step_tables)
+from .chunks import start_noise
+from .compiled import compile_fn, compiled_model, make_advance_, step_backend, step_tables
 from .guidance import check_halves_differ
 from .loop import SamplerSpec
 
@@ -80,7 +80,8 @@ class _Model:
 
 class LoopSampler:
     """T calls of (model, step) from Python, compiled when ``compile_kwargs`` is given.
-    Used on CPU, on CUDA with cuda_graph=False, and as the fallback when capture fails."""
+    Used on CPU, on CUDA with cuda_graph=False, and as the fallback when capture fails.
+    Each run owns its state buffer x (returned to the caller), written in place by every step."""
 
     def __init__(self, spec: SamplerSpec, model: Callable, model_kwargs: Optional[dict],
                  compile_kwargs: Optional[dict]):
@@ -89,11 +90,11 @@ class LoopSampler:
         self.model = _Model(model, compile_kwargs, dict(model_kwargs or {}), spec.device, spec.dtype,
                             spec.guided, spec.model_dtype)
         self.ts_b, ps_b = step_tables(spec)
-        advance = make_advance(spec, self.ts_b, ps_b)
+        advance_ = make_advance_(spec, self.ts_b, ps_b)
         # A fused backend's step is one kernel already: compiling around it only adds Dynamo's
         # per-call guard checks (~0.1 ms). The reference step (Philox in integer ops) gains 10x.
         compile_step = compile_kwargs is not None and step_backend(spec) == "reference"
-        self.advance = compile_fn(advance, compile_kwargs) if compile_step else advance
+        self.advance_ = compile_fn(advance_, compile_kwargs) if compile_step else advance_
         self.info = {"kind": "loop", "compiled model": self.compiled, "compiled step": compile_step,
                      "step backend": step_backend(spec)}
         with torch.random.fork_rng(devices=_cuda_devices(spec.device)), torch.no_grad():
@@ -106,12 +107,13 @@ class LoopSampler:
         return dict(self.info)
 
     def _step(self, x, i, seed, bad, history=None, check: bool = False):
+        """One step on the run's buffers x, i, bad (updated in place)."""
         out = self.model(x, self.ts_b.index_select(0, i).reshape(x.shape[0]))
         if check:
             check_output(out, x, self.spec.learned_variance is not None, self.spec.guided)
             if self.spec.guided:
                 check_halves_differ(out, self.model.kwargs)
-        return self.advance(x, out, i, seed, bad, history)
+        self.advance_(x, out, i, seed, bad, history)
 
     def run(self, seed: Any, x_T: Optional[torch.Tensor], model_kwargs: Optional[dict],
             progress: bool = False, intermediate_every: int = 0):
@@ -119,13 +121,13 @@ class LoopSampler:
         spec = self.spec
         self.model.kwargs.update(model_kwargs or {})
         seed_t = seed_tensor(seed, spec.device)
-        x = spec.initial_noise(seed_t) if x_T is None else x_T.to(spec.device, spec.dtype)
+        x = start_noise(spec, seed_t, x_T)   # this run's own buffer: the steps write it in place
         i, bad = _zeros(spec.device), _minus1(spec.device)
         history = spec.new_history()
         inters = []
         with contextlib.ExitStack() as stack:
             for k in _steps(len(spec.plan), progress, spec.sampler):
-                x, i, bad = self._step(x, i, seed_t, bad, history)
+                self._step(x, i, seed_t, bad, history)
                 if k == 0 and self.compiled:
                     stack.enter_context(_skip_guard_eval())
                 if intermediate_every and (k + 1) % intermediate_every == 0:
@@ -178,10 +180,8 @@ class GraphSampler:
         n_inter = self.n_steps // self.every if self.every else 0
         self.inter = torch.zeros((n_inter, *spec.shape), dtype=spec.dtype, device=dev) if n_inter else None
         self.ts_b, ps_b = step_tables(spec)
-        if compile_kwargs is not None:   # Inductor fuses NaN record + counter; writes the buffers
-            self.advance = compile_fn(make_advance_inplace(spec, self.ts_b, ps_b), compile_kwargs)
-        else:
-            self.advance = make_advance_inplace(spec, self.ts_b, ps_b, step_out_impl(spec))
+        advance_ = make_advance_(spec, self.ts_b, ps_b)   # the fused step records the NaN itself
+        self.advance_ = compile_fn(advance_, compile_kwargs) if compile_kwargs is not None else advance_
         self.info = {"kind": f"graph ({mode})", "compiled model": compile_kwargs is not None,
                      "compiled step": compile_kwargs is not None, "step backend": step_backend(spec)}
         self.graph = None
@@ -193,7 +193,7 @@ class GraphSampler:
     def _body(self) -> None:
         """One step on the static buffers: what the graph records."""
         out = self.model(self.x, self.ts_b.index_select(0, self.i).reshape(self.x.shape[0]))
-        self.advance(self.x, out, self.i, self.seed, self.bad, self.history)
+        self.advance_(self.x, out, self.i, self.seed, self.bad, self.history)
 
     def _loop_body(self) -> None:
         """All steps, copying x into the intermediates buffer every ``every`` steps."""
@@ -287,7 +287,7 @@ class GraphSampler:
         if self.graph is not None:
             self.graph.reset()
         self.graph = self._replay = None
-        self.x = self.inter = self.advance = self.model = self.history = None
+        self.x = self.inter = self.advance_ = self.model = self.history = None
 
 
 def _zeros(device) -> torch.Tensor:

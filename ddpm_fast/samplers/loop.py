@@ -3,8 +3,8 @@
 Everything the loop needs is resolved up front into a ``SamplerSpec``; the loop itself only
 calls the model and one fused step per timestep. Timesteps live in a device tensor indexed by
 the step number, the seed is a device tensor, noise comes from the counter-based stream: the
-loop never synchronises with the host (a non-finite model output is recorded on the device and
-reported once at the end).
+loop never synchronises with the host (a non-finite model output is recorded on the device, by
+the fused step kernel itself, and reported once at the end).
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from ..ops.enums import MS_X0_M, MS_X0_X, PREDICTION_TYPES, VARIANCE_TYPES
 from .guidance import Guidance, check_halves_differ, combine
 from .plan import Plan
 from .learned_variance import kernel_noise, split_output
+from .stepper import make_step_
 from .x0_rules import X0Rule, dynamic_threshold, pre_step
 
 
@@ -124,7 +125,9 @@ class SamplerSpec:
             numel *= s
         t0 = torch.zeros((), dtype=torch.int64, device=self.device)
         z = self.impls["philox_normal"](seed, t0, B, numel, self.sample_offset, STREAM_INIT)
-        return z.reshape(self.shape).to(self.dtype)
+        # contiguous: the loops write this state buffer in place, and a compiled step is
+        # specialised on its strides (the reference generator pads rows to whole counters)
+        return z.reshape(self.shape).to(self.dtype).contiguous()
 
     def step(self, x: torch.Tensor, model_out: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor,
              seed: torch.Tensor, i: Optional[torch.Tensor] = None,
@@ -189,49 +192,60 @@ def nonfinite_error(t: int) -> FloatingPointError:
         "(check the model's dtype/weights, or pass check_nan=False to skip this check)")
 
 
-class NonFiniteTracker:
-    """Records, on the device, the first timestep whose model output was not finite."""
+def raise_if_bad(bad: Optional[torch.Tensor]) -> None:
+    """After the loop: the NaN record's one host read (None: check_nan=False, nothing read)."""
+    if bad is not None:
+        t = int(bad.reshape(()))   # the loop's one host sync, after the last step
+        if t >= 0:
+            raise nonfinite_error(t)
 
-    def __init__(self, device: torch.device, enabled: bool):
-        self.enabled = enabled
-        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
 
-    def update(self, model_out: torch.Tensor, t: torch.Tensor) -> None:
-        if self.enabled:
-            bad = ~torch.isfinite(model_out).all()
-            self.first_bad = torch.where(bad & (self.first_bad < 0), t, self.first_bad)
+def step_rows(spec: SamplerSpec) -> tuple[list, list, list]:
+    """Per step i, built once before the loop: t [B], and t_prev [B] for DDIM (int64 device rows
+    of one contiguous table, so a step does no indexing or expand), and the step number [1] for
+    a multistep solver; a list the step does not read holds None."""
+    n, B = len(spec.plan), spec.shape[0]
+    ts, prevs = spec.plan.device_tensors(spec.device)
 
-    def raise_if_bad(self) -> None:
-        if self.enabled:
-            t = int(self.first_bad)  # the loop's one host sync, after the last step
-            if t >= 0:
-                raise nonfinite_error(t)
+    def rows(v: torch.Tensor) -> list:
+        return list(v[:, None].expand(n, B).contiguous().unbind(0))
+    none = [None] * n
+    numbers = torch.arange(n, dtype=torch.int64, device=spec.device).reshape(n, 1)
+    return (rows(ts), rows(prevs) if spec.sampler == "ddim" and not spec.multistep else none,
+            list(numbers.unbind(0)) if spec.multistep else none)
+
+
+def check_first_output(spec: SamplerSpec, model_out: torch.Tensor, x: torch.Tensor, call: Callable) -> None:
+    """The model output's shape and dtype (and with guidance, that the halves differ where the
+    kwargs do: one host read), on the first step only: later steps run the same model."""
+    from .adapters import check_output
+    check_output(model_out, x, spec.learned_variance is not None, spec.guided)
+    if spec.guided:
+        check_halves_differ(model_out, getattr(call, "kwargs", None))
 
 
 def run_eager(spec: SamplerSpec, call: Callable, x: torch.Tensor, seed: torch.Tensor,
               progress: bool = False, intermediate_every: int = 0):
-    """The T-step loop in eager mode. Returns (x0, intermediates)."""
-    ts, prevs = spec.plan.device_tensors(spec.device)
-    step_numbers = torch.arange(len(spec.plan), dtype=torch.int64, device=spec.device)
+    """The T-step loop in eager mode on the state buffer ``x`` (the sampler's own, contiguous: every
+    step writes it in place). Returns (x0, intermediates). Everything that does not change per
+    step is resolved here once (the step op and its constant arguments: samplers/stepper.py; the
+    timestep rows), so a step is the model call and one fused op."""
+    ts, prevs, numbers = step_rows(spec)
+    step_ = make_step_(spec)
     history = spec.new_history()
-    B = spec.shape[0]
-    tracker = NonFiniteTracker(spec.device, spec.check_nan)
+    bad = torch.full((1,), -1, dtype=torch.int64, device=spec.device) if spec.check_nan else None
     intermediates = []
     steps = range(len(spec.plan))
     if progress:
         from tqdm.auto import tqdm
         steps = tqdm(steps, desc=f"{spec.sampler} sampling", unit="step")
     for i in steps:
-        t, t_prev = ts[i], prevs[i]                     # device scalars: no host sync
-        model_out = call(x, t.expand(B))
-        if model_out.shape != x.shape or spec.guided:
-            from .adapters import check_output
-            check_output(model_out, x, spec.learned_variance is not None, spec.guided)
-            if spec.guided and i == 0:
-                check_halves_differ(model_out, getattr(call, "kwargs", None))   # one host read, first step only
-        tracker.update(model_out, t)
-        x = spec.step(x, model_out, t, t_prev, seed, step_numbers[i:i + 1], history)
+        t = ts[i]
+        model_out = call(x, t)
+        if i == 0:
+            check_first_output(spec, model_out, x, call)
+        step_(x, model_out, t, prevs[i], seed, numbers[i], bad, history)   # x and bad in place
         if intermediate_every and (i + 1) % intermediate_every == 0:
             intermediates.append(x.clone())
-    tracker.raise_if_bad()
+    raise_if_bad(bad)
     return x, intermediates
