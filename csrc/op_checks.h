@@ -96,10 +96,12 @@ inline at::Tensor check_timestep(const char* op, const char* name, const at::Ten
   return tc;
 }
 
-// Seed: one int64 value on the data's device.
+// Seed: int64 [] / [1] (the key) or [2] = (key, device sample offset), on the data's device.
 inline void check_seed(const char* op, const at::Tensor& seed, const at::Device& device) {
-  TORCH_CHECK(seed.scalar_type() == at::kLong && seed.numel() == 1, "ddpm_fast::", op,
-              ": seed must be one int64 value, got ", seed.scalar_type(), " ", seed.sizes());
+  TORCH_CHECK(seed.scalar_type() == at::kLong &&
+                  ((seed.numel() == 1 && seed.dim() <= 1) || (seed.dim() == 1 && seed.size(0) == 2)),
+              "ddpm_fast::", op, ": seed must be int64 [], [1] or [2] (key, sample offset), got ",
+              seed.scalar_type(), " ", seed.sizes());
   TORCH_CHECK(seed.device() == device, "ddpm_fast::", op, ": seed is on ", seed.device(),
               " but the data is on ", device);
 }
@@ -137,13 +139,22 @@ inline void check_noise(const char* op, const c10::optional<at::Tensor>& noise,
   }
 }
 
-// The sample index n = sample_offset + b is one 32-bit Philox counter word (docs/ops_contract.md):
-// a batch past 2**32 would give two samples the same noise. Same messages as ops/validate.py.
-inline void check_offset(const char* op, int64_t sample_offset, int64_t batch) {
+// The sample index n = sample_offset [+ seed[1]] + b is one 32-bit Philox counter word
+// (docs/ops_contract.md): a batch past 2**32 would give two samples the same noise. Same messages
+// as ddpm_fast/noise.py check_sample_offset. A seed [2] (checked) carries a device offset seed[1]:
+// read and checked here for a CPU seed; on a GPU it stays unread (no host sync) and the kernels
+// take the index modulo 2**32.
+inline void check_offset(const char* op, int64_t sample_offset, int64_t batch, const at::Tensor* seed = nullptr) {
   TORCH_CHECK(sample_offset >= 0, "ddpm_fast::", op, ": sample_offset must be an int >= 0, got ", sample_offset);
   TORCH_CHECK(sample_offset <= (int64_t(1) << 32) - batch, "ddpm_fast::", op,
               ": sample_offset + batch must be <= 2**32 (the sample index is one 32-bit Philox counter word), "
               "got sample_offset=", sample_offset, ", batch=", batch);
+  if (seed == nullptr || seed->numel() != 2 || !seed->device().is_cpu()) return;
+  const int64_t k = seed->contiguous().data_ptr<int64_t>()[1];
+  TORCH_CHECK(k >= 0, "ddpm_fast::", op, ": seed[1] (the device sample offset) must be >= 0, got ", k);
+  TORCH_CHECK(k <= (int64_t(1) << 32) - batch - sample_offset, "ddpm_fast::", op,
+              ": sample_offset + seed[1] + batch must be <= 2**32 (the sample index is one 32-bit Philox counter "
+              "word), got sample_offset=", sample_offset, ", seed[1]=", k, ", batch=", batch);
 }
 
 // Feature map [B, C, *spatial] and its [B, C] time embedding.
@@ -182,8 +193,8 @@ inline at::Tensor check_philox_args(const char* op, const at::Tensor& seed, cons
               numel);
   TORCH_CHECK(stream >= 0 && stream < kCounterWordEnd, "ddpm_fast::", op, ": stream must be in [0, 2**32), got ",
               stream);
-  check_offset(op, sample_offset, batch);
   check_seed(op, seed, seed.device());
+  check_offset(op, sample_offset, batch, &seed);
   return check_timestep(op, "t", t, batch, kCounterWordEnd, seed.device());
 }
 
@@ -211,7 +222,7 @@ inline ScheduleArgs check_q_sample_seeded_args(const char* op, const at::Tensor&
   check_data(op, "x0", x0, x0.device());
   check_batched(op, "x0", x0, 1);
   check_seed(op, seed, x0.device());
-  check_offset(op, sample_offset, x0.size(0));
+  check_offset(op, sample_offset, x0.size(0), &seed);
   check_enum(op, "target_type", target_type, 3);
   return check_schedule(op, x0, t, table);
 }
@@ -243,7 +254,7 @@ inline ScheduleArgs check_reverse_step_args(const char* op, const at::Tensor& x,
   check_batched(op, "x_t", x, 1);
   check_model_out(op, m, x, guidance_scale);
   check_noise(op, noise, seed, x, /*needed=*/true);
-  check_offset(op, sample_offset, x.size(0));
+  check_offset(op, sample_offset, x.size(0), seed.has_value() ? &*seed : nullptr);
   check_enum(op, "prediction_type", prediction_type, 3);
   check_enum(op, "variance_type", variance_type, 2);
   check_clip_range(op, clip_range);
@@ -265,7 +276,7 @@ inline ScheduleArgs check_ddim_step_args(const char* op, const at::Tensor& x, co
   TORCH_CHECK(final_alpha_bar > 0.0 && final_alpha_bar <= 1.0, "ddpm_fast::", op,
               ": final_alpha_bar must be a number in (0, 1], got ", final_alpha_bar);
   check_noise(op, noise, seed, x, /*needed=*/eta > 0.0);
-  check_offset(op, sample_offset, x.size(0));
+  check_offset(op, sample_offset, x.size(0), seed.has_value() ? &*seed : nullptr);
   check_enum(op, "prediction_type", prediction_type, 3);
   ScheduleArgs a = check_schedule(op, x, t, table);
   a.t_prev = check_timestep(op, "t_prev", t_prev, x.size(0), a.table.size(0), x.device(), /*lo=*/INT64_MIN);

@@ -9,12 +9,12 @@ All arithmetic is on int64 tensors holding uint32 values; 32x32-bit products are
 """
 from __future__ import annotations
 
-from typing import Union
+from typing import Optional, Union
 
 import torch
 
 __all__ = ["philox4x32_10", "philox_words", "uniform_from_words", "normal_from_words",
-           "philox_uniform", "philox_normal", "seed_to_int64", "split_seed",
+           "philox_uniform", "philox_normal", "seed_to_int64", "split_seed", "device_offset",
            "STREAM_INIT", "STREAM_STEP", "STREAM_Q_SAMPLE"]
 
 STREAM_INIT = 0      # the initial x_T noise
@@ -64,34 +64,62 @@ def seed_to_int64(seed: int) -> int:
 
 
 def split_seed(seed: Union[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(k0, k1) = (low, high) 32-bit words of a 64-bit seed (int or int64 tensor)."""
-    s = torch.as_tensor(seed_to_int64(seed) if isinstance(seed, int) else seed).to(torch.int64).reshape(())
+    """(k0, k1) = (low, high) 32-bit words of a 64-bit seed (int, or int64 tensor whose first
+    value is the key: ``[]``, ``[1]`` or ``[2]`` = (key, device sample offset))."""
+    if isinstance(seed, int):
+        s = torch.tensor(seed_to_int64(seed), dtype=torch.int64)
+    else:
+        s = torch.as_tensor(seed).to(torch.int64).reshape(-1)[0]
     return s & _MASK32, (s >> 32) & _MASK32
 
 
-def check_sample_offset(sample_offset, batch: int) -> int:
+def device_offset(seed) -> Optional[torch.Tensor]:
+    """seed[1] of a seed tensor ``[2]`` = (key, sample offset): an int64 [] tensor added to every
+    sample index, or None for an int or a ``[]``/``[1]`` seed (docs/ops_contract.md)."""
+    if isinstance(seed, torch.Tensor) and seed.numel() == 2:
+        return seed.reshape(2)[1].to(torch.int64)
+    return None
+
+
+def check_sample_offset(sample_offset, batch: int, seed=None) -> int:
     """sample_offset as validated for every backend: an int >= 0 with sample_offset + batch <=
     2**32, since the sample index n = sample_offset + b is one 32-bit counter word (beyond it two
-    samples would share their noise; docs/ops_contract.md)."""
+    samples would share their noise; docs/ops_contract.md). With a seed ``[2]`` on the CPU the
+    sum sample_offset + seed[1] + batch is checked (a plain read of host memory); on another device
+    it is the caller's contract (no host sync): the kernels use the index modulo 2**32. Skipped
+    while torch.compile traces (a data-dependent check cannot be traced)."""
     if not isinstance(sample_offset, int) or isinstance(sample_offset, bool) or sample_offset < 0:
         raise ValueError(f"sample_offset must be an int >= 0, got {sample_offset!r}")
     if sample_offset + batch > COUNTER_WORD_END:
         raise ValueError(f"sample_offset + batch must be <= 2**32 (the sample index is one 32-bit Philox "
                          f"counter word), got sample_offset={sample_offset}, batch={batch}")
+    k = device_offset(seed)
+    if k is not None and k.device.type == "cpu" and not torch.compiler.is_compiling():
+        k = int(k)
+        if k < 0:
+            raise ValueError(f"seed[1] (the device sample offset) must be >= 0, got {k}")
+        if sample_offset + k + batch > COUNTER_WORD_END:
+            raise ValueError(f"sample_offset + seed[1] + batch must be <= 2**32 (the sample index is one 32-bit "
+                             f"Philox counter word), got sample_offset={sample_offset}, seed[1]={k}, batch={batch}")
     return sample_offset
 
 
 def philox_words(seed, numel: int, batch: int, timestep, sample_offset: int = 0,
                  stream: int = STREAM_STEP, device=None) -> torch.Tensor:
     """Words ``[batch, numel]`` (int64 holding uint32) for elements 0..numel-1 of samples
-    sample_offset..sample_offset+batch-1. ``timestep`` is an int or an int tensor ``[]``/``[batch]``."""
-    check_sample_offset(sample_offset, batch)
+    sample_offset..sample_offset+batch-1 (plus seed[1] for a seed ``[2]`` = (key, device offset)).
+    ``timestep`` is an int or an int tensor ``[]``/``[batch]``."""
+    check_sample_offset(sample_offset, batch, seed)
     k0, k1 = split_seed(seed)
     device = device if device is not None else k0.device
     k0, k1 = k0.to(device), k1.to(device)
     nq = (numel + 3) // 4
     c0 = torch.arange(nq, device=device, dtype=torch.int64).view(1, nq)
-    c1 = (torch.arange(batch, device=device, dtype=torch.int64) + sample_offset).view(batch, 1)
+    c1 = torch.arange(batch, device=device, dtype=torch.int64) + sample_offset
+    k = device_offset(seed)
+    if k is not None:   # a tensor add: read on the device (philox4x32_10 takes it modulo 2**32)
+        c1 = c1 + k.to(device)
+    c1 = c1.view(batch, 1)
     t = torch.as_tensor(timestep, device=device).to(torch.int64)
     c2 = t.view(-1, 1) if t.dim() > 0 else t
     words = philox4x32_10(c0, c1, c2, stream, k0, k1)

@@ -182,6 +182,9 @@ class LearnedRange(ElementwiseEps):
 
 @pytest.fixture(autouse=True)
 def _fresh_cache():
+    # Dynamo keeps compiled variants per code object, at most 8: the tests here compile
+    # ElementwiseEps.forward for many shapes, so each test starts from a clean Dynamo cache
+    torch._dynamo.reset()
     cache.clear_cache()
     yield
     cache.clear_cache()

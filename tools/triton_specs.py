@@ -67,7 +67,7 @@ def _philox() -> list:
     sig = {"out_ptr": "*fp32", "seed_ptr": "*i64", "t_ptr": "*i64", "sample_offset": "i32",
            "stream": "i32", "N": "i32"}
     return [make_spec("philox_normal" if normal else "philox_uniform", philox.philox_kernel, cfg, "fp32", sig,
-                      {"T_STRIDE": 1, "NORMAL": normal}, elementwise=True)
+                      {"T_STRIDE": 1, "NORMAL": normal, "SEED_OFFSET": True}, elementwise=True)
             for cfg in ELEMENTWISE_CONFIGS for normal in (True, False)]
 
 
@@ -81,7 +81,7 @@ def _q_sample() -> list:
             for seeded in (False, True):
                 specs.append(make_spec("q_sample_seeded" if seeded else "q_sample", q_sample.q_sample_kernel, cfg,
                                        tag, sig, {"T_STRIDE": 1, "SEEDED": seeded, "TARGET": 2 if seeded else 0,
-                                                  "F64": False}, elementwise=True))
+                                                  "F64": False, "SEED_OFFSET": seeded}, elementwise=True))
     return specs
 
 
@@ -98,7 +98,8 @@ def _reverse_step() -> list:
                 specs.append(make_spec("reverse_step:record" if record else "reverse_step",
                                        reverse_step.reverse_step_kernel, cfg, tag + ",record" * record, sig,
                                        {"T_STRIDE": 0, "PRED": 0, "VAR": 0, "CLIP": True, "SEEDED": True,
-                                        "GUIDED": False, "RECORD": record, "F64": False}, elementwise=True))
+                                        "GUIDED": False, "RECORD": record, "F64": False, "SEED_OFFSET": True},
+                                       elementwise=True))
     return specs
 
 
@@ -115,7 +116,8 @@ def _ddim_step() -> list:
                 specs.append(make_spec("ddim_step:record" if record else "ddim_step", ddim_step.ddim_step_kernel,
                                        cfg, tag + ",record" * record, sig,
                                        {"T_STRIDE": 0, "TP_STRIDE": 0, "PRED": 0, "CLIP": True, "NOISE": True,
-                                        "SEEDED": True, "GUIDED": False, "RECORD": record, "F64": False},
+                                        "SEEDED": True, "GUIDED": False, "RECORD": record, "F64": False,
+                                        "SEED_OFFSET": True},
                                        elementwise=True))
     return specs
 

@@ -115,13 +115,23 @@ inline void store_block(void* dst, int dt, int64_t off, int64_t n, const float* 
   });
 }
 
+// The key of a checked seed (int64 [] / [1], or [2] = (key, sample offset)) and the offset its
+// second value adds to every sample index (0 for a one-value seed).
 struct PhiloxKey {
   uint32_t k0, k1;
+  int64_t sample_offset;
 };
 
 inline PhiloxKey key_of(const at::Tensor& seed) {
-  const int64_t s = seed.reshape({}).item<int64_t>();  // CPU tensor: a plain read, no sync
-  return PhiloxKey{seed_lo(s), seed_hi(s)};
+  const at::Tensor s = seed.contiguous();  // CPU tensor: plain reads, no sync
+  const int64_t* p = s.data_ptr<int64_t>();
+  return PhiloxKey{seed_lo(p[0]), seed_hi(p[0]), s.numel() == 2 ? p[1] : 0};
+}
+
+// Counter word c1 of sample b: the global sample index sample_offset + seed[1] + b (checked to
+// stay below 2**32: op_checks.h check_offset).
+inline uint32_t sample_index(PhiloxKey key, int64_t sample_offset, int64_t b) {
+  return static_cast<uint32_t>(sample_offset + key.sample_offset + b);
 }
 
 // Uniforms (bitwise the reference's) of elements e0 .. e0+n-1; e0 % 4 == 0; out holds n rounded up to 4.
@@ -215,7 +225,7 @@ inline int64_t per_sample(const at::Tensor& x) {
 struct NoiseSource {
   const void* noise = nullptr;  // contiguous noise tensor data, or nullptr
   int noise_dt = DT_FLOAT32;
-  PhiloxKey key{0, 0};
+  PhiloxKey key{0, 0, 0};
   int64_t sample_offset = 0;
   uint32_t stream = STREAM_STEP;
 
@@ -223,7 +233,7 @@ struct NoiseSource {
     if (noise != nullptr) {
       load_block(noise, noise_dt, b * N + e0, n, z);
     } else {
-      fill_normal(key, e0, n, static_cast<uint32_t>(sample_offset + b), static_cast<uint32_t>(t), stream, z);
+      fill_normal(key, e0, n, sample_index(key, sample_offset, b), static_cast<uint32_t>(t), stream, z);
     }
   }
 };

@@ -19,7 +19,7 @@ at::Tensor philox(const at::Tensor& seed, const at::Tensor& t, int64_t batch, in
   float* o = out.data_ptr<float>();
   for_each_block(batch, numel, [&](int64_t b, int64_t e0, int64_t n) {
     alignas(64) float buf[kBlock];
-    const uint32_t c1 = static_cast<uint32_t>(sample_offset + b), c2 = static_cast<uint32_t>(ts(b));
+    const uint32_t c1 = sample_index(key, sample_offset, b), c2 = static_cast<uint32_t>(ts(b));
     if (kNormal) {
       fill_normal(key, e0, n, c1, c2, static_cast<uint32_t>(stream), buf);
     } else {

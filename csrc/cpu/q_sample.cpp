@@ -52,8 +52,7 @@ std::tuple<at::Tensor, at::Tensor> q_sample_seeded(const at::Tensor& x0_in, cons
     const int64_t tb = ts(b);
     const QCoefs c = q_coefs(tab, tb, T);
     load_block(x0.data_ptr(), dt, b * N + e0, n, xb);
-    fill_normal(key, e0, n, static_cast<uint32_t>(sample_offset + b), static_cast<uint32_t>(tb), STREAM_Q_SAMPLE,
-                zb);
+    fill_normal(key, e0, n, sample_index(key, sample_offset, b), static_cast<uint32_t>(tb), STREAM_Q_SAMPLE, zb);
     for (int64_t i = 0; i < n; ++i) ob[i] = q_sample_elem(c, xb[i], zb[i]);
     store_block(x_t.data_ptr(), dt, b * N + e0, n, ob);
     for (int64_t i = 0; i < n; ++i) ob[i] = q_target_elem(c, xb[i], zb[i], tt);

@@ -27,6 +27,9 @@ TimestepArg timestep_arg(const at::Tensor& t) {
 
 TableArg table_arg(const at::Tensor& table) { return TableArg{table.data_ptr<double>(), table.size(0)}; }
 
+// A checked seed (int64 [] / [1], or [2] = (key, sample offset)); read by the kernels only.
+SeedArg seed_arg(const at::Tensor& seed) { return SeedArg{seed.data_ptr<int64_t>(), seed.numel() == 2}; }
+
 int64_t per_sample(const at::Tensor& x) {
   int64_t n = 1;
   for (int64_t d = 1; d < x.dim(); ++d) n *= x.size(d);
@@ -51,8 +54,9 @@ at::Tensor philox(const at::Tensor& seed, const at::Tensor& t, int64_t batch, in
   const char* op = kNormal ? "philox_normal" : "philox_uniform";
   const at::Tensor tc = check_philox_args(op, seed, t, batch, numel, sample_offset, stream);
   const c10::cuda::CUDAGuard guard(seed.device());
+  const at::Tensor sc = seed.contiguous();
   at::Tensor out = at::empty({batch, numel}, seed.options().dtype(at::kFloat));
-  check_launch(op, launch_philox(out.data_ptr<float>(), kNormal, seed.data_ptr<int64_t>(), timestep_arg(tc), batch,
+  check_launch(op, launch_philox(out.data_ptr<float>(), kNormal, seed_arg(sc), timestep_arg(tc), batch,
                                  numel, sample_offset, stream, c10::cuda::getCurrentCUDAStream()));
   return out;
 }
@@ -76,26 +80,27 @@ std::tuple<at::Tensor, at::Tensor> q_sample_seeded(const at::Tensor& x0_in, cons
   const char* op = "q_sample_seeded";
   const ScheduleArgs a = check_q_sample_seeded_args(op, x0_in, t, table_in, seed, sample_offset, target_type);
   const c10::cuda::CUDAGuard guard(x0_in.device());
-  const at::Tensor x0 = x0_in.contiguous();
+  const at::Tensor x0 = x0_in.contiguous(), sc = seed.contiguous();
   at::Tensor x_t = at::empty_like(x0, at::MemoryFormat::Contiguous);
   at::Tensor target = at::empty_like(x0, at::MemoryFormat::Contiguous);
   check_launch(op, launch_q_sample_seeded(x_t.data_ptr(), target.data_ptr(), x0.data_ptr(), dtype_code(x0),
-                                          timestep_arg(a.t), table_arg(a.table), seed.data_ptr<int64_t>(),
+                                          timestep_arg(a.t), table_arg(a.table), seed_arg(sc),
                                           sample_offset, static_cast<int>(target_type), x0.size(0), per_sample(x0),
                                           c10::cuda::getCurrentCUDAStream()));
   return {x_t, target};
 }
 
-// The noise source of a checked reverse_step / ddim_step (noise kept alive in `holder`).
+// The noise source of a checked reverse_step / ddim_step (noise or seed kept alive in `holder`).
 NoiseArg noise_arg(const c10::optional<at::Tensor>& noise, const c10::optional<at::Tensor>& seed,
                    int64_t sample_offset, at::Tensor& holder) {
-  NoiseArg arg{nullptr, DT_FLOAT32, nullptr, sample_offset};
+  NoiseArg arg{nullptr, DT_FLOAT32, SeedArg{nullptr, false}, sample_offset};
   if (noise.has_value()) {
     holder = noise->contiguous();
     arg.noise = holder.data_ptr();
     arg.noise_dtype = dtype_code(holder);
   } else if (seed.has_value()) {
-    arg.seed = seed->data_ptr<int64_t>();
+    holder = seed->contiguous();
+    arg.seed = seed_arg(holder);
   }
   return arg;
 }

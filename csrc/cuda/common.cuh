@@ -172,17 +172,23 @@ __device__ __forceinline__ Octet octet(int64_t idx, int64_t N) {
   return Octet{b, o, b * N + 8 * o, static_cast<int>(N - 8 * o < 8 ? N - 8 * o : 8)};
 }
 
-// The 4 standard normals of counter (q, sample_offset + b, t, stream) under the device seed.
-__device__ __forceinline__ void philox_normals(const int64_t* seed, int64_t q, int64_t n, int64_t t, uint32_t stream,
+// The sample index n = sample_offset + b plus the seed's device offset (seed[1] of a seed [2]),
+// as the 32-bit counter word c1 (modulo 2**32: the range is the caller's contract on a GPU).
+__device__ __forceinline__ uint32_t sample_word(SeedArg seed, int64_t n) {
+  return static_cast<uint32_t>(seed.has_offset ? n + seed.ptr[1] : n);
+}
+
+// The 4 standard normals of counter (q, n [+ seed offset], t, stream) under the device seed.
+__device__ __forceinline__ void philox_normals(SeedArg seed, int64_t q, int64_t n, int64_t t, uint32_t stream,
                                                float z[4]) {
-  const int64_t s = *seed;
-  const Philox4 p = philox4x32_10(static_cast<uint32_t>(q), static_cast<uint32_t>(n), static_cast<uint32_t>(t),
+  const int64_t s = seed.ptr[0];
+  const Philox4 p = philox4x32_10(static_cast<uint32_t>(q), sample_word(seed, n), static_cast<uint32_t>(t),
                                   stream, seed_lo(s), seed_hi(s));
   normals4(p, z);
 }
 
 // The normals of octet u's elements (counters 2 o and, when it has more than 4 elements, 2 o + 1).
-__device__ __forceinline__ void octet_normals(const int64_t* seed, const Octet& u, int64_t n, int64_t t,
+__device__ __forceinline__ void octet_normals(SeedArg seed, const Octet& u, int64_t n, int64_t t,
                                               uint32_t stream, float z[8]) {
   philox_normals(seed, 2 * u.o, n, t, stream, z);
   if (u.n > 4) philox_normals(seed, 2 * u.o + 1, n, t, stream, z + 4);

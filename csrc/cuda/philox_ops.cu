@@ -28,7 +28,7 @@ __device__ __forceinline__ int64_t counter_start(int64_t idx, int64_t nq, int64_
   return b * numel + 4 * (idx - b * nq);
 }
 
-__global__ void __launch_bounds__(kThreads) philox_kernel(float* out, bool normal, const int64_t* seed, TimestepArg t,
+__global__ void __launch_bounds__(kThreads) philox_kernel(float* out, bool normal, SeedArg seed, TimestepArg t,
                                                           int64_t batch, int64_t numel, int64_t sample_offset,
                                                           uint32_t stream_id) {
   // element lo + i of a block's range is tile[(shift + i) / 4][(shift + i) % 4]: slot k then maps to
@@ -36,7 +36,8 @@ __global__ void __launch_bounds__(kThreads) philox_kernel(float* out, bool norma
   __shared__ float4 tile[kThreads + 1];
   float* buf = reinterpret_cast<float*>(tile);
   const int64_t nq = (numel + 3) / 4, total = batch * nq;
-  const int64_t s = *seed;
+  const int64_t s = seed.ptr[0];
+  const int64_t base = seed.has_offset ? sample_offset + seed.ptr[1] : sample_offset;  // c1 of sample 0
   const int misalign = static_cast<int>((reinterpret_cast<uintptr_t>(out) / sizeof(float)) & 3);
   for (int64_t first = blockIdx.x * int64_t(kThreads); first < total; first += int64_t(gridDim.x) * kThreads) {
     const int64_t last = (first + kThreads < total ? first + kThreads : total) - 1;
@@ -49,7 +50,7 @@ __global__ void __launch_bounds__(kThreads) philox_kernel(float* out, bool norma
     if (idx <= last) {
       const int64_t b = idx / nq, q = idx - b * nq;
       float v[4];
-      counter_values(normal, s, q, sample_offset + b, timestep(t, b), stream_id, v);
+      counter_values(normal, s, q, base + b, timestep(t, b), stream_id, v);
       const int n = static_cast<int>(numel - 4 * q < 4 ? numel - 4 * q : 4);
       const int64_t at = shift + (b * numel + 4 * q - lo);
 #pragma unroll
@@ -87,7 +88,7 @@ __global__ void philox_words_kernel(const int64_t* counters, const int64_t* key,
 
 }  // namespace
 
-cudaError_t launch_philox(float* out, bool normal, const int64_t* seed, TimestepArg t, int64_t batch, int64_t numel,
+cudaError_t launch_philox(float* out, bool normal, SeedArg seed, TimestepArg t, int64_t batch, int64_t numel,
                           int64_t sample_offset, int64_t stream_id, cudaStream_t stream) {
   const int64_t work = batch * ((numel + 3) / 4);
   if (work == 0) return cudaSuccess;

@@ -25,7 +25,7 @@ __global__ void q_sample_kernel(void* out, const void* x0, int dt, const void* n
 }
 
 __global__ void q_sample_seeded_kernel(void* x_t, void* target, const void* x0, int dt, TimestepArg t, TableArg table,
-                                       const int64_t* seed, int64_t sample_offset, int target_type, int64_t B,
+                                       SeedArg seed, int64_t sample_offset, int target_type, int64_t B,
                                        int64_t N, bool vec) {
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < octets(B, N);
        idx += int64_t(gridDim.x) * blockDim.x) {
@@ -60,7 +60,7 @@ cudaError_t launch_q_sample(void* out, const void* x0, int dtype, const void* no
 }
 
 cudaError_t launch_q_sample_seeded(void* x_t, void* target, const void* x0, int dtype, TimestepArg t, TableArg table,
-                                   const int64_t* seed, int64_t sample_offset, int target_type, int64_t B, int64_t N,
+                                   SeedArg seed, int64_t sample_offset, int target_type, int64_t B, int64_t N,
                                    cudaStream_t stream) {
   const int64_t work = octets(B, N);
   if (work == 0) return cudaSuccess;

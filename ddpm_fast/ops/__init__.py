@@ -31,7 +31,9 @@ def randn(shape, seed, *, timestep=0, sample_offset: int = 0, stream: int = 0,
           device=None, dtype: torch.dtype = torch.float32, backend: Optional[str] = None) -> torch.Tensor:
     """Standard normals of ``shape = (B, ...)`` from the Philox stream: element e of sample b is
     counter (e // 4, sample_offset + b, timestep, stream) (docs/ops_contract.md). The same seed
-    gives the same values on every backend and for any split of the batch. stream 0 = x_T."""
+    gives the same values on every backend and for any split of the batch. stream 0 = x_T.
+    ``seed``: an int, or an int64 tensor [] (the key) or [2] = (key, k), whose k is added to the
+    sample index on the device (sample b counts from sample_offset + k + b)."""
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     return _philox("philox_normal", shape, seed, timestep, sample_offset, stream, device, backend).to(dtype)
@@ -56,7 +58,7 @@ def _philox(op, shape, seed, timestep, sample_offset, stream, device, backend):
     numel = 1
     for s in shape[1:]:
         numel *= s
-    offset = counter_offset(sample_offset, shape[0])
+    offset = counter_offset(sample_offset, shape[0], seed_t)
     out = implementation(op, backend, device)(seed_t, t, shape[0], numel, offset, stream)
     return out.reshape(shape)
 
@@ -85,8 +87,9 @@ def q_sample(x0: torch.Tensor, t, schedule, noise: Optional[torch.Tensor] = None
     if seed is None:
         raise ValueError("q_sample needs noise= or seed=")
     target = _TARGETS[_canonical_target(return_target or "epsilon")]
+    seed_t = as_seed(seed, x0.device)
     x_t, tgt = implementation("q_sample_seeded", backend, x0.device)(
-        x0, t, table, as_seed(seed, x0.device), counter_offset(sample_offset, x0.shape[0]), target)
+        x0, t, table, seed_t, counter_offset(sample_offset, x0.shape[0], seed_t), target)
     return (x_t, tgt) if return_target is not None else x_t
 
 
@@ -111,7 +114,7 @@ def reverse_step(x_t: torch.Tensor, model_out: torch.Tensor, t, schedule, *,
     """
     w = _guidance_scale(guidance_scale)
     table, t, seed_t = _step_inputs(x_t, model_out, t, schedule, noise, seed, guided=w is not None)
-    args = (x_t, model_out, t, table, noise, seed_t, counter_offset(sample_offset, x_t.shape[0]),
+    args = (x_t, model_out, t, table, noise, seed_t, counter_offset(sample_offset, x_t.shape[0], seed_t),
             prediction_code(prediction_type), variance_code(variance_type),
             bool(clip_denoised), check_param("clip_range", clip_range, low=0.0), w)
     if out is None and first_bad is None:
@@ -140,7 +143,7 @@ def ddim_step(x_t: torch.Tensor, model_out: torch.Tensor, t, t_prev, schedule, *
                                     guided=w is not None)
     t_prev = _as_prev_timestep(t_prev, x_t, table.shape[0])
     check_prev_timestep(t_prev, t, table.shape[0])
-    args = (x_t, model_out, t, t_prev, table, noise, seed_t, counter_offset(sample_offset, x_t.shape[0]),
+    args = (x_t, model_out, t, t_prev, table, noise, seed_t, counter_offset(sample_offset, x_t.shape[0], seed_t),
             eta, prediction_code(prediction_type), bool(clip_denoised), clip_range, final_alpha_bar, w)
     if out is None and first_bad is None:
         return implementation("ddim_step", backend, x_t.device)(*args)

@@ -99,14 +99,17 @@ def as_table(schedule, device: torch.device) -> torch.Tensor:
 
 
 def as_seed(seed, device: torch.device) -> torch.Tensor:
-    """An int (64-bit) or an int64 tensor [] / [1] -> an int64 scalar tensor on ``device``."""
+    """An int (64-bit) or an int64 tensor ``[]`` / ``[1]`` (the key) -> an int64 ``[]`` tensor on
+    ``device``; an int64 tensor ``[2]`` = (key, device sample offset) -> itself, ``[2]``: sample b
+    then counts from sample_offset + seed[1] + b (docs/ops_contract.md, "Counter-based noise")."""
     from ..noise import seed_to_int64
     if isinstance(seed, torch.Tensor):
-        if seed.dtype != torch.int64 or seed.numel() != 1:
-            raise TypeError(f"a seed tensor must be one int64 value, got {seed.dtype} {tuple(seed.shape)}")
+        if seed.dtype != torch.int64 or not (seed.numel() == 1 and seed.dim() <= 1 or tuple(seed.shape) == (2,)):
+            raise TypeError("a seed tensor must be int64 [] / [1] (the key) or [2] (key, sample offset), "
+                            f"got {seed.dtype} {tuple(seed.shape)}")
         if seed.device != device:
             raise ValueError(f"seed is on {seed.device} but the data is on {device}")
-        return seed.reshape(())
+        return seed if seed.numel() == 2 else seed.reshape(())
     return torch.tensor(seed_to_int64(seed), dtype=torch.int64, device=device)
 
 

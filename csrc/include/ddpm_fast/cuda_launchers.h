@@ -24,15 +24,23 @@ struct TableArg {
   int64_t T;
 };
 
-// Counter-based noise: seed is a device int64 scalar; c1 = sample_offset + b.
+// A device seed: ptr[0] the int64 key; with has_offset, ptr[1] a sample offset that the kernels
+// add to every sample index (the seed tensor int64 [2] = (key, offset)), read on the device so a
+// captured graph replays any offset. c1 = (sample_offset + ptr[1] + b) mod 2**32.
+struct SeedArg {
+  const int64_t* ptr;
+  bool has_offset;
+};
+
+// Counter-based noise: c1 = sample_offset (+ the seed's device offset) + b.
 struct NoiseArg {
   const void* noise;   // given noise [B, N], or nullptr to draw from Philox
   int noise_dtype;
-  const int64_t* seed;
+  SeedArg seed;
   int64_t sample_offset;
 };
 
-cudaError_t launch_philox(float* out, bool normal, const int64_t* seed, TimestepArg t, int64_t batch,
+cudaError_t launch_philox(float* out, bool normal, SeedArg seed, TimestepArg t, int64_t batch,
                           int64_t numel, int64_t sample_offset, int64_t stream_id, cudaStream_t stream);
 
 // The raw generator (known-answer tests): counters int64 [n, 4], key int64 [2] -> words int64 [n, 4].
@@ -43,7 +51,7 @@ cudaError_t launch_q_sample(void* out, const void* x0, int dtype, const void* no
                             TimestepArg t, TableArg table, int64_t B, int64_t N, cudaStream_t stream);
 
 cudaError_t launch_q_sample_seeded(void* x_t, void* target, const void* x0, int dtype, TimestepArg t,
-                                   TableArg table, const int64_t* seed, int64_t sample_offset,
+                                   TableArg table, SeedArg seed, int64_t sample_offset,
                                    int target_type, int64_t B, int64_t N, cudaStream_t stream);
 
 // The steps. `out` may be x_t. first_bad: nullptr, or a device int64 that becomes

@@ -96,8 +96,14 @@ def timestep(t: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def seed_arg(seed, fallback: torch.Tensor) -> torch.Tensor:
-    """The seed as a [] tensor, or a placeholder pointer when the kernel reads none."""
-    return seed.reshape(()) if seed is not None else fallback
+    """The seed's values, contiguous: [1] (the key) or [2] = (key, device sample offset), or a
+    placeholder pointer when the kernel reads none."""
+    return seed.reshape(-1).contiguous() if seed is not None else fallback
+
+
+def seed_offset(seed) -> bool:
+    """The kernels' SEED_OFFSET: the seed is [2] and its second value adds to every sample index."""
+    return seed is not None and seed.numel() == 2
 
 
 # --- device-side helpers -------------------------------------------------------------------------

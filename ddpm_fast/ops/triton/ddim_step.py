@@ -14,9 +14,9 @@ import triton.language as tl
 from ...noise import STREAM_STEP
 from ...schedule import Col
 from ._common import (autotuned, div_rn, elementwise_grid, guided_model_out, guided_model_out_record, launch,
-                      load_coef, load_timestep, record_bad, rows, sample_block, seed_arg, sqrt_rn, timestep,
-                      to_compute, to_out)
-from .philox import normal_block
+                      load_coef, load_timestep, record_bad, rows, sample_block, seed_arg, seed_offset, sqrt_rn,
+                      timestep, to_compute, to_out)
+from .philox import seeded_normal_block
 
 _C_AB: tl.constexpr = tl.constexpr(int(Col.ALPHA_BAR))
 _STREAM: tl.constexpr = tl.constexpr(STREAM_STEP)
@@ -27,7 +27,7 @@ def ddim_step_kernel(x_ptr, m_ptr, noise_ptr, out_ptr, t_ptr, tp_ptr, table_ptr,
                      eta, clip_range, final_alpha_bar, guidance_scale, half, N, T,
                      T_STRIDE: tl.constexpr, TP_STRIDE: tl.constexpr, PRED: tl.constexpr, CLIP: tl.constexpr,
                      NOISE: tl.constexpr, SEEDED: tl.constexpr, GUIDED: tl.constexpr, RECORD: tl.constexpr,
-                     F64: tl.constexpr, BLOCK: tl.constexpr):
+                     F64: tl.constexpr, SEED_OFFSET: tl.constexpr, BLOCK: tl.constexpr):
     """NOISE: eta > 0 (add σ z); SEEDED: z from Philox, else from noise_ptr; GUIDED: model_out
     is [2B, N], its unconditional row of sample b ``half`` = B·N after the conditional one;
     RECORD: bad_ptr (int64) = max(*bad_ptr, t) when the model output read here has a NaN/inf."""
@@ -68,7 +68,8 @@ def ddim_step_kernel(x_ptr, m_ptr, noise_ptr, out_ptr, t_ptr, tp_ptr, table_ptr,
     out = sqrt_rn(a_prev, F64) * x0 + direction
     if NOISE:
         if SEEDED:
-            z = to_compute(normal_block(tl.load(seed_ptr), start, sample_offset + b, t, _STREAM, BLOCK, QPT), F64)
+            z = to_compute(seeded_normal_block(seed_ptr, start, sample_offset + b, t, _STREAM, BLOCK, QPT,
+                                               SEED_OFFSET), F64)
         else:
             z = to_compute(tl.load(noise_ptr + row + offs, mask=mask), F64)
         out = out + sigma * z
@@ -76,7 +77,8 @@ def ddim_step_kernel(x_ptr, m_ptr, noise_ptr, out_ptr, t_ptr, tp_ptr, table_ptr,
 
 
 _tuned = autotuned(ddim_step_kernel,
-                   key=["N", "T_STRIDE", "TP_STRIDE", "PRED", "CLIP", "NOISE", "SEEDED", "GUIDED", "RECORD", "F64"],
+                   key=["N", "T_STRIDE", "TP_STRIDE", "PRED", "CLIP", "NOISE", "SEEDED", "GUIDED", "RECORD", "F64",
+                        "SEED_OFFSET"],
                    restore=["out_ptr", "bad_ptr"])
 
 
@@ -117,5 +119,6 @@ def _launch(x_t, model_out, t, t_prev, table, noise, seed, sample_offset, eta, p
             0.0 if guidance_scale is None else float(guidance_scale), B * N, N, table.shape[0]),
            {"T_STRIDE": t_stride, "TP_STRIDE": tp_stride, "PRED": prediction_type, "CLIP": bool(clip),
             "NOISE": has_noise, "SEEDED": seeded, "GUIDED": guidance_scale is not None,
-            "RECORD": first_bad is not None, "F64": x.dtype == torch.float64})
+            "RECORD": first_bad is not None, "F64": x.dtype == torch.float64,
+            "SEED_OFFSET": seeded and seed_offset(seed)})
     return out

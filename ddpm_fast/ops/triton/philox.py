@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import autotuned, elementwise_grid, launch, load_timestep, sample_block, timestep
+from ._common import autotuned, elementwise_grid, launch, load_timestep, sample_block, seed_arg, seed_offset, timestep
 
 TWO_PI_F32: tl.constexpr = tl.constexpr(6.2831854820251465)   # float32(2*pi), as ddpm_fast.noise
 TWO_POW_M23: tl.constexpr = tl.constexpr(1.1920928955078125e-07)  # 2**-23
@@ -140,14 +140,27 @@ def uniform_block(seed, start, n, t, stream, BLOCK: tl.constexpr, QPT: tl.conste
 
 
 @triton.jit
+def seeded_normal_block(seed_ptr, start, n, t, stream, BLOCK: tl.constexpr, QPT: tl.constexpr,
+                        SEED_OFFSET: tl.constexpr):
+    """``normal_block`` under the device seed: key seed_ptr[0]; with SEED_OFFSET (a seed [2] =
+    (key, sample offset)) sample n counts from seed_ptr[1] on (c1 = n + seed[1] mod 2**32)."""
+    if SEED_OFFSET:
+        n = n + tl.load(seed_ptr + 1)
+    return normal_block(tl.load(seed_ptr), start, n, t, stream, BLOCK, QPT)
+
+
+@triton.jit
 def philox_kernel(out_ptr, seed_ptr, t_ptr, sample_offset, stream, N,
-                  T_STRIDE: tl.constexpr, NORMAL: tl.constexpr, BLOCK: tl.constexpr):
-    """out[b, e] (float32 [B, N]) = normal or uniform of counter (e // 4, sample_offset + b, t[b], stream)."""
+                  T_STRIDE: tl.constexpr, NORMAL: tl.constexpr, SEED_OFFSET: tl.constexpr, BLOCK: tl.constexpr):
+    """out[b, e] (float32 [B, N]) = normal or uniform of counter (e // 4, sample_offset + b, t[b], stream)
+    (+ seed[1] in c1 with SEED_OFFSET)."""
     b, start = sample_block(N, BLOCK)
     offs = start + tl.arange(0, BLOCK)
     seed = tl.load(seed_ptr)
     t = load_timestep(t_ptr, b, T_STRIDE)
     n = sample_offset + b
+    if SEED_OFFSET:
+        n = n + tl.load(seed_ptr + 1)
     if NORMAL:
         v = normal_block(seed, start, n, t, stream, BLOCK)
     else:
@@ -155,7 +168,7 @@ def philox_kernel(out_ptr, seed_ptr, t_ptr, sample_offset, stream, N,
     tl.store(out_ptr + b.to(tl.int64) * N + offs, v, mask=offs < N)
 
 
-_philox_tuned = autotuned(philox_kernel, key=["N", "T_STRIDE", "NORMAL"])
+_philox_tuned = autotuned(philox_kernel, key=["N", "T_STRIDE", "NORMAL", "SEED_OFFSET"])
 
 
 def _philox(seed, t, batch: int, numel: int, sample_offset: int, stream: int, normal: bool) -> torch.Tensor:
@@ -164,7 +177,8 @@ def _philox(seed, t, batch: int, numel: int, sample_offset: int, stream: int, no
         return out
     t, t_stride = timestep(t)
     launch(philox_kernel, _philox_tuned, elementwise_grid(batch, numel),
-           (out, seed.reshape(()), t, sample_offset, stream, numel), {"T_STRIDE": t_stride, "NORMAL": normal})
+           (out, seed_arg(seed, t), t, sample_offset, stream, numel),
+           {"T_STRIDE": t_stride, "NORMAL": normal, "SEED_OFFSET": seed_offset(seed)})
     return out
 
 
@@ -178,5 +192,5 @@ def philox_uniform(seed, t, batch, numel, sample_offset, stream):
     return _philox(seed, t, batch, numel, sample_offset, stream, False)
 
 
-__all__ = ["philox_words", "uniform_from_word", "box_muller", "normal_block", "uniform_block",
+__all__ = ["philox_words", "uniform_from_word", "box_muller", "normal_block", "uniform_block", "seeded_normal_block",
            "philox_normal", "philox_uniform"]

@@ -14,8 +14,8 @@ import triton.language as tl
 from ...noise import STREAM_Q_SAMPLE
 from ...schedule import Col
 from ._common import (autotuned, elementwise_grid, launch, load_coef, load_timestep, rows, sample_block,
-                      timestep, to_compute, to_out)
-from .philox import normal_block
+                      seed_arg, seed_offset, timestep, to_compute, to_out)
+from .philox import seeded_normal_block
 
 _SQRT_AB: tl.constexpr = tl.constexpr(int(Col.SQRT_ALPHA_BAR))
 _SQRT_1M_AB: tl.constexpr = tl.constexpr(int(Col.SQRT_ONE_MINUS_ALPHA_BAR))
@@ -25,7 +25,7 @@ _STREAM: tl.constexpr = tl.constexpr(STREAM_Q_SAMPLE)
 @triton.jit
 def q_sample_kernel(x0_ptr, noise_ptr, out_ptr, target_ptr, t_ptr, table_ptr, seed_ptr, sample_offset, N, T,
                     T_STRIDE: tl.constexpr, SEEDED: tl.constexpr, TARGET: tl.constexpr,
-                    F64: tl.constexpr, BLOCK: tl.constexpr):
+                    F64: tl.constexpr, SEED_OFFSET: tl.constexpr, BLOCK: tl.constexpr):
     """SEEDED: ε from Philox (noise_ptr unused) and target written (TARGET 0 ε, 1 x0, 2 v);
     else ε read from noise_ptr (target_ptr, seed_ptr unused)."""
     QPT: tl.constexpr = 2 if out_ptr.dtype.element_ty.primitive_bitwidth == 16 else 1  # quads per 16 bytes
@@ -38,7 +38,8 @@ def q_sample_kernel(x0_ptr, noise_ptr, out_ptr, target_ptr, t_ptr, table_ptr, se
     s = load_coef(table_ptr, t, T, _SQRT_1M_AB, F64)
     x = to_compute(tl.load(x0_ptr + row + offs, mask=mask), F64)
     if SEEDED:
-        eps = to_compute(normal_block(tl.load(seed_ptr), start, sample_offset + b, t, _STREAM, BLOCK, QPT), F64)
+        eps = to_compute(seeded_normal_block(seed_ptr, start, sample_offset + b, t, _STREAM, BLOCK, QPT, SEED_OFFSET),
+                         F64)
     else:
         eps = to_compute(tl.load(noise_ptr + row + offs, mask=mask), F64)
     out_ty = out_ptr.dtype.element_ty
@@ -53,7 +54,7 @@ def q_sample_kernel(x0_ptr, noise_ptr, out_ptr, target_ptr, t_ptr, table_ptr, se
         tl.store(target_ptr + row + offs, to_out(tgt, out_ty), mask=mask)
 
 
-_tuned = autotuned(q_sample_kernel, key=["N", "T_STRIDE", "SEEDED", "TARGET", "F64"])
+_tuned = autotuned(q_sample_kernel, key=["N", "T_STRIDE", "SEEDED", "TARGET", "F64", "SEED_OFFSET"])
 
 
 def q_sample(x0, t, table, noise):
@@ -65,7 +66,8 @@ def q_sample(x0, t, table, noise):
     t, t_stride = timestep(t)
     launch(q_sample_kernel, _tuned, elementwise_grid(B, N),
            (x, noise.contiguous(), out, out, t, table.contiguous(), t, 0, N, table.shape[0]),
-           {"T_STRIDE": t_stride, "SEEDED": False, "TARGET": 0, "F64": x.dtype == torch.float64})
+           {"T_STRIDE": t_stride, "SEEDED": False, "TARGET": 0, "F64": x.dtype == torch.float64,
+            "SEED_OFFSET": False})
     return out
 
 
@@ -79,6 +81,7 @@ def q_sample_seeded(x0, t, table, seed, sample_offset, target_type):
         return out, target
     t, t_stride = timestep(t)
     launch(q_sample_kernel, _tuned, elementwise_grid(B, N),
-           (x, x, out, target, t, table.contiguous(), seed.reshape(()), sample_offset, N, table.shape[0]),
-           {"T_STRIDE": t_stride, "SEEDED": True, "TARGET": target_type, "F64": x.dtype == torch.float64})
+           (x, x, out, target, t, table.contiguous(), seed_arg(seed, t), sample_offset, N, table.shape[0]),
+           {"T_STRIDE": t_stride, "SEEDED": True, "TARGET": target_type, "F64": x.dtype == torch.float64,
+            "SEED_OFFSET": seed_offset(seed)})
     return out, target

@@ -16,8 +16,9 @@ import triton.language as tl
 from ...noise import STREAM_STEP
 from ...schedule import Col
 from ._common import (autotuned, elementwise_grid, guided_model_out, guided_model_out_record, launch, load_coef,
-                      load_timestep, record_bad, rows, sample_block, seed_arg, timestep, to_compute, to_out)
-from .philox import normal_block
+                      load_timestep, record_bad, rows, sample_block, seed_arg, seed_offset, timestep, to_compute,
+                      to_out)
+from .philox import seeded_normal_block
 
 _C_SQRT_AB: tl.constexpr = tl.constexpr(int(Col.SQRT_ALPHA_BAR))
 _C_SQRT_1M_AB: tl.constexpr = tl.constexpr(int(Col.SQRT_ONE_MINUS_ALPHA_BAR))
@@ -47,7 +48,7 @@ def reverse_step_kernel(x_ptr, m_ptr, noise_ptr, out_ptr, t_ptr, table_ptr, seed
                         clip_range, guidance_scale, half, N, T,
                         T_STRIDE: tl.constexpr, PRED: tl.constexpr, VAR: tl.constexpr, CLIP: tl.constexpr,
                         SEEDED: tl.constexpr, GUIDED: tl.constexpr, RECORD: tl.constexpr, F64: tl.constexpr,
-                        BLOCK: tl.constexpr):
+                        SEED_OFFSET: tl.constexpr, BLOCK: tl.constexpr):
     """GUIDED: model_out is [2B, N]; its unconditional row of sample b starts ``half`` = B·N later.
     RECORD: bad_ptr (int64) = max(*bad_ptr, t) when the model output read here has a NaN/inf."""
     QPT: tl.constexpr = 2 if out_ptr.dtype.element_ty.primitive_bitwidth == 16 else 1  # quads per 16 bytes
@@ -73,14 +74,15 @@ def reverse_step_kernel(x_ptr, m_ptr, noise_ptr, out_ptr, t_ptr, table_ptr, seed
         sigma = load_coef(table_ptr, t, T, _C_SIGMA_LARGE, F64)
     sigma = sigma * (t > 0).to(sigma.dtype)                             # no noise at t = 0
     if SEEDED:
-        z = to_compute(normal_block(tl.load(seed_ptr), start, sample_offset + b, t, _STREAM, BLOCK, QPT), F64)
+        z = to_compute(seeded_normal_block(seed_ptr, start, sample_offset + b, t, _STREAM, BLOCK, QPT, SEED_OFFSET),
+                       F64)
     else:
         z = to_compute(tl.load(noise_ptr + row + offs, mask=mask), F64)
     tl.store(out_ptr + row + offs, to_out((mean + sigma * z), out_ptr.dtype.element_ty), mask=mask)  # 4.
 
 
 _tuned = autotuned(reverse_step_kernel,
-                   key=["N", "T_STRIDE", "PRED", "VAR", "CLIP", "SEEDED", "GUIDED", "RECORD", "F64"],
+                   key=["N", "T_STRIDE", "PRED", "VAR", "CLIP", "SEEDED", "GUIDED", "RECORD", "F64", "SEED_OFFSET"],
                    restore=["out_ptr", "bad_ptr"])
 
 
@@ -98,7 +100,7 @@ def _launch(x_t, model_out, t, table, noise, seed, sample_offset, prediction_typ
             0.0 if guidance_scale is None else float(guidance_scale), B * N, N, table.shape[0]),
            {"T_STRIDE": t_stride, "PRED": prediction_type, "VAR": variance_type, "CLIP": bool(clip),
             "SEEDED": seeded, "GUIDED": guidance_scale is not None, "RECORD": first_bad is not None,
-            "F64": x.dtype == torch.float64})
+            "F64": x.dtype == torch.float64, "SEED_OFFSET": seeded and seed_offset(seed)})
     return out
 
 
