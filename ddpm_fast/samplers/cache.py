@@ -6,7 +6,9 @@ unchanged: the model object, the *storage* of every parameter and buffer (pointe
 ``load_state_dict(..., assign=True)`` or swapping in EMA tensors rebuilds it; in-place updates
 such as ``p.copy_(ema)`` or an optimizer step keep the pointers and are picked up, stable-fast
 #141/#143), the train/eval flags, the sample shape, dtype, device, schedule table, sampler
-configuration, chunk offset, model kwargs' layout and the compile/graph mode. When Inductor
+configuration, model kwargs' layout and the compile/graph mode (not the sample offset: a runner
+reads its chunk's offset on the device, in the seed buffer (key, offset) of samplers/graph.py, so
+the chunks of a batch, and shards at any offset, replay one build per chunk shape). When Inductor
 froze the weights into the compiled model (``compile={"options": {"freezing": True}}``) the
 key also holds their version counters: an in-place update then rebuilds (compiled.py,
 ``_frozen_model``).
@@ -66,6 +68,9 @@ def make_key(model, spec, schedule_digest: str, kwargs_layout: tuple, mode: tupl
     ``weight_versions``: the parameters' version counters when the compile froze the weights
     (compiled.weight_versions), so that an in-place update rebuilds; () otherwise."""
     from ..ops import get_backend
+    if spec.sample_offset:   # it would be baked into the build and ignored by the key
+        raise ValueError("a cached sampler's spec must leave its sample offset to the seed buffer "
+                         "(samplers/chunks.py runner_spec)")
     ident, tensors, modes = model_fingerprint(model)
     plan = spec.plan
     return {
@@ -82,7 +87,6 @@ def make_key(model, spec, schedule_digest: str, kwargs_layout: tuple, mode: tupl
                     spec.clip_denoised, spec.clip_range, spec.eta, spec.final_alpha_bar, spec.check_nan,
                     spec.threshold, spec.rederive_eps, spec.learned_variance, spec.guidance, spec.solver),
         "backend": (spec.backend, get_backend()),
-        "sample_offset": spec.sample_offset,
         "model_kwargs": kwargs_layout,
         "mode": mode,
     }

@@ -1,9 +1,11 @@
 """What every sampling path shares: the seed, the user's x_T, and splitting a batch into chunks.
 
 A chunk of ``n`` samples starting at ``start`` is sampled exactly as those samples would be in
-one batch: its spec counts noise from ``sample_offset + start`` (counter-based noise), and its
+one batch: its noise counts from ``sample_offset + start`` (counter-based noise), and its
 model kwargs are the per-sample rows ``start:start + n`` (see ``slice_kwargs`` for which
-kwargs are per-sample).
+kwargs are per-sample). The eager sampler puts that offset in the chunk's spec (``sub_spec``);
+the fast sampler builds one runner per chunk *shape* (``runner_spec``, no offset) and hands
+each chunk's offset to it on the device, in the seed tensor (key, offset).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import torch
 
 from .loop import SamplerSpec
 
-__all__ = ["Shared", "chunk_ranges", "join_chunks", "slice_kwargs", "unwrap_kwargs", "sub_spec",
+__all__ = ["Shared", "chunk_ranges", "join_chunks", "slice_kwargs", "unwrap_kwargs", "sub_spec", "runner_spec",
            "check_x_T", "start_noise", "draw_seed"]
 
 
@@ -78,6 +80,15 @@ def slice_kwargs(model_kwargs: Optional[dict], start: int, n: int, B: int) -> Op
 def sub_spec(spec: SamplerSpec, start: int, n: int) -> SamplerSpec:
     """The spec of one chunk: n samples whose noise counts from sample_offset + start."""
     sub = dataclasses.replace(spec, shape=(n, *spec.shape[1:]), sample_offset=spec.sample_offset + start)
+    sub.impls = spec.impls
+    return sub
+
+
+def runner_spec(spec: SamplerSpec, n: int) -> SamplerSpec:
+    """The spec a compiled / captured runner of n-sample chunks is built from: sample_offset 0,
+    since every chunk (and every call's ``sample_offset``) passes its offset at run time in the
+    seed buffer [2] (samplers/graph.py ``fill_seed``), so one build serves every chunk."""
+    sub = dataclasses.replace(spec, shape=(n, *spec.shape[1:]), sample_offset=0)
     sub.impls = spec.impls
     return sub
 

@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 
 from . import cache
-from .chunks import check_x_T, chunk_ranges, draw_seed, join_chunks, sub_spec
+from .chunks import check_x_T, chunk_ranges, draw_seed, join_chunks, runner_spec
 from .compiled import compile_kwargs, freezes_weights, weight_versions
 from .graph import GRAPH_MODES, GraphSampler, LoopSampler
 from .guidance_kwargs import chunk_kwargs
@@ -74,13 +74,15 @@ def sample_fast(spec: SamplerSpec, model: Callable, model_kwargs: Optional[dict]
 
     outs, inters, bads = [], [], []
     for start, n in ranges:
-        sub = spec if n == B else sub_spec(spec, start, n)
+        # one runner per chunk shape: the chunk's offset goes to it on the device (the seed [2])
+        sub = runner_spec(spec, n)
         kw = chunk_kwargs(model_kwargs, uncond_kwargs, spec.guidance, start, n, B)
         key = cache.make_key(model, sub, digest, cache.kwargs_layout(kw), mode_key, versions)
         runner = cache.get_or_build(model, key, lambda: _build(sub, model, kw, ckw, mode, every,
                                                                auto=auto_graph),
                                     what, announce=start == 0)
-        x, inter, bad = runner.run(seed, None if x_T is None else x_T[start:start + n], kw, progress, every)
+        x, inter, bad = runner.run(seed, None if x_T is None else x_T[start:start + n], kw, progress, every,
+                                   offset=spec.sample_offset + start)
         outs.append(x)
         inters.append(inter)
         bads.append(bad)

@@ -5,7 +5,10 @@ all T steps captured as one graph ("loop").
 GraphSampler's static buffers, allocated once per cache entry (ddpm_fast/samplers/cache.py):
     x      (B, ...) spec.dtype   the state x_t, updated in place by every step
     i      int64 [1]             step counter; step i reads plan.timesteps[i] on the device
-    seed   int64 []              filled before each run: a new seed draws fresh noise, no recapture
+    seed   int64 [2]             (key, sample offset), filled before each run: a new seed draws
+                                 fresh noise and each chunk of a batch (or shard) its own samples'
+                                 noise from the same capture (the ops add seed[1] to the sample
+                                 index on the device: docs/ops_contract.md, "Counter-based noise")
     bad    int64 [1]             first timestep with a non-finite model output (-1: none)
     kwargs                       static copies of the model's tensor kwargs (class labels, ...)
 A run fills seed, writes x_T into x (drawn on the device from the seed, or the user's x_T),
@@ -34,13 +37,27 @@ WARMUP_STEPS = 2   # on a side stream before capture: lazy inits (cuBLAS handles
 GRAPH_MODES = ("step", "loop")
 
 
-def seed_tensor(seed: Any, device: torch.device) -> torch.Tensor:
-    """The seed as an int64 [] device tensor, made by a fill kernel (torch.tensor(v, device=...)
-    copies from pageable host memory, which synchronises)."""
+def fill_seed(buf: torch.Tensor, seed: Any, offset: int) -> torch.Tensor:
+    """Write (key, sample offset) into the int64 [2] device buffer ``buf`` with fill/copy kernels
+    (torch.tensor(v, device=...) copies from pageable host memory, which synchronises). ``seed``:
+    an int, or an int64 tensor [] / [1] (the key) or [2] (key, offset: its offset is added)."""
     if isinstance(seed, torch.Tensor):
         from ..ops.validate import as_seed
-        return as_seed(seed, device)
-    return torch.full((), seed_to_int64(seed), dtype=torch.int64, device=device)
+        s = as_seed(seed, buf.device)
+        if s.numel() == 2:
+            buf.copy_(s)
+            buf[1:].add_(offset)
+            return buf
+        buf[0].copy_(s)
+    else:
+        buf[0].fill_(seed_to_int64(seed))
+    buf[1].fill_(offset)
+    return buf
+
+
+def seed_buffer(seed: Any, offset: int, device: torch.device) -> torch.Tensor:
+    """A fresh int64 [2] device tensor (key, sample offset) of ``seed`` (see ``fill_seed``)."""
+    return fill_seed(torch.empty(2, dtype=torch.int64, device=device), seed, offset)
 
 
 # Backend for the fused ops *inside a compiled model*, where the global default is "auto".
@@ -100,7 +117,7 @@ class LoopSampler:
         with torch.random.fork_rng(devices=_cuda_devices(spec.device)), torch.no_grad():
             # compiles now (not inside the user's loop), and checks the model's output shape
             x = torch.zeros(spec.shape, dtype=spec.dtype, device=spec.device)
-            self._step(x, _zeros(spec.device), seed_tensor(0, spec.device), _minus1(spec.device),
+            self._step(x, _zeros(spec.device), seed_buffer(0, 0, spec.device), _minus1(spec.device),
                        spec.new_history(), check=True)
 
     def describe(self) -> dict:
@@ -116,11 +133,13 @@ class LoopSampler:
         self.advance_(x, out, i, seed, bad, history)
 
     def run(self, seed: Any, x_T: Optional[torch.Tensor], model_kwargs: Optional[dict],
-            progress: bool = False, intermediate_every: int = 0):
-        """Sample once. Returns (x_0, intermediates, bad: device int64 [1])."""
+            progress: bool = False, intermediate_every: int = 0, offset: int = 0):
+        """Sample once, the samples counted from ``offset`` (a chunk's global sample offset,
+        passed on the device: the compiled step is the same for every offset). Returns (x_0,
+        intermediates, bad: device int64 [1])."""
         spec = self.spec
         self.model.kwargs.update(model_kwargs or {})
-        seed_t = seed_tensor(seed, spec.device)
+        seed_t = seed_buffer(seed, offset, spec.device)
         x = start_noise(spec, seed_t, x_T)   # this run's own buffer: the steps write it in place
         i, bad = _zeros(spec.device), _minus1(spec.device)
         history = spec.new_history()
@@ -170,7 +189,7 @@ class GraphSampler:
         dev = spec.device
         self.x = torch.zeros(spec.shape, dtype=spec.dtype, device=dev)
         self.i = _zeros(dev)
-        self.seed = torch.zeros((), dtype=torch.int64, device=dev)
+        self.seed = torch.zeros(2, dtype=torch.int64, device=dev)   # (key, sample offset)
         self.bad = _minus1(dev)
         self.history = spec.new_history()   # a multistep solver's x0 ring (None otherwise)
         static_kwargs = {k: (v.detach().clone() if isinstance(v, torch.Tensor) else v)
@@ -245,13 +264,12 @@ class GraphSampler:
             self.history.zero_()
 
     def run(self, seed: Any, x_T: Optional[torch.Tensor], model_kwargs: Optional[dict],
-            progress: bool = False, intermediate_every: int = 0):
-        """Sample once. Returns (x_0: a fresh tensor, intermediates, bad: device int64 [1])."""
+            progress: bool = False, intermediate_every: int = 0, offset: int = 0):
+        """Sample once, the samples counted from ``offset`` (a chunk's global sample offset:
+        every chunk replays the one capture). Returns (x_0: a fresh tensor, intermediates, bad:
+        device int64 [1])."""
         spec = self.spec
-        if isinstance(seed, torch.Tensor):
-            self.seed.copy_(seed.reshape(()))
-        else:
-            self.seed.fill_(seed_to_int64(seed))   # a fill kernel: no host copy, no sync
+        fill_seed(self.seed, seed, offset)   # fill kernels: no host copy, no sync
         for k, v in (model_kwargs or {}).items():
             if isinstance(v, torch.Tensor):
                 self.model.kwargs[k].copy_(v)
