@@ -148,7 +148,7 @@ def _step_args(**over):
     (dict(t=torch.tensor([1, 2])), r"t must have shape \[\] or \[3\]"),
     (dict(table=torch.zeros(10, 15, dtype=torch.float64)), r"table must be float64 \[T, 16\]"),
     (dict(table=torch.zeros(10, 16)), r"table must be float64"),
-    (dict(seed=torch.tensor(1, dtype=torch.int32)), "seed must be one int64 value"),
+    (dict(seed=torch.tensor(1, dtype=torch.int32)), r"seed must be int64 \[\], \[1\] or \[2\]"),
     (dict(seed=None), "needs noise or seed"),
     (dict(noise=torch.randn(3, 4, 5)), "not both"),
     (dict(prediction_type=3), "prediction_type must be in"),
