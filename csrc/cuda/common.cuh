@@ -103,15 +103,16 @@ __device__ __forceinline__ bool any_nonfinite8(const float v[8]) {
 
 // Classifier-free guidance: m holds the conditional octet; read the unconditional one at element
 // i (in the second half of a [2B, N] model_out) and combine in place: m = u + w (m - u).
-// `bad` (nullptr when nothing is recorded) |= the unconditional octet holds a NaN/inf: the NaN
-// record checks both halves as read.
-__device__ __forceinline__ void guide8(const void* p, int dt, int64_t i, int n, bool vec, float w, float m[8],
-                                       bool* bad = nullptr) {
+// Returns whether the unconditional octet holds a NaN/inf (the NaN record checks both halves as
+// read). A returned flag, not a flag pointer: taking a local's address gave the step kernels an
+// 8-byte stack frame (gpu-check).
+__device__ __forceinline__ bool guide8(const void* p, int dt, int64_t i, int n, bool vec, float w, float m[8]) {
   float u[8];
   ld8(p, dt, i, n, vec, u);
-  if (bad != nullptr && any_nonfinite8(u)) *bad = true;
+  const bool bad = any_nonfinite8(u);
 #pragma unroll
   for (int j = 0; j < 8; ++j) m[j] = guided_elem(m[j], u[j], w);
+  return bad;
 }
 
 // The steps' NaN record: first_bad = max(first_bad, t) from a thread whose octet saw a NaN/inf

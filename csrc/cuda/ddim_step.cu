@@ -28,7 +28,10 @@ __global__ void ddim_step_kernel(void* out, const void* x_t, int dt, const void*
     ld8(x_t, dt, i, n, vec, x);
     ld8(model_out, mdt, i, n, vec, m);
     bool bad = first_bad != nullptr && any_nonfinite8(m);  // the NaN record: both halves, as read
-    if (guided) guide8(model_out, mdt, B * N + i, n, vec, w, m, first_bad != nullptr ? &bad : nullptr);
+    if (guided) {
+      const bool bad_u = guide8(model_out, mdt, B * N + i, n, vec, w, m);
+      bad = bad || (first_bad != nullptr && bad_u);
+    }
     record_bad(first_bad, bad, tb);
     if (add_noise && noise.noise != nullptr) ld8(noise.noise, noise.noise_dtype, i, n, vec, z);
 #pragma unroll
