@@ -41,7 +41,7 @@ __global__ void multistep_update_kernel(void* out, void* x0_out, const void* x, 
     float xv[8], mv[8], hv[8];
     ld8(x, xdt, i, n, vec, xv);
     ld8(m, mdt, i, n, vec, mv);
-    if (guided) guide8(m, mdt, N + i, n, vec, w, mv, nullptr);
+    if (guided) guide8(m, mdt, N + i, n, vec, w, mv);   // the multistep update records no NaN
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       mv[j] = c.a * xv[j] + c.b * mv[j];
