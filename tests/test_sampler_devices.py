@@ -326,3 +326,24 @@ def test_cuda_graph_is_captured_once_with_the_auto_backend(mode):
     (runner,) = info["runners"]
     assert runner["kind"] == f"graph ({'step' if mode is True else mode})"
     assert runner["step backend"] == auto_cuda_backend()
+
+
+def test_more_model_shapes_than_dynamos_limit_still_sample(recwarn):
+    """A compiled model's forward holds at most 8 compiled versions (Dynamo's cache_size_limit);
+    the 9th shape's first step runs eagerly, and the steps after it must not skip the guards that
+    send them to the eager forward too (Dynamo refuses: "Recompilation triggered with
+    skip_guard_eval_unsafe stance"). Samples still equal the eager sampler's."""
+    class Conv(torch.nn.Module):     # its own forward code object: its own 8 versions
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+        def forward(self, x, t):
+            return 0.1 * self.conv(x)
+
+    torch.manual_seed(0)
+    model = Conv()
+    kw = dict(steps=3, sampler="ddim", seed=0, backend="reference")
+    for batch in range(1, 11):
+        got = ddpm_fast.sample(model, (batch, 1, 4, 4), compile={"backend": "eager"}, **kw)
+        torch.testing.assert_close(got, ddpm_fast.sample(model, (batch, 1, 4, 4), **kw), rtol=0, atol=0)

@@ -146,12 +146,27 @@ class LoopSampler:
         inters = []
         with contextlib.ExitStack() as stack:
             for k in _steps(len(spec.plan), progress, spec.sampler):
-                self._step(x, i, seed_t, bad, history)
+                try:
+                    self._step(x, i, seed_t, bad, history)
+                except RuntimeError as e:
+                    if not _guards_were_needed(e, stack):
+                        raise
+                    self._step(x, i, seed_t, bad, history)   # nothing ran: the guards fail first
                 if k == 0 and self.compiled:
                     stack.enter_context(_skip_guard_eval())
                 if intermediate_every and (k + 1) % intermediate_every == 0:
                     inters.append(x.clone())
         return x, inters, bad
+
+
+def _guards_were_needed(error: RuntimeError, stack: contextlib.ExitStack) -> bool:
+    """True (and the guard checks back on) when skipping them made Dynamo refuse a call: the
+    first step ran eagerly because the model's forward already holds Dynamo's limit of compiled
+    versions (8 shapes in one process), so steps 2..T have no compiled version to skip to."""
+    if "skip_guard_eval_unsafe" not in str(error):
+        return False
+    stack.close()
+    return True
 
 
 def _skip_guard_eval():
