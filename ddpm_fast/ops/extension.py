@@ -16,6 +16,7 @@ loads that file instead of the installed ``ddpm_fast._C``.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
 import os
 import warnings
@@ -41,11 +42,19 @@ _build_info: Optional[str] = None
 
 
 def _library_path() -> Optional[str]:
+    """The library beside this package's own files (ddpm_fast/_C.<suffix>), or the override. Not
+    ``find_spec("ddpm_fast._C")``: an editable install of another checkout (setuptools' finder on
+    sys.meta_path) answers for submodules of any ``ddpm_fast`` and would hand a pure-Python
+    install that checkout's library, built from other sources."""
     override = os.environ.get("DDPM_FAST_EXTENSION", "")
     if override and override not in ("0", "1"):
         return override
-    spec = importlib.util.find_spec("ddpm_fast._C")
-    return spec.origin if spec is not None else None
+    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = os.path.join(package_dir, "_C" + suffix)
+        if os.path.isfile(path):
+            return path
+    return None
 
 
 def _read_build_torch(path: str) -> Optional[str]:
