@@ -69,7 +69,7 @@ def _debug_flag(p: argparse.ArgumentParser, default) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .training.demo import DEMO_CONFIG, DEMO_GUIDANCE
+    from .training.demo import DEMO_CONFIG, DEMO_GUIDANCE, DEMO_GUIDANCE_RESCALE
     DEMO_STEPS = DEMO_CONFIG["steps"]
     ap = argparse.ArgumentParser(prog="ddpm-fast", description="Fast DDPM training and sampling.")
     _debug_flag(ap, False)
@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="CPU threads (default: 1, the same on every machine)")
     dm.add_argument("--guidance", type=float, default=DEMO_GUIDANCE,
                     help=f"classifier-free guidance scale of the samples (default: {DEMO_GUIDANCE:g})")
+    dm.add_argument("--guidance-rescale", type=float, default=DEMO_GUIDANCE_RESCALE,
+                    help="guidance_rescale of the samples, in [0, 1] (default: "
+                         f"{DEMO_GUIDANCE_RESCALE:g}; 0 is plain classifier-free guidance)")
     dm.add_argument("--seed", type=int, default=0)
     dm.add_argument("--no-reference", action="store_true", help="skip the reference-backend timing")
     for p in (tr, sp, dm):       # --debug after the command too; SUPPRESS keeps a top-level --debug
@@ -280,8 +283,10 @@ def _run(args) -> int:
         if v is not None and v < 1:
             raise OptionError(flag, f"must be >= 1 (or left out), got {v}")
     _check_guidance(args.guidance)
+    if not 0 <= args.guidance_rescale <= 1:
+        raise OptionError("--guidance-rescale", f"must be in [0, 1], got {args.guidance_rescale}")
     return run_demo(out_dir=args.out_dir, steps=args.steps, threads=args.threads, seed=args.seed,
-                    reference=not args.no_reference, guidance=args.guidance)
+                    reference=not args.no_reference, guidance=args.guidance, guidance_rescale=args.guidance_rescale)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

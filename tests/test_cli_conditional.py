@@ -117,9 +117,9 @@ def test_class_or_guidance_on_an_unconditional_checkpoint_is_refused(checkpoints
 def test_demo_is_a_fixed_run_with_a_progress_bar_and_one_row_per_class(tmp_path, capsys):
     from PIL import Image
     from ddpm_fast.training import load_checkpoint
-    from ddpm_fast.training.demo import DEMO_CONFIG, DEMO_GUIDANCE, run_demo
+    from ddpm_fast.training.demo import DEMO_CONFIG, DEMO_GUIDANCE, DEMO_GUIDANCE_RESCALE, run_demo
     assert DEMO_CONFIG["steps"] == 600 and DEMO_CONFIG["threads"] == 1 and DEMO_CONFIG["conditional"]
-    assert DEMO_GUIDANCE == 3.0
+    assert DEMO_GUIDANCE == 3.0 and DEMO_GUIDANCE_RESCALE == 1.0
     runs = []
     for name in ("a", "b"):
         assert run_demo(out_dir=str(tmp_path / name), steps=2, per_class=1) == 0
@@ -128,11 +128,15 @@ def test_demo_is_a_fixed_run_with_a_progress_bar_and_one_row_per_class(tmp_path,
     assert re.search(r"train: 100%.*2/2 \[\d\d:\d\d<\d\d:\d\d", err)   # tqdm: elapsed<remaining
     assert "trained 2 steps" in out and "one row per class" in out and "guidance 3" in out
     assert "class accuracy" in out and "CPU time" in out
+    # the guided samples against the unconditional model's (issue 16's targets, printed)
+    assert re.search(r"guidance 3, rescale 1 vs the unconditional model \(null class, same seed, 10 samples\): "
+                     r"FD \d+\.\d+ vs \d+\.\d+ -> \d+\.\d+x \(target <= 1\.2x\), class accuracy \d\.\d{3} "
+                     r"\(target >= 0\.95\)", out), out
     # the speed line: the fastest path named, the reference backend and (when installed)
     # diffusers' loop on the same model, each with its ratio and how far its samples are
     line = next(ln for ln in out.splitlines() if ln.startswith("speed on 2 digits"))
     num = r"\d+\.\d+"
-    assert re.match(rf"speed on 2 digits \(ddim, 50 steps, guidance 3, 1 thread, median of 3\): "
+    assert re.match(rf"speed on 2 digits \(ddim, 50 steps, guidance 3 rescaled 1, 1 thread, median of 3\): "
                     rf"ddpm_fast \(eager, fused \w+ step, PyTorch norms\) {num} s; reference backend {num} s -> {num}x "
                     rf"\(max \|diff\| ([\d.e+-]+)\); ", line), line
     diffs = [float(d) for d in re.findall(r"max \|diff\| ([\d.e+-]+)\)", line)]
@@ -151,6 +155,7 @@ def test_demo_is_a_fixed_run_with_a_progress_bar_and_one_row_per_class(tmp_path,
     assert (w, h) == (4 * 20, 4 * (10 * 18 + 2))                   # one column, ten rows
     report = json.loads((runs[0] / "demo.json").read_text())
     assert report["steps"] == 2 and 0 <= report["quality"]["class_accuracy"] <= 1
+    assert report["guidance_rescale"] == 1.0 and report["unconditional_quality"]["frechet"] > 0
 
 
 def test_a_folder_trained_checkpoint_takes_class_names(tmp_path, fake_sample, capsys):

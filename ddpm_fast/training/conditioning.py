@@ -56,13 +56,16 @@ def class_rows(num_classes: int, per_class: int, device=None) -> torch.Tensor:
     return torch.arange(num_classes, device=device).repeat_interleave(per_class)
 
 
-def guidance_kwargs(labels: torch.Tensor, null_class: int, guidance: float) -> dict:
+def guidance_kwargs(labels: torch.Tensor, null_class: int, guidance: float, rescale: float = 0.0) -> dict:
     """Keyword arguments of ``ddpm_fast.sample`` for a model taking ``y``: the labels, and for
     ``guidance != 1`` the guidance scale with the null class as the unconditional input
-    (ε̂ = ε(x, ∅) + w (ε(x, y) − ε(x, ∅)); w = 1 is the conditional model alone)."""
+    (ε̂ = ε(x, ∅) + w (ε(x, y) − ε(x, ∅)); w = 1 is the conditional model alone) and, when not
+    0, ``guidance_rescale`` (Lin et al. 2023)."""
     if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
         raise ValueError(f"guidance must be a finite number, got {guidance!r}")
     kw = {"model_kwargs": {"y": labels}}
     if guidance != 1:
         kw.update(guidance_scale=float(guidance), uncond_kwargs={"y": torch.full_like(labels, null_class)})
+        if rescale:
+            kw["guidance_rescale"] = float(rescale)
     return kw

@@ -29,17 +29,20 @@ FAST_MODEL_BACKEND = "reference"   # the backend of the ops inside the UNet (its
 ROUNDS = 3
 
 
-def _sample_kw(cfg, labels: torch.Tensor, null_class: int, guidance: float) -> dict:
+def _sample_kw(cfg, labels: torch.Tensor, null_class: int, guidance: float, rescale: float = 0.0) -> dict:
     from ..schedule import NoiseSchedule
     from .conditioning import guidance_kwargs
     return dict(schedule=NoiseSchedule.make(cfg.schedule, cfg.T), sampler=cfg.sampler,
                 steps=cfg.sample_steps, seed=cfg.seed, prediction_type=cfg.prediction_type,
-                **guidance_kwargs(labels, null_class, guidance))
+                **guidance_kwargs(labels, null_class, guidance, rescale))
 
 
-def diffusers_ddim_loop(model, x_T: torch.Tensor, labels: torch.Tensor, cfg, guidance: float) -> torch.Tensor:
+def diffusers_ddim_loop(model, x_T: torch.Tensor, labels: torch.Tensor, cfg, guidance: float,
+                        rescale: float = 0.0) -> torch.Tensor:
     """diffusers' DDIMScheduler loop on ``model(x, t, y=)`` with classifier-free guidance as its
-    pipelines do it (one call on the doubled batch, ``uncond + w (cond - uncond)``), configured
+    pipelines do it (one call on the doubled batch, ``uncond + w (cond - uncond)``, then with
+    ``rescale`` its guidance_rescale: the guided output's per-sample std matched to the
+    conditional one's, blended by ``rescale``), configured
     as ddpm_fast samples the demo: linear betas, ``prediction_type``, x0 clipped to [-1, 1], ε
     re-derived from the clipped x0 (``use_clipped_model_output=True``), final ᾱ = 1."""
     from diffusers import DDIMScheduler
@@ -53,7 +56,12 @@ def diffusers_ddim_loop(model, x_T: torch.Tensor, labels: torch.Tensor, cfg, gui
     for t in sch.timesteps:
         out = model(torch.cat([x, x]), t.expand(y.shape[0]), y=y)
         cond, uncond = out.chunk(2)
-        x = sch.step(uncond + guidance * (cond - uncond), t, x, use_clipped_model_output=True).prev_sample
+        guided = uncond + guidance * (cond - uncond)
+        if rescale:
+            dims = list(range(1, guided.dim()))
+            matched = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+            guided = rescale * matched + (1 - rescale) * guided
+        x = sch.step(guided, t, x, use_clipped_model_output=True).prev_sample
     return x
 
 
@@ -85,7 +93,7 @@ def _median_times(fns: dict, rounds: int = ROUNDS) -> dict:
 
 
 def speed_line(model, labels: torch.Tensor, cfg, guidance: float,
-               with_diffusers: Optional[bool] = None, rounds: int = ROUNDS) -> str:
+               with_diffusers: Optional[bool] = None, rounds: int = ROUNDS, rescale: float = 0.0) -> str:
     """One line: ddpm_fast's fastest path vs the reference backend and diffusers' loop on
     ``labels`` (one sample each), with both speed-ups and the largest sample differences.
     ``with_diffusers`` None: when diffusers imports."""
@@ -97,7 +105,7 @@ def speed_line(model, labels: torch.Tensor, cfg, guidance: float,
             with_diffusers = True
         except ImportError:
             with_diffusers = False
-    kw = _sample_kw(cfg, labels, model.null_class, guidance)
+    kw = _sample_kw(cfg, labels, model.null_class, guidance, rescale)
     shape = (labels.shape[0], *model_image_shape(model))
     x_T = torch.randn(shape, generator=torch.Generator().manual_seed(cfg.seed))
     out: dict = {}
@@ -114,11 +122,11 @@ def speed_line(model, labels: torch.Tensor, cfg, guidance: float,
     fns = {"fast": run("fast", lambda: fast_sample(model, shape, x_T=x_T, **kw)),
            "reference": run("reference", reference)}
     if with_diffusers:
-        fns["diffusers"] = run("diffusers", lambda: diffusers_ddim_loop(model, x_T, labels, cfg, guidance))
+        fns["diffusers"] = run("diffusers", lambda: diffusers_ddim_loop(model, x_T, labels, cfg, guidance, rescale))
     with torch.no_grad():
         t = _median_times(fns, rounds)
     n = labels.shape[0]
-    parts = [f"speed on {n} digits ({cfg.sampler}, {cfg.sample_steps} steps, guidance {guidance:g}, "
+    parts = [f"speed on {n} digits ({cfg.sampler}, {cfg.sample_steps} steps, guidance {_guidance_text(guidance, rescale)}, "
              f"{torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}, median of "
              f"{rounds}): ddpm_fast ({fast_path_name()}) {t['fast']:.2f} s",
              f"reference backend {t['reference']:.2f} s -> {t['reference'] / t['fast']:.2f}x "
@@ -129,6 +137,10 @@ def speed_line(model, labels: torch.Tensor, cfg, guidance: float,
     else:
         parts.append("diffusers not installed (no loop to compare)")
     return "; ".join(parts)
+
+
+def _guidance_text(guidance: float, rescale: float) -> str:
+    return f"{guidance:g}" + (f" rescaled {rescale:g}" if rescale and guidance != 1 else "")
 
 
 def model_image_shape(model) -> tuple:
