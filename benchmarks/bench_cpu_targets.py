@@ -32,8 +32,6 @@ from .bench_sampler import _cpu_name
 DEVICE = torch.device("cpu")
 if torch.cuda.is_available() and os.environ.get("DDPM_FAST_BENCH_DEVICE") != "cpu":
     pytest.skip("CPU targets: run with DDPM_FAST_BENCH_DEVICE=cpu on a GPU machine", allow_module_level=True)
-if os.environ.get("DDPM_FAST_BENCH_THREADS"):
-    torch.set_num_threads(int(os.environ["DDPM_FAST_BENCH_THREADS"]))
 
 CASES = {("const1x16", 1): 200, ("const3x32", 64): 200, ("const3x32", 256): 50, ("dunet", 1): 100}
 SHAPES = {"const1x16": (1, 16, 16), "const3x32": (3, 32, 32), "dunet": (3, 32, 32)}

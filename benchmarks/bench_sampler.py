@@ -43,8 +43,6 @@ from .timing import sync
 
 DEVICE = torch.device(os.environ.get("DDPM_FAST_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
 GPU = DEVICE.type == "cuda"
-if os.environ.get("DDPM_FAST_BENCH_THREADS"):
-    torch.set_num_threads(int(os.environ["DDPM_FAST_BENCH_THREADS"]))
 
 # (model, batch) -> steps per measured run
 if GPU:

@@ -1,7 +1,15 @@
 """Shared benchmark fixtures: ``speedup_report(line)`` collects one line per measured case, printed
 in a section at the end of the run (pytest captures prints inside tests); ``sampler_rows`` collects
-the sampler suite's timings (bench_sampler.py), printed as a ratio table (benchmarks/report.py)."""
+the sampler suite's timings (bench_sampler.py), printed as a ratio table (benchmarks/report.py).
+DDPM_FAST_BENCH_THREADS=n sets torch's intra-op threads for every benchmark file (both
+contenders of a case run with the same count)."""
+import os
+
 import pytest
+import torch
+
+if os.environ.get("DDPM_FAST_BENCH_THREADS"):
+    torch.set_num_threads(int(os.environ["DDPM_FAST_BENCH_THREADS"]))
 
 _LINES: list[str] = []
 _SAMPLER_ROWS: list[dict] = []
