@@ -13,6 +13,7 @@ import ddpm_fast
 from ddpm_fast import NoiseSchedule, noise, ops
 from ddpm_fast.samplers import cache, fast
 from gpu_gates import requires_cuda_kernels
+from toy_models import ElementwiseEps
 
 HAS_CUDA = torch.cuda.is_available()
 SCHED = NoiseSchedule.linear(20)
@@ -164,15 +165,6 @@ def test_front_and_reference_generator_check_the_offset_range():
 
 
 # --- the sampler: one build per chunk shape ------------------------------------------------------
-
-class ElementwiseEps(torch.nn.Module):
-    def __init__(self, w=0.3):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.tensor(w))
-
-    def forward(self, x, t):
-        return torch.tanh(x * self.w + t.view(-1, *([1] * (x.dim() - 1))).float() / 20)
-
 
 class LearnedRange(ElementwiseEps):
     def forward(self, x, t):

@@ -18,6 +18,7 @@ from ddpm_fast.samplers import cache, fast
 from ddpm_fast.samplers.compiled import compile_kwargs
 from ddpm_fast.samplers.graph import GraphSampler
 from gpu_gates import auto_cuda_backend
+from toy_models import ElementwiseEps
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -27,15 +28,6 @@ DYNAMO_EAGER = {"backend": "eager"}   # Dynamo tracing + our cache, no Inductor 
 
 def _has_cpp() -> bool:
     return ddpm_fast.backends()["cpp"] == "available"
-
-
-class ElementwiseEps(torch.nn.Module):
-    def __init__(self, w=0.3):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.tensor(w))
-
-    def forward(self, x, t):
-        return torch.tanh(x * self.w + t.view(-1, *([1] * (x.dim() - 1))).float() / 20)
 
 
 class ClassConditional(torch.nn.Module):

@@ -16,18 +16,10 @@ from ddpm_fast import NoiseSchedule
 from ddpm_fast.samplers import cache
 from ddpm_fast.samplers.compiled import (_without_freezing, compile_kwargs, compiled_model,
                                          freezes_weights, weight_versions)
+from toy_models import ElementwiseEps
 
 SCHED = NoiseSchedule.linear(20)
 SHAPE = (3, 1, 4, 4)
-
-
-class ElementwiseEps(torch.nn.Module):
-    def __init__(self, w=0.3):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.tensor(w))
-
-    def forward(self, x, t):
-        return torch.tanh(x * self.w + t.view(-1, *([1] * (x.dim() - 1))).float() / 20)
 
 
 @pytest.fixture(autouse=True)

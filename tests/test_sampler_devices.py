@@ -17,19 +17,11 @@ import ddpm_fast
 from ddpm_fast import NoiseSchedule, UNet
 from ddpm_fast.samplers import cache, compiled, fast, graph
 from gpu_gates import auto_cuda_backend
+from toy_models import ElementwiseEps as Eps
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 SCHED = NoiseSchedule.linear(20)
 DYNAMO_EAGER = {"backend": "eager"}
-
-
-class Eps(torch.nn.Module):
-    def __init__(self, w=0.3):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.tensor(w))
-
-    def forward(self, x, t):
-        return torch.tanh(x * self.w + t.view(-1, *([1] * (x.dim() - 1))).float() / 20)
 
 
 @pytest.fixture(autouse=True)
