@@ -1,5 +1,5 @@
 // Input checks shared by the CPU kernels and the CUDA binding: every op fails with a clear
-// message naming the op and the argument. Checks that read tensor values (timestep range) run
+// message naming the op and the argument (and write_step_out, the out-variants' write). Checks that read tensor values (timestep range) run
 // only for CPU tensors; on CUDA an out-of-range timestep yields NaN instead (no host sync).
 #pragma once
 
@@ -241,6 +241,20 @@ inline void check_step_out(const char* op, const at::Tensor& x, const at::Tensor
               first_bad->sizes());
   TORCH_CHECK(first_bad->device() == x.device(), "ddpm_fast::", op, ": first_bad is on ", first_bad->device(),
               " but the data is on ", x.device());
+}
+
+// The write of a step's out-variant into its checked `out`: into(dst) writes x_t-shaped contiguous
+// output into dst; dst is `out` itself when it is contiguous (it may be x_t: the kernels read every
+// block before they write it), else a contiguous temporary like x that is then copied into out.
+template <class Into>
+inline void write_step_out(const at::Tensor& x, at::Tensor& out, const Into& into) {
+  if (out.is_contiguous()) {
+    into(out);
+  } else {
+    at::Tensor tmp = at::empty_like(x, at::MemoryFormat::Contiguous);
+    into(tmp);
+    out.copy_(tmp);
+  }
 }
 
 // reverse_step and reverse_step_out (`out`: its output tensor, checked by check_step_out).

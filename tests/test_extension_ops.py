@@ -56,19 +56,27 @@ def test_philox_kat_vectors(request):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_reverse_step_out(device, dtype):
+@pytest.mark.parametrize("op", ["reverse_step", "ddim_step"])
+def test_step_out(device, dtype, op):
+    """<op>_out equals <op> whether out is contiguous, a strided view (written through a
+    temporary) or x_t itself (in place)."""
     shape = (4, 3, 8, 8)
     x, m = _data(shape, dtype, device), _data(shape, dtype, device)
-    args = (x, m, torch.tensor(500, device=device), _table(device), None, _seed(device), 0, 0, 0, True, 1.0, None)
-    want = ops.reverse_step(*args)
+    t, table, seed = torch.tensor(500, device=device), _table(device), _seed(device)
+    if op == "reverse_step":
+        args = (x, m, t, table, None, seed, 0, 0, 0, True, 1.0, None)
+    else:   # eta 0.5: the seeded noise path too
+        args = (x, m, t, t - 20, table, None, seed, 0, 0.5, 0, True, 1.0, 1.0, None)
+    functional, out_variant = getattr(ops, op), getattr(ops, op + "_out")
+    want = functional(*args)
     out = torch.empty_like(x)
-    ops.reverse_step_out(*args, out)
+    out_variant(*args, out)
     assert torch.equal(out, want)
     strided = torch.empty(*shape[:-1], 2 * shape[-1], dtype=dtype, device=device)[..., ::2]
-    ops.reverse_step_out(*args, strided)
+    out_variant(*args, strided)
     assert torch.equal(strided, want)
     x_in_place = x.clone()                                   # out = x_t itself (the sampler's buffer)
-    ops.reverse_step_out(x_in_place, *args[1:], x_in_place)
+    out_variant(x_in_place, *args[1:], x_in_place)
     assert torch.equal(x_in_place, want)
 
 

@@ -82,15 +82,10 @@ void ddim_step_out(const at::Tensor& x_in, const at::Tensor& m_in, const at::Ten
       check_ddim_step_args(op, x_in, m_in, t, t_prev, table_in, noise_in, seed, sample_offset, eta, prediction_type,
                            clip_range, final_alpha_bar, guidance_scale);
   check_step_out(op, x_in, out, first_bad);
-  if (out.is_contiguous()) {
+  write_step_out(x_in, out, [&](at::Tensor& dst) {
     ddim_step_into(x_in, m_in, a, noise_in, seed, sample_offset, eta, prediction_type, clip, clip_range,
-                   final_alpha_bar, guidance_scale, out, first_bad);
-  } else {
-    at::Tensor tmp = at::empty_like(x_in, at::MemoryFormat::Contiguous);
-    ddim_step_into(x_in, m_in, a, noise_in, seed, sample_offset, eta, prediction_type, clip, clip_range,
-                   final_alpha_bar, guidance_scale, tmp, first_bad);
-    out.copy_(tmp);
-  }
+                   final_alpha_bar, guidance_scale, dst, first_bad);
+  });
 }
 
 }  // namespace

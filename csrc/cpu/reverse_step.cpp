@@ -86,15 +86,10 @@ void reverse_step_out(const at::Tensor& x_t, const at::Tensor& model_out, const 
   const ScheduleArgs a = check_reverse_step_args(op, x_t, model_out, t, table, noise, seed, sample_offset,
                                                  prediction_type, variance_type, clip_range, guidance_scale);
   check_step_out(op, x_t, out, first_bad);
-  if (out.is_contiguous()) {
+  write_step_out(x_t, out, [&](at::Tensor& dst) {
     reverse_step_into(x_t, model_out, a, noise, seed, sample_offset, prediction_type, variance_type, clip, clip_range,
-                      guidance_scale, out, first_bad);
-  } else {
-    at::Tensor tmp = at::empty_like(x_t, at::MemoryFormat::Contiguous);
-    reverse_step_into(x_t, model_out, a, noise, seed, sample_offset, prediction_type, variance_type, clip, clip_range,
-                      guidance_scale, tmp, first_bad);
-    out.copy_(tmp);
-  }
+                      guidance_scale, dst, first_bad);
+  });
 }
 
 }  // namespace

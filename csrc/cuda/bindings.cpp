@@ -152,15 +152,10 @@ void reverse_step_out(const at::Tensor& x_t, const at::Tensor& model_out, const 
                                                  prediction_type, variance_type, clip_range, guidance_scale);
   check_step_out(op, x_t, out, first_bad);
   const c10::cuda::CUDAGuard guard(x_t.device());
-  if (out.is_contiguous()) {
+  write_step_out(x_t, out, [&](at::Tensor& dst) {
     reverse_step_into(op, x_t, model_out, a, noise, seed, sample_offset, prediction_type, variance_type, clip,
-                      clip_range, guidance_scale, out, first_bad);
-  } else {
-    at::Tensor tmp = at::empty_like(x_t, at::MemoryFormat::Contiguous);
-    reverse_step_into(op, x_t, model_out, a, noise, seed, sample_offset, prediction_type, variance_type, clip,
-                      clip_range, guidance_scale, tmp, first_bad);
-    out.copy_(tmp);
-  }
+                      clip_range, guidance_scale, dst, first_bad);
+  });
 }
 
 // Writes x_{t_prev} of checked inputs into `out` (contiguous, x_t's dtype and shape), and the NaN
@@ -208,15 +203,10 @@ void ddim_step_out(const at::Tensor& x_in, const at::Tensor& m_in, const at::Ten
                            clip_range, final_alpha_bar, guidance_scale);
   check_step_out(op, x_in, out, first_bad);
   const c10::cuda::CUDAGuard guard(x_in.device());
-  if (out.is_contiguous()) {
+  write_step_out(x_in, out, [&](at::Tensor& dst) {
     ddim_step_into(op, x_in, m_in, a, noise, seed, sample_offset, eta, prediction_type, clip, clip_range,
-                   final_alpha_bar, guidance_scale, out, first_bad);
-  } else {
-    at::Tensor tmp = at::empty_like(x_in, at::MemoryFormat::Contiguous);
-    ddim_step_into(op, x_in, m_in, a, noise, seed, sample_offset, eta, prediction_type, clip, clip_range,
-                   final_alpha_bar, guidance_scale, tmp, first_bad);
-    out.copy_(tmp);
-  }
+                   final_alpha_bar, guidance_scale, dst, first_bad);
+  });
 }
 
 at::Tensor temb_add(const at::Tensor& h_in, const at::Tensor& temb_in) {
