@@ -1,7 +1,7 @@
 """The Triton backend beyond the ops contract (tests/test_ops_contract.py checks every op against
-the float64 reference on every backend): reverse_step_out in place, chunk invariance, the front
-dispatching to it, and on a GPU, Triton against the CUDA extension at full size. On CPU through
-TRITON_INTERPRET=1."""
+the float64 reference on every backend): reverse_step_out in place, the out-variants into a strided
+out, chunk invariance, the front dispatching to it, and on a GPU, Triton against the CUDA extension
+at full size. On CPU through TRITON_INTERPRET=1."""
 import pytest
 import torch
 
@@ -39,6 +39,21 @@ def test_reverse_step_given_noise_and_out(table):
     res = dispatch.implementation("reverse_step_out", "triton", DEV)(
         x, m, t, table, None, SEED, 0, 0, 0, True, 1.0, None, torch.empty_like(x))
     assert torch.equal(res, ref)
+
+
+@pytest.mark.parametrize("op", ["reverse_step", "ddim_step"])
+def test_step_out_into_a_strided_out(table, op):
+    """<op>_out into a non-contiguous out (written through a temporary) equals <op>."""
+    x, m = _rand((2, 3, 8, 8), torch.float32), _rand((2, 3, 8, 8), torch.float32)
+    t = torch.tensor([60, 9], device=DEV)
+    if op == "reverse_step":
+        args = (x, m, t, table, None, SEED, 0, 0, 0, True, 1.0, None)
+    else:   # eta 0.5: the seeded noise path too; t_prev -1: the final step
+        args = (x, m, t, torch.tensor([50, -1], device=DEV), table, None, SEED, 0, 0.5, 0, True, 1.0, 1.0, None)
+    want = getattr(ops, op)(*args)
+    strided = torch.empty(2, 3, 8, 16, device=DEV)[..., ::2]
+    getattr(ops, op + "_out")(*args, strided)
+    assert torch.equal(strided, want)
 
 
 def test_chunk_invariance(table):

@@ -89,6 +89,16 @@ def rows(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     return x, B, (x.numel() // B if B else 0)
 
 
+def write_out(x: torch.Tensor, out: torch.Tensor, into) -> None:
+    """An out-variant's write: ``into(dst)`` writes x-shaped contiguous output into dst, which is
+    ``out`` itself when it is contiguous (it may be x: each element is read before the same program
+    writes it), else a contiguous temporary then copied into out (csrc/op_checks.h write_step_out)."""
+    dst = out if out.is_contiguous() else torch.empty_like(x, memory_format=torch.contiguous_format)
+    into(dst)
+    if dst is not out:
+        out.copy_(dst)
+
+
 def timestep(t: torch.Tensor) -> tuple[torch.Tensor, int]:
     """A timestep tensor ([] or [B], any strides: expanded, sliced) as contiguous values, and
     its stride over the batch in them (0: one value for all samples)."""

@@ -15,7 +15,7 @@ from ...noise import STREAM_STEP
 from ...schedule import Col
 from ._common import (autotuned, div_rn, elementwise_grid, guided_model_out, guided_model_out_record, launch,
                       load_coef, load_timestep, record_bad, rows, sample_block, seed_arg, seed_offset, sqrt_rn,
-                      timestep, to_compute, to_out)
+                      timestep, to_compute, to_out, write_out)
 from .philox import seeded_normal_block
 
 _C_AB: tl.constexpr = tl.constexpr(int(Col.ALPHA_BAR))
@@ -95,11 +95,9 @@ def ddim_step_out(x_t, model_out, t, t_prev, table, noise, seed, sample_offset, 
                   clip_range, final_alpha_bar, guidance_scale, out, first_bad=None):
     """ddim_step written into ``out`` (in place when contiguous: each element is read before the
     same program writes it, so out may be x_t), with the NaN record into ``first_bad``."""
-    dst = out if out.is_contiguous() else torch.empty_like(x_t, memory_format=torch.contiguous_format)
-    _launch(x_t, model_out, t, t_prev, table, noise, seed, sample_offset, eta, prediction_type, clip,
-            clip_range, final_alpha_bar, guidance_scale, dst, first_bad)
-    if dst is not out:
-        out.copy_(dst)
+    write_out(x_t, out, lambda dst: _launch(x_t, model_out, t, t_prev, table, noise, seed, sample_offset, eta,
+                                            prediction_type, clip, clip_range, final_alpha_bar, guidance_scale, dst,
+                                            first_bad))
 
 
 def _launch(x_t, model_out, t, t_prev, table, noise, seed, sample_offset, eta, prediction_type, clip,

@@ -17,7 +17,7 @@ from ...noise import STREAM_STEP
 from ...schedule import Col
 from ._common import (autotuned, elementwise_grid, guided_model_out, guided_model_out_record, launch, load_coef,
                       load_timestep, record_bad, rows, sample_block, seed_arg, seed_offset, timestep, to_compute,
-                      to_out)
+                      to_out, write_out)
 from .philox import seeded_normal_block
 
 _C_SQRT_AB: tl.constexpr = tl.constexpr(int(Col.SQRT_ALPHA_BAR))
@@ -117,8 +117,5 @@ def reverse_step_out(x_t, model_out, t, table, noise, seed, sample_offset, predi
     """reverse_step written into ``out``: in place when it is contiguous (each element is read
     before the same thread writes it, so out may be x_t), else through a temporary; the NaN record
     into ``first_bad`` (int64 [] / [1]) in the same pass."""
-    dst = out if out.is_contiguous() else torch.empty_like(x_t, memory_format=torch.contiguous_format)
-    _launch(x_t, model_out, t, table, noise, seed, sample_offset, prediction_type, variance_type,
-            clip, clip_range, guidance_scale, dst, first_bad)
-    if dst is not out:
-        out.copy_(dst)
+    write_out(x_t, out, lambda dst: _launch(x_t, model_out, t, table, noise, seed, sample_offset, prediction_type,
+                                            variance_type, clip, clip_range, guidance_scale, dst, first_bad))
