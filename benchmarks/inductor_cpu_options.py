@@ -59,7 +59,8 @@ def build(name: str, batch: int):
         shape = (batch, 3, 32, 32)
         unwrap = lambda out: out.sample
     elif name == "lucid":
-        _stub_lucidrains_training_deps()
+        from tools.lucidrains_stubs import stub_lucidrains_training_deps
+        stub_lucidrains_training_deps()   # the Unet needs none of its module's training deps
         from denoising_diffusion_pytorch import Unet
         torch.manual_seed(0)
         m = Unet(dim=32, dim_mults=(1, 2), channels=3).eval()
@@ -70,23 +71,6 @@ def build(name: str, batch: int):
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     t = torch.full((batch,), 500, dtype=torch.int64)
     return m, x, t, unwrap
-
-
-def _stub_lucidrains_training_deps():
-    """denoising_diffusion_pytorch imports its trainer's dependencies at module level; the Unet
-    needs none of them (tests/test_dropin_lucidrains.py stubs the same ones)."""
-    import types
-    stubs = {"torchvision": ["transforms", "utils"], "accelerate": ["Accelerator"], "ema_pytorch": ["EMA"],
-             "pytorch_fid": [], "pytorch_fid.fid_score": ["calculate_frechet_distance"],
-             "pytorch_fid.inception": ["InceptionV3"]}
-    for name, attrs in stubs.items():
-        try:
-            __import__(name)
-        except ImportError:
-            stub = types.ModuleType(name)
-            for a in attrs:
-                setattr(stub, a, None)
-            sys.modules[name] = stub
 
 
 def interleaved(fns, rounds: int):

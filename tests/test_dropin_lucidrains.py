@@ -3,39 +3,21 @@ reproduces its own ``ddim_sample`` / ``p_sample_loop`` from the same initial noi
 
 The expected values come from the real ``denoising_diffusion_pytorch`` code (requirements-dev
 pins it; `make deps` installs it without its training-only dependencies). Those it imports at
-module level — torchvision, accelerate, ema_pytorch, pytorch_fid — are stubbed here when
-missing: sampling never touches them.
+module level — torchvision, accelerate, ema_pytorch, pytorch_fid — are stubbed when missing
+(tools/lucidrains_stubs.py): sampling never touches them.
 """
-import sys
-import types
-
 import pytest
 import torch
 
 import ddpm_fast
 from ddpm_fast.noise import STREAM_STEP, philox_normal
 from ddpm_fast.samplers.lucidrains import ddim_times
+from tools.lucidrains_stubs import stub_lucidrains_training_deps
 
 pytest.importorskip("einops")
 
-_STUBS = {"torchvision": ["transforms", "utils"], "accelerate": ["Accelerator"],
-          "ema_pytorch": ["EMA"], "pytorch_fid": [], "pytorch_fid.fid_score": ["calculate_frechet_distance"],
-          "pytorch_fid.inception": ["InceptionV3"]}
-
-
-def _import_lucidrains():
-    for name, attrs in _STUBS.items():
-        try:
-            __import__(name)
-        except ImportError:
-            stub = types.ModuleType(name)
-            for a in attrs:
-                setattr(stub, a, None)
-            sys.modules[name] = stub
-    return pytest.importorskip("denoising_diffusion_pytorch")
-
-
-ddp = _import_lucidrains()
+stub_lucidrains_training_deps()
+ddp = pytest.importorskip("denoising_diffusion_pytorch")
 SHAPE = (2, 3, 8, 8)
 
 
