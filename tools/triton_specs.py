@@ -63,86 +63,70 @@ def make_spec(op: str, fn, cfg: triton.Config, tag: str, signature: dict, conste
                    num_warps=cfg.num_warps, num_stages=cfg.num_stages, elementwise=elementwise)
 
 
+def _elementwise(fn, signature, variants, dtypes=DTYPES, sizes: Iterable[str] = ("N",)) -> list:
+    """The specs of an element-wise kernel: every ELEMENTWISE_CONFIGS config x data dtype x variant.
+    ``signature(ty)``: its args with data pointers of type ``ty`` ("*fp32", ...); ``variants``:
+    (op name, tag suffix, constexprs) of each specialisation the launchers pick."""
+    return [make_spec(op, fn, cfg, tag + suffix, signature("*" + tag), constexprs, elementwise=True, sizes=sizes)
+            for cfg in ELEMENTWISE_CONFIGS for tag in dtypes for op, suffix, constexprs in variants]
+
+
 def _philox() -> list:
     sig = {"out_ptr": "*fp32", "seed_ptr": "*i64", "t_ptr": "*i64", "sample_offset": "i32",
            "stream": "i32", "N": "i32"}
-    return [make_spec("philox_normal" if normal else "philox_uniform", philox.philox_kernel, cfg, "fp32", sig,
-                      {"T_STRIDE": 1, "NORMAL": normal, "SEED_OFFSET": True}, elementwise=True)
-            for cfg in ELEMENTWISE_CONFIGS for normal in (True, False)]
+    return _elementwise(philox.philox_kernel, lambda ty: sig,
+                        [("philox_normal" if normal else "philox_uniform", "",
+                          {"T_STRIDE": 1, "NORMAL": normal, "SEED_OFFSET": True}) for normal in (True, False)],
+                        dtypes=("fp32",))
 
 
 def _q_sample() -> list:
-    specs = []
-    for cfg in ELEMENTWISE_CONFIGS:
-        for tag in DTYPES:
-            ty = "*" + tag
-            sig = {"x0_ptr": ty, "noise_ptr": ty, "out_ptr": ty, "target_ptr": ty, "t_ptr": "*i64",
-                   "table_ptr": "*fp64", "seed_ptr": "*i64", "sample_offset": "i32", "N": "i32", "T": "i32"}
-            for seeded in (False, True):
-                specs.append(make_spec("q_sample_seeded" if seeded else "q_sample", q_sample.q_sample_kernel, cfg,
-                                       tag, sig, {"T_STRIDE": 1, "SEEDED": seeded, "TARGET": 2 if seeded else 0,
-                                                  "F64": False, "SEED_OFFSET": seeded}, elementwise=True))
-    return specs
+    return _elementwise(q_sample.q_sample_kernel,
+                        lambda ty: {"x0_ptr": ty, "noise_ptr": ty, "out_ptr": ty, "target_ptr": ty, "t_ptr": "*i64",
+                                    "table_ptr": "*fp64", "seed_ptr": "*i64", "sample_offset": "i32", "N": "i32",
+                                    "T": "i32"},
+                        [("q_sample_seeded" if seeded else "q_sample", "",
+                          {"T_STRIDE": 1, "SEEDED": seeded, "TARGET": 2 if seeded else 0, "F64": False,
+                           "SEED_OFFSET": seeded}) for seeded in (False, True)])
 
 
 def _reverse_step() -> list:
-    specs = []
-    for cfg in ELEMENTWISE_CONFIGS:
-        for tag in DTYPES:
-            ty = "*" + tag
-            sig = {"x_ptr": ty, "m_ptr": ty, "noise_ptr": ty, "out_ptr": ty, "t_ptr": "*i64",
-                   "table_ptr": "*fp64", "seed_ptr": "*i64", "bad_ptr": "*i64", "sample_offset": "i32",
-                   "clip_range": "fp32", "guidance_scale": "fp32", "half": "i32", "N": "i32", "T": "i32"}
-            # ":record": the sampler's path (reverse_step_out with the NaN record's masked atomic)
-            for record in (False, True):
-                specs.append(make_spec("reverse_step:record" if record else "reverse_step",
-                                       reverse_step.reverse_step_kernel, cfg, tag + ",record" * record, sig,
-                                       {"T_STRIDE": 0, "PRED": 0, "VAR": 0, "CLIP": True, "SEEDED": True,
-                                        "GUIDED": False, "RECORD": record, "F64": False, "SEED_OFFSET": True},
-                                       elementwise=True))
-    return specs
+    # ":record": the sampler's path (reverse_step_out with the NaN record's masked atomic)
+    return _elementwise(reverse_step.reverse_step_kernel,
+                        lambda ty: {"x_ptr": ty, "m_ptr": ty, "noise_ptr": ty, "out_ptr": ty, "t_ptr": "*i64",
+                                    "table_ptr": "*fp64", "seed_ptr": "*i64", "bad_ptr": "*i64",
+                                    "sample_offset": "i32", "clip_range": "fp32", "guidance_scale": "fp32",
+                                    "half": "i32", "N": "i32", "T": "i32"},
+                        [("reverse_step:record" if record else "reverse_step", ",record" * record,
+                          {"T_STRIDE": 0, "PRED": 0, "VAR": 0, "CLIP": True, "SEEDED": True, "GUIDED": False,
+                           "RECORD": record, "F64": False, "SEED_OFFSET": True}) for record in (False, True)])
 
 
 def _ddim_step() -> list:
-    specs = []
-    for cfg in ELEMENTWISE_CONFIGS:
-        for tag in DTYPES:
-            ty = "*" + tag
-            sig = {"x_ptr": ty, "m_ptr": ty, "noise_ptr": ty, "out_ptr": ty, "t_ptr": "*i64", "tp_ptr": "*i64",
-                   "table_ptr": "*fp64", "seed_ptr": "*i64", "bad_ptr": "*i64", "sample_offset": "i32",
-                   "eta": "fp32", "clip_range": "fp32", "final_alpha_bar": "fp32", "guidance_scale": "fp32",
-                   "half": "i32", "N": "i32", "T": "i32"}
-            for record in (False, True):
-                specs.append(make_spec("ddim_step:record" if record else "ddim_step", ddim_step.ddim_step_kernel,
-                                       cfg, tag + ",record" * record, sig,
-                                       {"T_STRIDE": 0, "TP_STRIDE": 0, "PRED": 0, "CLIP": True, "NOISE": True,
-                                        "SEEDED": True, "GUIDED": False, "RECORD": record, "F64": False,
-                                        "SEED_OFFSET": True},
-                                       elementwise=True))
-    return specs
+    return _elementwise(ddim_step.ddim_step_kernel,
+                        lambda ty: {"x_ptr": ty, "m_ptr": ty, "noise_ptr": ty, "out_ptr": ty, "t_ptr": "*i64",
+                                    "tp_ptr": "*i64", "table_ptr": "*fp64", "seed_ptr": "*i64", "bad_ptr": "*i64",
+                                    "sample_offset": "i32", "eta": "fp32", "clip_range": "fp32",
+                                    "final_alpha_bar": "fp32", "guidance_scale": "fp32", "half": "i32", "N": "i32",
+                                    "T": "i32"},
+                        [("ddim_step:record" if record else "ddim_step", ",record" * record,
+                          {"T_STRIDE": 0, "TP_STRIDE": 0, "PRED": 0, "CLIP": True, "NOISE": True, "SEEDED": True,
+                           "GUIDED": False, "RECORD": record, "F64": False, "SEED_OFFSET": True})
+                         for record in (False, True)])
 
 
 def _multistep_update() -> list:
-    specs = []
-    for cfg in ELEMENTWISE_CONFIGS:
-        for tag in DTYPES:
-            ty = "*" + tag
-            sig = {"x_ptr": ty, "m_ptr": ty, "h_ptr": ty, "out_ptr": ty, "x0_ptr": ty, "table_ptr": "*fp64",
-                   "step_ptr": "*i64", "guidance_scale": "fp32", "N": "i32", "S": "i32"}
-            specs.append(make_spec("multistep_update", multistep_update.multistep_update_kernel, cfg, tag, sig,
-                                   {"K": 3, "GUIDED": True, "F64": False}, elementwise=True))
-    return specs
+    return _elementwise(multistep_update.multistep_update_kernel,
+                        lambda ty: {"x_ptr": ty, "m_ptr": ty, "h_ptr": ty, "out_ptr": ty, "x0_ptr": ty,
+                                    "table_ptr": "*fp64", "step_ptr": "*i64", "guidance_scale": "fp32", "N": "i32",
+                                    "S": "i32"},
+                        [("multistep_update", "", {"K": 3, "GUIDED": True, "F64": False})])
 
 
 def _temb_add() -> list:
-    specs = []
-    for cfg in ELEMENTWISE_CONFIGS:
-        for tag in DTYPES:
-            ty = "*" + tag
-            sig = {"h_ptr": ty, "temb_ptr": ty, "out_ptr": ty, "numel": "i32", "HW": "i32"}
-            specs.append(make_spec("temb_add", temb_add.temb_add_kernel, cfg, tag, sig, {"F64": False},
-                                   elementwise=True, sizes=("numel", "HW")))
-    return specs
+    return _elementwise(temb_add.temb_add_kernel,
+                        lambda ty: {"h_ptr": ty, "temb_ptr": ty, "out_ptr": ty, "numel": "i32", "HW": "i32"},
+                        [("temb_add", "", {"F64": False})], sizes=("numel", "HW"))
 
 
 def _groupnorm_temb_silu() -> list:
