@@ -1,6 +1,8 @@
 // Input checks shared by the CPU kernels and the CUDA binding: every op fails with a clear
-// message naming the op and the argument (and write_step_out, the out-variants' write). Checks that read tensor values (timestep range) run
+// message naming the op and the argument. Checks that read tensor values (timestep range) run
 // only for CPU tensors; on CUDA an out-of-range timestep yields NaN instead (no host sync).
+// Beside them, the two helpers both sides share: per_sample (the [B, N] view of a tensor) and
+// write_step_out (the out-variants' write).
 #pragma once
 
 #include <cmath>
@@ -24,6 +26,13 @@ inline int dtype_code(const at::Tensor& x) {
     case at::kBFloat16: return DT_BFLOAT16;
     default: return -1;
   }
+}
+
+// Elements per sample of a [B, ...] tensor (the N of the kernels' [B, N] view).
+inline int64_t per_sample(const at::Tensor& x) {
+  int64_t n = 1;
+  for (int64_t d = 1; d < x.dim(); ++d) n *= x.size(d);
+  return n;
 }
 
 inline void check_data(const char* op, const char* name, const at::Tensor& x, const at::Device& device) {
@@ -362,7 +371,5 @@ inline GroupNormSizes check_groupnorm_temb_silu_args(const char* op, const at::T
   check_positive_finite(op, "eps", eps);  // eps = 0 on a one-element group is 0/0
   return GroupNormSizes{B, C, B * C == 0 ? 0 : x.numel() / (B * C)};
 }
-
-inline int64_t numel_per_sample(const at::Tensor& x) { return x.dim() == 0 || x.size(0) == 0 ? 0 : x.numel() / x.size(0); }
 
 }  // namespace ddpm_fast

@@ -214,13 +214,6 @@ struct Timesteps {
   }
 };
 
-// Elements per sample of a [B, ...] tensor.
-inline int64_t per_sample(const at::Tensor& x) {
-  int64_t n = 1;
-  for (int64_t d = 1; d < x.dim(); ++d) n *= x.size(d);
-  return n;
-}
-
 // Fills z[0:n] with the step's noise: the given tensor's block, or Philox normals.
 struct NoiseSource {
   const void* noise = nullptr;  // contiguous noise tensor data, or nullptr

@@ -30,12 +30,6 @@ TableArg table_arg(const at::Tensor& table) { return TableArg{table.data_ptr<dou
 // A checked seed (int64 [] / [1], or [2] = (key, sample offset)); read by the kernels only.
 SeedArg seed_arg(const at::Tensor& seed) { return SeedArg{seed.data_ptr<int64_t>(), seed.numel() == 2}; }
 
-int64_t per_sample(const at::Tensor& x) {
-  int64_t n = 1;
-  for (int64_t d = 1; d < x.dim(); ++d) n *= x.size(d);
-  return n;
-}
-
 at::Tensor philox4x32_10_words(const at::Tensor& counters, const at::Tensor& key) {
   const char* op = "_philox4x32_10";
   check_philox_words_args(op, counters, key);
