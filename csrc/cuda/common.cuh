@@ -123,6 +123,20 @@ __device__ __forceinline__ void record_bad(int64_t* first_bad, bool bad, int64_t
   }
 }
 
+// The model output octet of a step at element i (m): model_out's own, or with classifier-free
+// guidance (guided) combined with its unconditional octet at half + i (half = B * N, guide8); and
+// the NaN record of both halves as read (record_bad at the step's timestep t).
+__device__ __forceinline__ void ld_model8(const void* model_out, int mdt, int64_t i, int n, bool vec, bool guided,
+                                          float w, int64_t half, int64_t* first_bad, int64_t t, float m[8]) {
+  ld8(model_out, mdt, i, n, vec, m);
+  bool bad = first_bad != nullptr && any_nonfinite8(m);
+  if (guided) {
+    const bool bad_u = guide8(model_out, mdt, half + i, n, vec, w, m);
+    bad = bad || (first_bad != nullptr && bad_u);
+  }
+  record_bad(first_bad, bad, t);
+}
+
 __device__ __forceinline__ void st8(void* p, int dt, int64_t i, int n, bool vec, const float v[8]) {
   if (vec && n == 8) {
     st8(p, dt, i, v);

@@ -27,13 +27,7 @@ __global__ void reverse_step_kernel(void* out, const void* x_t, int dt, const vo
     }
     float x[8], m[8];
     ld8(x_t, dt, i, n, vec, x);
-    ld8(model_out, mdt, i, n, vec, m);
-    bool bad = first_bad != nullptr && any_nonfinite8(m);  // the NaN record: both halves, as read
-    if (guided) {
-      const bool bad_u = guide8(model_out, mdt, B * N + i, n, vec, w, m);
-      bad = bad || (first_bad != nullptr && bad_u);
-    }
-    record_bad(first_bad, bad, tb);
+    ld_model8(model_out, mdt, i, n, vec, guided, w, B * N, first_bad, tb, m);
     if (noise.noise != nullptr) ld8(noise.noise, noise.noise_dtype, i, n, vec, z);
 #pragma unroll
     for (int j = 0; j < 8; ++j) x[j] = reverse_step_elem<kPrediction>(c, x[j], m[j], z[j], clip, clip_range);
