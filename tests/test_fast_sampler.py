@@ -18,7 +18,7 @@ from ddpm_fast.samplers import cache, fast
 from ddpm_fast.samplers.compiled import compile_kwargs
 from ddpm_fast.samplers.graph import GraphSampler
 from gpu_gates import auto_cuda_backend
-from toy_models import ElementwiseEps
+from toy_models import ClassConditional, ElementwiseEps
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -28,15 +28,6 @@ DYNAMO_EAGER = {"backend": "eager"}   # Dynamo tracing + our cache, no Inductor 
 
 def _has_cpp() -> bool:
     return ddpm_fast.backends()["cpp"] == "available"
-
-
-class ClassConditional(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.emb = torch.nn.Embedding(10, 2)
-
-    def forward(self, x, t, y):
-        return 0.1 * x + self.emb(y)[:, :, None, None]
 
 
 def small_unet() -> UNet:
@@ -180,7 +171,7 @@ def test_compiling_leaves_the_users_rng_alone():
 
 def test_class_labels_of_each_call_are_used():
     """The compiled sampler reads the kwargs of this call, not those it was built with."""
-    m = ClassConditional()
+    m = ClassConditional(2)
     for labels in ([1, 2], [7, 7]):
         y = torch.tensor(labels)
         got = _sample(m, (2, 2, 3, 3), model_kwargs={"y": y})
@@ -246,7 +237,7 @@ RUNNER_CASES = [  # backend, mode, (sampler, steps, eta), compiled; cpp + ddpm =
 @pytest.mark.parametrize("backend,mode,case,compiled", RUNNER_CASES)
 def test_graph_runner_replays_like_the_eager_sampler(backend, mode, case, compiled):
     sampler, steps, eta = case
-    m = ClassConditional()
+    m = ClassConditional(2)
     shape, y = (3, 2, 3, 3), torch.tensor([1, 2, 3])
     ckw = compile_kwargs(DYNAMO_EAGER, capturing=True) if compiled else None
     runner = EagerReplay(_spec(shape, backend, sampler, steps, eta), m, {"y": y}, ckw, mode, intermediate_every=5)

@@ -5,19 +5,9 @@ import torch
 import ddpm_fast
 from ddpm_fast import NoiseSchedule, reverse_step
 from ddpm_fast.noise import STREAM_INIT, philox_normal
+from toy_models import ClassConditional, ElementwiseEps
 
 SCHED = NoiseSchedule.linear(20)
-
-
-class ElementwiseEps(torch.nn.Module):
-    """A model whose output for sample i depends on sample i alone, bit for bit."""
-
-    def __init__(self):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.tensor(0.3))
-
-    def forward(self, x, t):
-        return torch.tanh(x * self.w + t.view(-1, *([1] * (x.dim() - 1))).float() / 20)
 
 
 class LucidrainsStyleUnet(torch.nn.Module):
@@ -29,15 +19,6 @@ class LucidrainsStyleUnet(torch.nn.Module):
 
     def forward(self, x, time, x_self_cond=None):
         return self.conv(x) + time.float().view(-1, 1, 1, 1) / 1000
-
-
-class ClassConditional(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.emb = torch.nn.Embedding(10, 3)
-
-    def forward(self, x, t, y):
-        return 0.1 * x + self.emb(y)[:, :, None, None]
 
 
 def manual_loop(model, shape, seed, schedule, **kw):
@@ -104,7 +85,7 @@ def test_lucidrains_style_and_class_conditional_models():
                            prediction_type="v_prediction")
     assert out.shape == (2, 3, 8, 8)
     y = torch.tensor([0, 9, 3])
-    model = ClassConditional()
+    model = ClassConditional(3)
     full = ddpm_fast.sample(model, (3, 3, 4, 4), schedule=SCHED, seed=0, model_kwargs={"y": y})
     part = ddpm_fast.sample(model, (2, 3, 4, 4), schedule=SCHED, seed=0, sample_offset=1,
                             model_kwargs={"y": y[1:]})
