@@ -7,15 +7,12 @@ measured against the contract's formulas evaluated in float64 on the same float3
 θ = float32(2π u_b), the words coming from the reference generator (ddpm_fast/noise.py)."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from ddpm_fast import noise
 from ddpm_fast.ops import extension
+from isa_paths import check_on_isa_path, isa_paths
 
 pytestmark = [pytest.mark.extension,
               pytest.mark.skipif(not extension.available(), reason="C++ extension not built")]
@@ -57,24 +54,9 @@ def _check_this_process() -> str:
     return torch.backends.cpu.get_cpu_capability()
 
 
-def _paths() -> list[str]:
-    """ATEN_CPU_CAPABILITY values this CPU can run: the scalar path always, then the SIMD ones."""
-    best = torch.backends.cpu.get_cpu_capability()
-    return ["default"] + [p for p in ("avx2", "avx512") if best in ("AVX2", "AVX512")
-                          and (p == "avx2" or best == "AVX512")]
-
-
-@pytest.mark.parametrize("path", _paths())
+@pytest.mark.parametrize("path", isa_paths())
 def test_noise_on_each_isa_path(path):
-    env = dict(os.environ, ATEN_CPU_CAPABILITY=path)
-    code = ("import tests.test_cpu_noise as m, ddpm_fast.ops.extension as e; e.available(); "
-            "print(m._check_this_process())")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    res = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True,
-                         timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.strip().splitlines()[-1] == path.upper()
+    check_on_isa_path("tests.test_cpu_noise", path)
 
 
 def test_error_measure_flags_a_wrong_normal():
