@@ -68,15 +68,12 @@ inline VF vfma(VF a, VF b, VF c) { return _mm256_fmadd_ps(a, b, c); }
 inline VF vquot(VF a, VF b) { return _mm256_div_ps(a, b); }
 inline VF vmin(VF a, VF b) { return _mm256_min_ps(a, b); }
 inline VF vmax(VF a, VF b) { return _mm256_max_ps(a, b); }
-inline VM vgt(VF a, VF b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
 inline VM vlt(VF a, VF b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
 inline VF vblend(VM m, VF a, VF b) { return _mm256_blendv_ps(b, a, m); }  // m ? a : b
 inline VU to_int(VF a) { return _mm256_cvttps_epi32(a); }
 inline VF from_bits(VU a) { return _mm256_castsi256_ps(a); }
 inline VU iadd(VU a, VU b) { return _mm256_add_epi32(a, b); }
-inline VU isub(VU a, VU b) { return _mm256_sub_epi32(a, b); }
 inline VU ishl(VU a, int n) { return _mm256_slli_epi32(a, n); }
-inline VU isra1(VU a) { return _mm256_srai_epi32(a, 1); }
 inline VU iconst(int32_t x) { return _mm256_set1_epi32(x); }
 using VT = __m256i;  // tail mask: all-ones in the lanes below n
 inline VT tail_mask(int64_t n) {
@@ -122,15 +119,12 @@ inline VF vquot(VF a, VF b) {
 }
 inline VF vmin(VF a, VF b) { return _mm512_min_ps(a, b); }  // as MINPS: b when either is NaN
 inline VF vmax(VF a, VF b) { return _mm512_max_ps(a, b); }
-inline VM vgt(VF a, VF b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
 inline VM vlt(VF a, VF b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
 inline VF vblend(VM m, VF a, VF b) { return _mm512_mask_blend_ps(m, b, a); }  // m ? a : b
 inline VU to_int(VF a) { return _mm512_cvttps_epi32(a); }
 inline VF from_bits(VU a) { return _mm512_castsi512_ps(a); }
 inline VU iadd(VU a, VU b) { return _mm512_add_epi32(a, b); }
-inline VU isub(VU a, VU b) { return _mm512_sub_epi32(a, b); }
 inline VU ishl(VU a, int n) { return _mm512_slli_epi32(a, n); }
-inline VU isra1(VU a) { return _mm512_srai_epi32(a, 1); }
 inline VU iconst(int32_t x) { return _mm512_set1_epi32(x); }
 using VT = __mmask16;
 inline VT tail_mask(int64_t n) { return static_cast<VT>((1u << n) - 1u); }
