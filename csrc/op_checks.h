@@ -372,4 +372,19 @@ inline GroupNormSizes check_groupnorm_temb_silu_args(const char* op, const at::T
   return GroupNormSizes{B, C, B * C == 0 ? 0 : x.numel() / (B * C)};
 }
 
+// attention: q [B, H, Nq, D], k and v [B, H, Nk, D] (the messages of ddpm_fast/ops/__init__.py
+// attention); scale finite.
+inline void check_attention_args(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                 double scale) {
+  check_data(op, "q", q, q.device());
+  check_data(op, "k", k, q.device());
+  check_data(op, "v", v, q.device());
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "ddpm_fast::", op,
+              ": q, k and v must be [B, H, N, D], got shapes ", q.sizes(), ", ", k.sizes(), ", ", v.sizes());
+  TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == q.size(0) && k.size(1) == q.size(1) && k.size(3) == q.size(3),
+              "ddpm_fast::", op, ": k and v must be [B, H, Nk, D] for q [B, H, Nq, D] = ", q.sizes(), ", got ",
+              k.sizes(), " and ", v.sizes());
+  TORCH_CHECK(std::isfinite(scale), "ddpm_fast::", op, ": scale must be a finite number in (-inf, inf), got ", scale);
+}
+
 }  // namespace ddpm_fast

@@ -76,11 +76,11 @@ lines, missing = [], []
 for op in ops:
     cpu, cuda = (has(f"ddpm_fast::{op}", k) for k in ("CPU", "CUDA"))
     lines.append(f"{op} CPU={int(cpu)} CUDA={int(cuda)}")
-    if not (cpu and cuda):
+    if not (cpu and (cuda or not table.BY_NAME[op].cuda)):   # CPU-only ops: OpSpec.cuda False
         missing.append(op)
 open(report, "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 if missing or not ops:
     sys.exit(f"build_cuda_extension: ops without a CPU or CUDA kernel: {missing or 'no ops found'}")
-print(f"build_cuda_extension: all {len(ops)} ops have CPU and CUDA kernels")
+print(f"build_cuda_extension: all {len(ops)} ops have CPU kernels, and CUDA kernels where the table says so")
 PYEOF

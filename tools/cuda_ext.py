@@ -146,7 +146,7 @@ table = load_table()
 table.define()  # the schemas, as ddpm_fast/ops/extension.py defines them before loading
 for lib in sys.argv[2:]:
     torch.ops.load_library(lib)
-ops = [op.qualname() for op in table.OPS]
+ops = [op.qualname() for op in table.OPS if op.cuda]  # CPU-only ops (OpSpec.cuda False) have none
 print(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda,
                   "ops": {n: torch._C._dispatch_has_kernel_for_dispatch_key(n, "CUDA") for n in ops}}))
 """

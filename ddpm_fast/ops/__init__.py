@@ -6,6 +6,7 @@ docs/ops_contract.md.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -21,7 +22,7 @@ from .dispatch import preload as _preload
 _preload()
 
 __all__ = ["randn", "rand", "q_sample", "reverse_step", "ddim_step", "multistep_update", "temb_add", "groupnorm_temb_silu",
-           "sinusoidal_embedding", "backends", "set_backend", "get_backend", "use_backend",
+           "attention", "sinusoidal_embedding", "backends", "set_backend", "get_backend", "use_backend",
            "implementation", "BACKENDS", "BackendUnavailableError"]
 
 _TARGETS = {"epsilon": 0, "sample": 1, "v_prediction": 2}
@@ -225,6 +226,27 @@ def groupnorm_temb_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     eps = check_param("eps", eps, low=0.0, finite=True)
     return implementation("groupnorm_temb_silu", backend, x.device)(
         x, weight, bias, temb, num_groups, eps, mode, bool(apply_silu))
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optional[float] = None,
+              backend: Optional[str] = None) -> torch.Tensor:
+    """softmax(q k^T scale) v per batch and head: q [B, H, Nq, D], k and v [B, H, Nk, D], any strides;
+    no mask, no dropout, not causal. ``scale`` defaults to 1/sqrt(D) (F.scaled_dot_product_attention's).
+    Math in float32 (float64 on the reference backend); returns q's dtype [B, H, Nq, D]. The C++ kernel
+    (CPU only; other devices run the reference) is for small head dims: the compiled sampler uses it
+    in place of ATen's flash kernel (samplers/attention_pass.py)."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        check_float(name, x)
+        if x.dim() != 4:
+            raise ValueError(f"{name} must be [B, H, N, D], got shape {tuple(x.shape)}")
+    if k.shape != v.shape or k.shape[:2] != q.shape[:2] or k.shape[3] != q.shape[3]:
+        raise ValueError(f"k and v must be [B, H, Nk, D] for q [B, H, Nq, D] = {tuple(q.shape)}, got "
+                         f"{tuple(k.shape)} and {tuple(v.shape)}")
+    check_same_device(q=q, k=k, v=v)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[3]) if q.shape[3] else 1.0   # D = 0: q k^T is 0 at any scale
+    scale = check_param("scale", scale, finite=True)
+    return implementation("attention", backend, q.device)(q, k, v, scale)
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, *, max_period: float = 10000.0,

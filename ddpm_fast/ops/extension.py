@@ -129,9 +129,11 @@ def build_info() -> Optional[str]:
 
 
 def has_cuda_kernels() -> bool:
-    """True when every op has a CUDA kernel registered (the extension was built with CUDA)."""
+    """True when every op with a CUDA kernel in the table (``OpSpec.cuda``) has it registered (the
+    extension was built with CUDA)."""
     return available() and all(
-        torch._C._dispatch_has_kernel_for_dispatch_key(f"ddpm_fast::{op}", "CUDA") for op in OPS)
+        torch._C._dispatch_has_kernel_for_dispatch_key(f"ddpm_fast::{op.name}", "CUDA")
+        for op in table.OPS if op.cuda)
 
 
 def unavailable_reason(backend: str, device_type: str) -> Optional[str]:
@@ -157,5 +159,7 @@ def unavailable_reason(backend: str, device_type: str) -> Optional[str]:
 
 if _load_error is None:
     register_backend("cpp", torch_op_callers(NAMESPACE, implementations_of(reference)))
-    register_backend("cuda", torch_op_callers(NAMESPACE, implementations_of(reference)))
+    # CPU-only ops (OpSpec.cuda False) are not the cuda backend's: "auto" runs the reference there
+    register_backend("cuda", {name: fn for name, fn in torch_op_callers(NAMESPACE, implementations_of(reference)).items()
+                              if table.BY_NAME[name].cuda})
     attach_reference_backwards(NAMESPACE)  # training through the kernels (ops/autograd.py)

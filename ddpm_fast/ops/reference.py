@@ -227,4 +227,11 @@ def groupnorm_temb_silu(x, weight, bias, temb: Optional[torch.Tensor], num_group
     return h.to(x.dtype)
 
 
+
+def attention(q, k, v, scale: float):
+    # softmax from its definition (torch.softmax subtracts the row max), math in float32 (float64 kept)
+    cd = _compute_dtype(q)
+    p = torch.softmax((q.to(cd) @ k.to(cd).transpose(-1, -2)) * scale, dim=-1)
+    return (p @ v.to(cd)).to(q.dtype)
+
 register_backend(BACKEND, implementations_of(sys.modules[__name__]))

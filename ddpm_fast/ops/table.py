@@ -38,6 +38,12 @@ def _no_result(*args):
     return None
 
 
+def _attention_fake(q, k, v, scale):
+    # ATen's CPU flash layout: [B, H, Nq, D] over a contiguous [B, Nq, H, D] buffer
+    B, H, Nq, D = q.shape
+    return q.new_empty((B, Nq, H, D)).transpose(1, 2)
+
+
 @dataclasses.dataclass(frozen=True)
 class OpSpec:
     """One op. ``schema``: the argument list and returns, as torch.library writes them.
@@ -45,13 +51,16 @@ class OpSpec:
     ``out`` (the dispatcher-level function returns ``out``); arguments after ``out`` are extra
     outputs written in place (the steps' ``first_bad`` NaN record, docs/ops_contract.md). ``differentiable``: gets the
     reference-recompute backward. ``fake``: shapes and dtypes of the result from the inputs.
-    ``reference``: the reference backend implements it (every op of the contract does)."""
+    ``reference``: the reference backend implements it (every op of the contract does).
+    ``cuda``: the extension has a CUDA kernel for it (and Triton a launcher); False for a CPU-only
+    op, which the dispatcher runs with the reference backend on other devices."""
     name: str
     schema: str
     fake: Callable
     out_of: Optional[str] = None
     differentiable: bool = False
     reference: bool = True
+    cuda: bool = True
 
     def qualname(self, namespace: str = NAMESPACE) -> str:
         return f"{namespace}::{self.name}"
@@ -105,6 +114,11 @@ OPS = (
     OpSpec("temb_add", "(Tensor h, Tensor temb) -> Tensor", _like(0), differentiable=True),
     OpSpec("groupnorm_temb_silu", "(Tensor x, Tensor weight, Tensor bias, Tensor? temb, int num_groups, "
            "float eps, int temb_mode, bool apply_silu) -> Tensor", _like(0), differentiable=True),
+    # softmax(q k^T scale) v: q [B, H, Nq, D], k, v [B, H, Nk, D]; no mask, dropout or causality.
+    # CPU only: the compiled sampler's kernel for small heads (samplers/attention_pass.py); on a GPU
+    # the reference runs it (and compiled models keep their own attention)
+    OpSpec("attention", "(Tensor q, Tensor k, Tensor v, float scale) -> Tensor", _attention_fake,
+           differentiable=True, cuda=False),
 )
 BY_NAME = {op.name: op for op in OPS}
 
