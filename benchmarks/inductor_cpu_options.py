@@ -38,6 +38,9 @@ OPTIONS = {
     "freezing+cpp_wrapper": (None, {"freezing": True, "cpp_wrapper": True}, False),
     "max-autotune": ("max-autotune-no-cudagraphs", {}, False),
     "freezing+max-autotune": ("max-autotune-no-cudagraphs", {"freezing": True}, False),
+    # the post-grad pass ddpm_fast.sample(compile=...) adds on CPU (samplers/attention_pass.py)
+    "attention": (None, {"attention_pass": True}, False),
+    "freezing+attention": (None, {"freezing": True, "attention_pass": True}, False),
 }
 MODELS = ("dunet", "ours", "lucid")
 
@@ -108,6 +111,9 @@ def run_one(model_name: str, option: str, batch: int, rounds: int) -> dict:
         # attributes only then): options={"freezing": True} alone reaches Inductor too late
         # and freezes nothing. So it is patched around the first (compiling) call.
         freezing = options.pop("freezing", False)
+        if options.pop("attention_pass", False):
+            from ddpm_fast.samplers.attention_pass import PASS
+            options["post_grad_custom_post_pass"] = PASS
         kwargs = {"dynamic": False, **({"mode": mode} if mode else {}), **({"options": options} if options else {})}
         compiled = torch.compile(cm, **kwargs)
         with backend:

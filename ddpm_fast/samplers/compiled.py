@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
+from .attention_pass import with_attention_pass
 from .loop import SamplerSpec
 from .stepper import make_step_
 
@@ -142,18 +143,19 @@ def weight_versions(model: Any) -> tuple:
     return tuple(t._version for t in (*model.parameters(), *model.buffers()))
 
 
-def compiled_model(model: Any, kwargs: dict) -> Callable:
+def compiled_model(model: Any, kwargs: dict, device_type: str = "cpu") -> Callable:
     """``torch.compile(model)``. A new wrapper per cache entry is cheap: Dynamo keeps the compiled
     code on the model's forward, so the DDPM and DDIM samplers and every chunk share one compile
     as long as Dynamo's own guards (shapes, dtypes, train/eval) pass.
 
     With ``options={"freezing": True}`` the weights are compiled in as constants (see
-    ``_frozen_model``)."""
+    ``_frozen_model``). On CPU, Inductor gets the attention pass (samplers/attention_pass.py:
+    small-head attention to ddpm_fast's kernel), added here, after ``kwargs`` made the cache keys."""
     if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
         return model  # the user compiled it already
     if freezes_weights(kwargs):
-        return _frozen_model(model, _without_freezing(kwargs))
-    return torch.compile(model, **kwargs)
+        return _frozen_model(model, _without_freezing(kwargs), device_type)
+    return torch.compile(model, **with_attention_pass(kwargs, device_type))
 
 
 def _without_freezing(kwargs: dict) -> dict:
@@ -171,7 +173,7 @@ def _without_freezing(kwargs: dict) -> dict:
 _frozen: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
-def _frozen_model(model: Any, kwargs: dict) -> Callable:
+def _frozen_model(model: Any, kwargs: dict, device_type: str = "cpu") -> Callable:
     """The model compiled with Inductor's weight freezing: weights become constants of the
     compiled code (folded, and on CPU prepacked for oneDNN), so an in-place update no longer
     reaches it. The compile is kept per (model, kwargs, weight versions): an update that bumps
@@ -197,7 +199,7 @@ def _frozen_model(model: Any, kwargs: dict) -> Callable:
     tag = repr(sorted(kwargs.items()))
     held = per_model.get(tag)
     if held is None or held[0] != versions:
-        held = (versions, compile_fn(_call_model, kwargs))
+        held = (versions, compile_fn(_call_model, with_attention_pass(kwargs, device_type)))
         per_model[tag] = held
     return functools.partial(_call_frozen, held[1], model, flags)
 

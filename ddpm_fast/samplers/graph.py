@@ -76,7 +76,8 @@ class _Model:
     def __init__(self, model: Callable, compile_kwargs: Optional[dict], kwargs: dict,
                  device: Optional[torch.device] = None, dtype: torch.dtype = torch.float32,
                  guided: bool = False, model_dtype: Optional[torch.dtype] = None):
-        self.net = compiled_model(model, compile_kwargs) if compile_kwargs is not None else model
+        self.net = (compiled_model(model, compile_kwargs, device.type if device is not None else "cpu")
+                    if compile_kwargs is not None else model)
         self.dtype = model_input_dtype(model, dtype)
         self.kwargs = kwargs
         self.guided = guided
