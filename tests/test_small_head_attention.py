@@ -9,16 +9,13 @@ most twice the reference backend's at the same precision, or 1e-6 x the largest 
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 import ddpm_fast
 import ddpm_fast.ops as O
 from ddpm_fast.ops import dispatch, reference
+from isa_paths import check_on_isa_path, isa_paths
 
 pytestmark = pytest.mark.skipif(dispatch.unavailable_reason("cpp", "cpu") is not None,
                                 reason="the C++ extension is not built")
@@ -183,26 +180,20 @@ def test_kernel_refuses_bad_input(args, match):
         torch.ops.ddpm_fast.attention(*args)
 
 
-_PATH_CHECK = r"""
-import torch, ddpm_fast.ops as O
-from test_small_head_attention import check
-torch.manual_seed(0)
-for D in (3, 8, 17):
-    for Nq, Nk in ((5, 16), (19, 37), (64, 100)):
-        check(*(torch.randn(2, 2, n, D) for n in (Nq, Nk, Nk)))
-q, k, v = torch.randn(1, 1, 9, 8), torch.randn(1, 1, 21, 8), torch.randn(1, 1, 21, 8)
-k[0, 0, 4, 1] = float("nan")
-assert O.attention(q, k, v, backend="cpp").isnan().all()
-print(torch.backends.cpu.get_cpu_capability())
-"""
+def _check_this_process() -> str:
+    """The checks of every path on whichever path this process runs (tests/isa_paths.py)."""
+    torch.manual_seed(0)
+    for D in (3, 8, 17):
+        for Nq, Nk in ((5, 16), (19, 37), (64, 100)):
+            check(*(torch.randn(2, 2, n, D) for n in (Nq, Nk, Nk)))
+    q, k, v = torch.randn(1, 1, 9, 8), torch.randn(1, 1, 21, 8), torch.randn(1, 1, 21, 8)
+    k[0, 0, 4, 1] = float("nan")
+    assert O.attention(q, k, v, backend="cpp").isnan().all()
+    return torch.backends.cpu.get_cpu_capability()
 
 
-@pytest.mark.parametrize("capability", ["avx2", "default"])
-def test_narrower_simd_paths(capability):
-    """The AVX2 and scalar paths (ATEN_CPU_CAPABILITY picks them, as philox_simd.cpp's) meet the
-    same bound; this process runs the widest path the CPU has."""
-    env = {**os.environ, "ATEN_CPU_CAPABILITY": capability,
-           "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
-    p = subprocess.run([sys.executable, "-c", _PATH_CHECK], env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert p.stdout.split()[-1] == {"avx2": "AVX2", "default": "DEFAULT"}[capability]
+@pytest.mark.parametrize("path", isa_paths())
+def test_on_each_isa_path(path):
+    """The scalar, AVX2 and AVX-512 paths (ATEN_CPU_CAPABILITY picks one per process, as for
+    philox_simd.cpp) meet the same bound, each in a fresh process."""
+    check_on_isa_path("tests.test_small_head_attention", path)
