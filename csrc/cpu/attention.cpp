@@ -70,7 +70,7 @@ void attention_row_scalar(const float* q, const float* kt, const float* vt, int6
 namespace avx2 {
 constexpr int64_t kW = 8;
 using VF = __m256;
-inline VF splat(float x) { return _mm256_set1_ps(x); }
+inline VF splat_f(float x) { return _mm256_set1_ps(x); }
 inline VF vload(const float* p) { return _mm256_loadu_ps(p); }
 inline void vstore(float* p, VF a) { _mm256_storeu_ps(p, a); }
 inline VF vfma(VF a, VF b, VF c) { return _mm256_fmadd_ps(a, b, c); }
@@ -84,7 +84,7 @@ constexpr float kExpLo = -87.3365478515625f;  // ln 2^-126 rounded up: k >= -126
 inline VF scale2(VF p, VF k, VF x) {
   const __m256i e = _mm256_add_epi32(_mm256_cvttps_epi32(k), _mm256_set1_epi32(127));
   const VF y = _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(e, 23)));
-  return _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, splat(kExpLo), _CMP_LT_OQ));
+  return _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, splat_f(kExpLo), _CMP_LT_OQ));
 }
 inline float hsum(VF a) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
@@ -111,7 +111,7 @@ inline float hmax(VF a) {
 namespace avx512 {
 constexpr int64_t kW = 16;
 using VF = __m512;
-inline VF splat(float x) { return _mm512_set1_ps(x); }
+inline VF splat_f(float x) { return _mm512_set1_ps(x); }
 inline VF vload(const float* p) { return _mm512_loadu_ps(p); }
 inline void vstore(float* p, VF a) { _mm512_storeu_ps(p, a); }
 inline VF vfma(VF a, VF b, VF c) { return _mm512_fmadd_ps(a, b, c); }

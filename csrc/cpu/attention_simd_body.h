@@ -1,26 +1,19 @@
 // One query row of attention.cpp's kernel, written once for every lane type: included inside each
 // `#pragma GCC target` region of attention.cpp, after the lane type's definitions (kW lanes of VF;
-// splat, vload, vstore, vfma, vmul, vsub, vadd, vmax, vround, pow2_of, zero_below, hmax, hsum).
+// splat_f, vload, vstore, vfma, vmul, vsub, vadd, vmax, vround, kExpLo, scale2, hmax, hsum).
 // No include guard: every region includes it once.
 
-// exp(x) for the softmax's x = s - max <= 0 (and NaN): cpu/cpu_common.h exp_f32 on kW lanes (Cephes'
-// range reduction and degree-6 polynomial, ~1 ulp). The lanes' `scale2` applies 2^k: AVX-512's
-// vscalefps, which rounds results below 2^-126 to subnormals and 0; AVX2 builds 2^k from its bits,
-// and flushes those results to 0 (against the row's largest term, exactly 1, they are below 2^-126).
-// NaN stays NaN: vmax(lo, x) returns its second operand when either is NaN (MAXPS semantics).
+#include "exp_simd_body.h"
+
+// exp(x) for the softmax's x = s - max <= 0 (and NaN): exp_simd_body.h's reduction and polynomial
+// (~1 ulp), 2^k applied by the lanes' `scale2`: AVX-512's vscalefps, which rounds results below
+// 2^-126 to subnormals and 0; AVX2 builds 2^k from its bits and flushes those results to 0 (against
+// the row's largest term, exactly 1, they are below 2^-126). NaN stays NaN: vmax(lo, x) returns its
+// second operand when either is NaN (MAXPS semantics).
 inline VF exp_nonpositive(VF x) {
-  const VF xc = vmax(splat(kExpLo), x);
-  const VF kf = vround(vmul(xc, splat(1.44269504088896341f)));   // k = round(x / ln 2)
-  VF r = vfma(kf, splat(-0.693359375f), xc);                      // x - k ln 2 in two parts (Cephes)
-  r = vfma(kf, splat(2.12194440e-4f), r);
-  VF p = splat(1.9875691500e-4f);
-  p = vfma(p, r, splat(1.3981999507e-3f));
-  p = vfma(p, r, splat(8.3334519073e-3f));
-  p = vfma(p, r, splat(4.1665795894e-2f));
-  p = vfma(p, r, splat(1.6666665459e-1f));
-  p = vfma(p, r, splat(5.0000001201e-1f));
-  p = vadd(vfma(p, vmul(r, r), r), splat(1.0f));
-  return scale2(p, kf, x);
+  const VF xc = vmax(splat_f(kExpLo), x);
+  const VF kf = vround(vmul(xc, splat_f(1.44269504088896341f)));   // k = round(x / ln 2)
+  return scale2(exp_reduced(xc, kf), kf, x);
 }
 
 // out[0:ND] = (sum_j p[j] vt[d][j]) / sum over the key vectors [0, nk_pad): ND accumulators, one
@@ -28,7 +21,7 @@ inline VF exp_nonpositive(VF x) {
 template <int ND>
 inline void weighted_sum(const float* p, const float* vt, int64_t nk_pad, float sum, float* out) {
   VF acc[ND];
-  for (int d = 0; d < ND; ++d) acc[d] = splat(0.0f);
+  for (int d = 0; d < ND; ++d) acc[d] = splat_f(0.0f);
   for (int64_t c = 0; c < nk_pad; c += kW) {
     const VF pc = vload(p + c);
     for (int d = 0; d < ND; ++d) acc[d] = vfma(pc, vload(vt + d * nk_pad + c), acc[d]);
@@ -41,15 +34,15 @@ inline void weighted_sum(const float* p, const float* vt, int64_t nk_pad, float 
 // of scratch. out[0:d] = softmax(scale q k^T) v.
 inline void attention_row(const float* q, const float* kt, const float* vt, int64_t nk, int64_t nk_pad,
                           int64_t d, float scale, float* s, float* out) {
-  const VF vscale = splat(scale);
+  const VF vscale = splat_f(scale);
   // 1. scores s[j] = (q . k_j) scale, four key vectors per pass: four independent FMA chains of
   // length d, each key vector loaded once per row
   int64_t c = 0;
   for (; c + 4 * kW <= nk_pad; c += 4 * kW) {
-    VF a0 = splat(0.0f), a1 = splat(0.0f), a2 = splat(0.0f), a3 = splat(0.0f);
+    VF a0 = splat_f(0.0f), a1 = splat_f(0.0f), a2 = splat_f(0.0f), a3 = splat_f(0.0f);
     const float* kc = kt + c;
     for (int64_t e = 0; e < d; ++e, kc += nk_pad) {
-      const VF qe = splat(q[e]);
+      const VF qe = splat_f(q[e]);
       a0 = vfma(qe, vload(kc), a0);
       a1 = vfma(qe, vload(kc + kW), a1);
       a2 = vfma(qe, vload(kc + 2 * kW), a2);
@@ -61,8 +54,8 @@ inline void attention_row(const float* q, const float* kt, const float* vt, int6
     vstore(s + c + 3 * kW, vmul(a3, vscale));
   }
   for (; c < nk_pad; c += kW) {
-    VF a0 = splat(0.0f);
-    for (int64_t e = 0; e < d; ++e) a0 = vfma(splat(q[e]), vload(kt + e * nk_pad + c), a0);
+    VF a0 = splat_f(0.0f);
+    for (int64_t e = 0; e < d; ++e) a0 = vfma(splat_f(q[e]), vload(kt + e * nk_pad + c), a0);
     vstore(s + c, vmul(a0, vscale));
   }
   for (int64_t j = nk; j < nk_pad; ++j) s[j] = -__builtin_inff();  // padding: exp gives 0
@@ -72,8 +65,8 @@ inline void attention_row(const float* q, const float* kt, const float* vt, int6
   for (c = kW; c < nk_pad; c += kW) m = vmax(m, vload(s + c));
   const float mx = hmax(m);
   // 3. p = exp(s - max) in place, and its sum
-  const VF vmx = splat(mx);
-  VF sum = splat(0.0f);
+  const VF vmx = splat_f(mx);
+  VF sum = splat_f(0.0f);
   for (c = 0; c < nk_pad; c += kW) {
     const VF e = exp_nonpositive(vsub(vload(s + c), vmx));
     vstore(s + c, e);

@@ -6,22 +6,16 @@
 // vsub_tail (zeros past n).
 // No include guard: included once per instruction-set region.
 
-// exp(x) for x in [-87, 88] (the caller clamps): cpu_common.h exp_f32's reduction and polynomial,
-// 2^k applied as one exact factor (k stays within [-126, 127]) and no overflow or underflow cases to
-// select: ~20 lane operations, 9 fewer than exp_f32's whole range needs, which is most of what a
-// SiLU over a GroupNorm's output costs.
+#include "exp_simd_body.h"
+
+// exp(x) for x in [-87, 88] (the caller clamps): cpu_common.h exp_f32's reduction and polynomial
+// (exp_simd_body.h), 2^k applied as one exact factor (k stays within [-126, 127]) and no overflow
+// or underflow cases to select: ~20 lane operations, 9 fewer than exp_f32's whole range needs, which
+// is most of what a SiLU over a GroupNorm's output costs.
 inline VF vexp_mid(VF x) {
   const VF magic = splat_f(12582912.0f);
   const VF kf = vsub(vadd(vmul(x, splat_f(1.44269504088896341f)), magic), magic);
-  const VF r = vfma(kf, splat_f(2.12194440e-4f), vfma(kf, splat_f(-0.693359375f), x));
-  VF p = splat_f(1.9875691500e-4f);
-  p = vfma(p, r, splat_f(1.3981999507e-3f));
-  p = vfma(p, r, splat_f(8.3334519073e-3f));
-  p = vfma(p, r, splat_f(4.1665795894e-2f));
-  p = vfma(p, r, splat_f(1.6666665459e-1f));
-  p = vfma(p, r, splat_f(5.0000001201e-1f));
-  p = vadd(vfma(p, vmul(r, r), r), splat_f(1.0f));
-  return vmul(p, from_bits(ishl(iadd(to_int(kf), iconst(127)), 23)));
+  return vmul(exp_reduced(x, kf), from_bits(ishl(iadd(to_int(kf), iconst(127)), 23)));
 }
 
 // silu(y) = y / (1 + exp(-y)) (vquot: the division, or an estimate of it, per instruction set).
