@@ -137,7 +137,8 @@ def test_demo_is_a_fixed_run_with_a_progress_bar_and_one_row_per_class(tmp_path,
     line = next(ln for ln in out.splitlines() if ln.startswith("speed on 2 digits"))
     num = r"\d+\.\d+"
     assert re.match(rf"speed on 2 digits \(ddim, 50 steps, guidance 3 rescaled 1, 1 thread, median of 3\): "
-                    rf"ddpm_fast \(eager, fused \w+ step, PyTorch norms\) {num} s; reference backend {num} s -> {num}x "
+                    rf"ddpm_fast \(compiled, fused \w+ step, Inductor's norms; first call, which compiles, {num} s\) {num} s; "
+                    rf"reference backend {num} s -> {num}x "
                     rf"\(max \|diff\| ([\d.e+-]+)\); ", line), line
     diffs = [float(d) for d in re.findall(r"max \|diff\| ([\d.e+-]+)\)", line)]
     assert diffs[0] < 1e-4                      # the reference backend: the same samples

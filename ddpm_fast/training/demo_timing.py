@@ -17,15 +17,17 @@ import torch
 
 __all__ = ["fast_sample", "fast_path_name", "speed_line", "diffusers_ddim_loop"]
 
-# ddpm_fast's fastest correct path for the demo, by measurement on the 2-core dev machine (the
-# trained demo model, its first 20 digits, DDIM 50, guidance 3, one thread, 5 interleaved rounds,
-# load ~15 from other jobs, so only the ratios count): the reference backend 12.9 s; eager with
-# the fused C++ step and the UNet's norms on PyTorch's own group_norm 13.3 s; eager all-C++
-# 14.7 s (at 16x16 and 16-32 channels the C++ GroupNorm+SiLU loses to PyTorch's); compile=True
-# 10.3 s once compiled, but its cold compile took 369 s there (~90 s idle), more than this whole
-# run's sampling and past the demo's 5-minute budget. So: eager, fused step, PyTorch norms.
-FAST_PATH_NAME = "eager, fused {step} step, PyTorch norms"
-FAST_MODEL_BACKEND = "reference"   # the backend of the ops inside the UNet (its norms)
+# ddpm_fast's fastest correct path for the demo's speed line, by measurement on the 2-core dev
+# machine (AVX-512 EPYC, the demo UNet with random weights, 20 digits, DDIM 50, guidance 3 rescaled
+# 1, one thread, 2026-12-07, load ~1-2): eager with the fused C++ step and the UNet's norms on the
+# C++ GroupNorm (SIMD since 2026-12-07) 1.10 s against the reference backend's 1.11 s: at this size
+# the convolutions are ~70% of the forward and run alike on both; compile=True ~1.2x faster, its
+# cold compile 30-45 s of wall time (45 s inside a whole cold demo run of 133 s). The demo's
+# 5-minute budget holds that once, so the speed line compiles (its warm-up call, reported apart);
+# the demo's own sampling (other batch sizes, each a compile of its own) stays eager.
+FAST_PATH_NAME = "compiled, fused {step} step, {norms} norms"   # norms: samplers/graph.py COMPILED_MODEL_BACKEND
+EAGER_PATH_NAME = "eager, fused {step} step, {norms} norms"
+FAST_MODEL_BACKEND = "auto"   # the backend of the ops inside the UNet (its norms): C++ where built
 ROUNDS = 3
 
 
@@ -65,31 +67,39 @@ def diffusers_ddim_loop(model, x_T: torch.Tensor, labels: torch.Tensor, cfg, gui
     return x
 
 
-def fast_sample(model, shape, **kw) -> torch.Tensor:
-    """``ddpm_fast.sample`` on the demo's fastest path (``FAST_PATH_NAME``): the fused step of
-    the "auto" backend, the model's own ops on ``FAST_MODEL_BACKEND``."""
+def fast_sample(model, shape, compile: bool = False, **kw) -> torch.Tensor:
+    """``ddpm_fast.sample`` with the fused step of the "auto" backend and the model's own ops on
+    ``FAST_MODEL_BACKEND``; ``compile`` True: the speed line's path (``FAST_PATH_NAME``), else
+    the demo's eager one (``EAGER_PATH_NAME``)."""
     from .. import ops
     from ..sampling import sample
     with ops.use_backend(FAST_MODEL_BACKEND):
-        return sample(model, shape, backend="auto", **kw)
+        return sample(model, shape, backend="auto", compile=compile, **kw)
 
 
-def fast_path_name() -> str:
-    return FAST_PATH_NAME.format(step=_backend_name())
+def fast_path_name(compiled: bool = True) -> str:
+    from ..samplers.graph import COMPILED_MODEL_BACKEND
+    norms = _backend_name("groupnorm_temb_silu")
+    if compiled and COMPILED_MODEL_BACKEND.get("cpu") == "reference":
+        norms = "Inductor's"          # the reference ops, traced and fused by Inductor
+    return (FAST_PATH_NAME if compiled else EAGER_PATH_NAME).format(step=_backend_name(), norms=norms)
 
 
-def _median_times(fns: dict, rounds: int = ROUNDS) -> dict:
-    """Median wall seconds of each no-argument function, after one warm-up call each, over
-    ``rounds`` interleaved rounds."""
-    for f in fns.values():
+def _median_times(fns: dict, rounds: int = ROUNDS) -> tuple:
+    """(median wall seconds of each no-argument function over ``rounds`` interleaved rounds, the
+    wall seconds of each one's warm-up call (a compile, for the compiled path))."""
+    first = {}
+    for k, f in fns.items():
+        t0 = time.perf_counter()
         f()
+        first[k] = time.perf_counter() - t0
     times: dict = {k: [] for k in fns}
     for _ in range(rounds):
         for k, f in fns.items():
             t0 = time.perf_counter()
             f()
             times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: statistics.median(v) for k, v in times.items()}, first
 
 
 def speed_line(model, labels: torch.Tensor, cfg, guidance: float,
@@ -119,16 +129,17 @@ def speed_line(model, labels: torch.Tensor, cfg, guidance: float,
         with ops.use_backend("reference"):      # the UNet's norms and the sampler steps alike
             return sample(model, shape, x_T=x_T, backend="reference", **kw)
 
-    fns = {"fast": run("fast", lambda: fast_sample(model, shape, x_T=x_T, **kw)),
+    fns = {"fast": run("fast", lambda: fast_sample(model, shape, compile=True, x_T=x_T, **kw)),
            "reference": run("reference", reference)}
     if with_diffusers:
         fns["diffusers"] = run("diffusers", lambda: diffusers_ddim_loop(model, x_T, labels, cfg, guidance, rescale))
     with torch.no_grad():
-        t = _median_times(fns, rounds)
+        t, first = _median_times(fns, rounds)
     n = labels.shape[0]
     parts = [f"speed on {n} digits ({cfg.sampler}, {cfg.sample_steps} steps, guidance {_guidance_text(guidance, rescale)}, "
              f"{torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}, median of "
-             f"{rounds}): ddpm_fast ({fast_path_name()}) {t['fast']:.2f} s",
+             f"{rounds}): ddpm_fast ({fast_path_name()}; first call, which compiles, {first['fast']:.1f} s) "
+             f"{t['fast']:.2f} s",
              f"reference backend {t['reference']:.2f} s -> {t['reference'] / t['fast']:.2f}x "
              f"(max |diff| {_maxdiff(out['fast'], out['reference']):.1e})"]
     if with_diffusers:
