@@ -16,74 +16,99 @@ inline VF exp_nonpositive(VF x) {
   return scale2(exp_reduced(xc, kf), kf, x);
 }
 
-// out[0:ND] = (sum_j p[j] vt[d][j]) / sum over the key vectors [0, nk_pad): ND accumulators, one
-// per output element, so the FMA chains are independent.
-template <int ND>
-inline void weighted_sum(const float* p, const float* vt, int64_t nk_pad, float sum, float* out) {
-  VF acc[ND];
-  for (int d = 0; d < ND; ++d) acc[d] = splat_f(0.0f);
+// out[r][0:ND] = (sum_j p[r][j] vt[d][j]) / sum[r] for R rows of weights p (row stride nk_pad), over
+// the key vectors [0, nk_pad): R x ND accumulators, independent FMA chains; each vt vector is
+// loaded once for the R rows.
+template <int R, int ND>
+inline void weighted_sum(const float* p, const float* vt, int64_t nk_pad, const float* sum, float* out,
+                         int64_t out_stride) {
+  VF acc[R][ND];
+  for (int r = 0; r < R; ++r)
+    for (int d = 0; d < ND; ++d) acc[r][d] = splat_f(0.0f);
   for (int64_t c = 0; c < nk_pad; c += kW) {
-    const VF pc = vload(p + c);
-    for (int d = 0; d < ND; ++d) acc[d] = vfma(pc, vload(vt + d * nk_pad + c), acc[d]);
+    VF pc[R];
+    for (int r = 0; r < R; ++r) pc[r] = vload(p + r * nk_pad + c);
+    for (int d = 0; d < ND; ++d) {
+      const VF vd = vload(vt + d * nk_pad + c);
+      for (int r = 0; r < R; ++r) acc[r][d] = vfma(pc[r], vd, acc[r][d]);
+    }
   }
-  for (int d = 0; d < ND; ++d) out[d] = hsum(acc[d]) / sum;
+  for (int r = 0; r < R; ++r)
+    for (int d = 0; d < ND; ++d) out[r * out_stride + d] = hsum(acc[r][d]) / sum[r];
 }
 
-// One query row: q[0:d] (float32, unscaled) against one head's keys and values, transposed and
-// zero-padded to nk_pad (a multiple of kW) columns: kt[d][nk_pad], vt[d][nk_pad]. s: nk_pad floats
-// of scratch. out[0:d] = softmax(scale q k^T) v.
-inline void attention_row(const float* q, const float* kt, const float* vt, int64_t nk, int64_t nk_pad,
-                          int64_t d, float scale, float* s, float* out) {
+template <int R, int ND>
+inline void weighted_sum_tail(const float* p, const float* vt, int64_t nk_pad, const float* sum, float* out,
+                              int64_t out_stride, int64_t nd) {  // nd = ND, or fewer: the last block
+  if constexpr (ND > 1) {
+    if (nd < ND) return weighted_sum_tail<R, ND - 1>(p, vt, nk_pad, sum, out, out_stride, nd);
+  }
+  weighted_sum<R, ND>(p, vt, nk_pad, sum, out, out_stride);
+}
+
+// R query rows (q: R rows of d floats, unscaled) against one head's keys and values, transposed and
+// zero-padded to nk_pad (a multiple of kW) columns: kt[d][nk_pad], vt[d][nk_pad]. s: R nk_pad floats
+// of scratch. out[r * out_stride + 0:d] = softmax(scale q_r k^T) v.
+template <int R>
+inline void attention_rows_r(const float* q, const float* kt, const float* vt, int64_t nk, int64_t nk_pad,
+                             int64_t d, float scale, float* s, float* out, int64_t out_stride) {
   const VF vscale = splat_f(scale);
-  // 1. scores s[j] = (q . k_j) scale, four key vectors per pass: four independent FMA chains of
-  // length d, each key vector loaded once per row
+  // 1. scores s[r][j] = (q_r . k_j) scale, 4 / R key vectors per pass: four independent FMA chains of
+  // length d, each key vector loaded once for the R rows
+  constexpr int G = 4 / R;
   int64_t c = 0;
-  for (; c + 4 * kW <= nk_pad; c += 4 * kW) {
-    VF a0 = splat_f(0.0f), a1 = splat_f(0.0f), a2 = splat_f(0.0f), a3 = splat_f(0.0f);
+  for (; c + G * kW <= nk_pad; c += G * kW) {
+    VF a[R][G];
+    for (int r = 0; r < R; ++r)
+      for (int g = 0; g < G; ++g) a[r][g] = splat_f(0.0f);
     const float* kc = kt + c;
     for (int64_t e = 0; e < d; ++e, kc += nk_pad) {
-      const VF qe = splat_f(q[e]);
-      a0 = vfma(qe, vload(kc), a0);
-      a1 = vfma(qe, vload(kc + kW), a1);
-      a2 = vfma(qe, vload(kc + 2 * kW), a2);
-      a3 = vfma(qe, vload(kc + 3 * kW), a3);
+      VF kv[G];
+      for (int g = 0; g < G; ++g) kv[g] = vload(kc + g * kW);
+      for (int r = 0; r < R; ++r) {
+        const VF qe = splat_f(q[r * d + e]);
+        for (int g = 0; g < G; ++g) a[r][g] = vfma(qe, kv[g], a[r][g]);
+      }
     }
-    vstore(s + c, vmul(a0, vscale));
-    vstore(s + c + kW, vmul(a1, vscale));
-    vstore(s + c + 2 * kW, vmul(a2, vscale));
-    vstore(s + c + 3 * kW, vmul(a3, vscale));
+    for (int r = 0; r < R; ++r)
+      for (int g = 0; g < G; ++g) vstore(s + r * nk_pad + c + g * kW, vmul(a[r][g], vscale));
   }
   for (; c < nk_pad; c += kW) {
-    VF a0 = splat_f(0.0f);
-    for (int64_t e = 0; e < d; ++e) a0 = vfma(splat_f(q[e]), vload(kt + e * nk_pad + c), a0);
-    vstore(s + c, vmul(a0, vscale));
+    for (int r = 0; r < R; ++r) {
+      VF a0 = splat_f(0.0f);
+      for (int64_t e = 0; e < d; ++e) a0 = vfma(splat_f(q[r * d + e]), vload(kt + e * nk_pad + c), a0);
+      vstore(s + r * nk_pad + c, vmul(a0, vscale));
+    }
   }
-  for (int64_t j = nk; j < nk_pad; ++j) s[j] = -__builtin_inff();  // padding: exp gives 0
-  // 2. the row's max. A NaN score may be dropped here (vmax returns its second operand): its
-  // exp below is NaN all the same, and so is the sum, so the whole row is NaN, as in the reference.
-  VF m = vload(s);
-  for (c = kW; c < nk_pad; c += kW) m = vmax(m, vload(s + c));
-  const float mx = hmax(m);
-  // 3. p = exp(s - max) in place, and its sum
-  const VF vmx = splat_f(mx);
-  VF sum = splat_f(0.0f);
-  for (c = 0; c < nk_pad; c += kW) {
-    const VF e = exp_nonpositive(vsub(vload(s + c), vmx));
-    vstore(s + c, e);
-    sum = vadd(sum, e);
+  float total[R];
+  for (int r = 0; r < R; ++r) {
+    float* sr = s + r * nk_pad;
+    for (int64_t j = nk; j < nk_pad; ++j) sr[j] = -__builtin_inff();  // padding: exp gives 0
+    // 2. the row's max. A NaN score may be dropped here (vmax returns its second operand): its
+    // exp below is NaN all the same, and so is the sum, so the whole row is NaN, as in the reference.
+    VF m = vload(sr);
+    for (c = kW; c < nk_pad; c += kW) m = vmax(m, vload(sr + c));
+    // 3. p = exp(s - max) in place, and its sum
+    const VF vmx = splat_f(hmax(m));
+    VF sum = splat_f(0.0f);
+    for (c = 0; c < nk_pad; c += kW) {
+      const VF e = exp_nonpositive(vsub(vload(sr + c), vmx));
+      vstore(sr + c, e);
+      sum = vadd(sum, e);
+    }
+    total[r] = hsum(sum);
   }
-  const float total = hsum(sum);
-  // 4. out = p v / sum, eight outputs at a time
-  int64_t e = 0;
-  for (; e + 8 <= d; e += 8) weighted_sum<8>(s, vt + e * nk_pad, nk_pad, total, out + e);
-  switch (d - e) {
-    case 7: weighted_sum<7>(s, vt + e * nk_pad, nk_pad, total, out + e); break;
-    case 6: weighted_sum<6>(s, vt + e * nk_pad, nk_pad, total, out + e); break;
-    case 5: weighted_sum<5>(s, vt + e * nk_pad, nk_pad, total, out + e); break;
-    case 4: weighted_sum<4>(s, vt + e * nk_pad, nk_pad, total, out + e); break;
-    case 3: weighted_sum<3>(s, vt + e * nk_pad, nk_pad, total, out + e); break;
-    case 2: weighted_sum<2>(s, vt + e * nk_pad, nk_pad, total, out + e); break;
-    case 1: weighted_sum<1>(s, vt + e * nk_pad, nk_pad, total, out + e); break;
-    default: break;
-  }
+  // 4. out = p v / sum, kOutBlock outputs at a time (then the last 1 .. kOutBlock - 1)
+  for (int64_t e = 0; e < d; e += kOutBlock)
+    weighted_sum_tail<R, kOutBlock>(s, vt + e * nk_pad, nk_pad, total, out + e, out_stride,
+                                    std::min<int64_t>(kOutBlock, d - e));
+}
+
+// Every row of a task: kRows at a time, then one by one. s holds kRows nk_pad floats.
+inline void attention_rows(const float* q, int64_t rows, const float* kt, const float* vt, int64_t nk,
+                           int64_t nk_pad, int64_t d, float scale, float* s, float* out, int64_t out_stride) {
+  int64_t r = 0;
+  for (; r + kRows <= rows; r += kRows)
+    attention_rows_r<kRows>(q + r * d, kt, vt, nk, nk_pad, d, scale, s, out + r * out_stride, out_stride);
+  for (; r < rows; ++r) attention_rows_r<1>(q + r * d, kt, vt, nk, nk_pad, d, scale, s, out + r * out_stride, out_stride);
 }
