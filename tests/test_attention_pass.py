@@ -101,6 +101,15 @@ def test_leaves_other_attention_alone(why, kw):
     assert _targets(g)[FLASH] == 1
 
 
+def test_leaves_another_output_layout_alone():
+    """A flash output of another layout (another torch) would not fit the views planned on it."""
+    g = _graph()
+    flash = next(n for n in g.nodes if n.target is FLASH)
+    out, lse = flash.meta["val"]
+    flash.meta["val"] = (out.contiguous(), lse)
+    assert route_attention(g) == 0
+
+
 def test_leaves_a_masked_attention_alone():
     g = _graph()
     flash = next(n for n in g.nodes if n.target is FLASH)

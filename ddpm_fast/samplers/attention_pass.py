@@ -41,9 +41,19 @@ def _eligible(node: torch.fx.Node) -> bool:
         return False
     dropout = node.args[3] if len(node.args) > 3 else node.kwargs.get("dropout_p", 0.0)
     causal = node.args[4] if len(node.args) > 4 else node.kwargs.get("is_causal", False)
+    out = node.meta.get("val", (None,))[0]
     return (q.device.type == "cpu" and q.dtype == torch.float32 and q.shape[-1] <= MAX_HEAD_DIM
             and dropout == 0.0 and not causal and node.kwargs.get("attn_mask") is None
-            and all(u.target is operator.getitem and u.args[1] == 0 for u in node.users))
+            and all(u.target is operator.getitem and u.args[1] == 0 for u in node.users)
+            and isinstance(out, torch.Tensor) and out.stride() == _flash_layout(out.shape))
+
+
+def _flash_layout(shape) -> tuple:
+    """Strides of [B, H, Nq, D] over a contiguous [B, Nq, H, D] buffer: ATen's CPU flash output
+    (torch 2.11-2.13) and ddpm_fast::attention's. Another torch's flash layout is left alone: the
+    views Inductor planned on it would not fit the new op's output."""
+    B, H, Nq, D = shape
+    return (Nq * H * D, D, H * D, 1)
 
 
 def route_attention(graph: torch.fx.Graph) -> int:
