@@ -18,20 +18,15 @@
 // buffer, so the [B, Nq, H * D] reshape that follows in a transformer block is a view.
 #include <torch/library.h>
 
-#include <ATen/Version.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 
-#include <string>
 #include <vector>
 
 #include "../op_checks.h"
 #include "cpu_common.h"
+#include "simd_path.h"  // DDPM_FAST_X86_SIMD, simd_path()
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#include <immintrin.h>
-#define DDPM_FAST_X86_SIMD 1
-#endif
 
 namespace ddpm_fast {
 namespace cpu {
@@ -148,13 +143,10 @@ inline float hmax(VF a) { return _mm512_reduce_max_ps(a); }
 #pragma GCC pop_options
 #endif  // DDPM_FAST_X86_SIMD
 
-// ATen's capability ("AVX512", "AVX2", "DEFAULT", ...) combines cpuid with the ATEN_CPU_CAPABILITY
-// override (philox_simd.cpp chooses the same way).
 RowsFn choose_rows() {
 #ifdef DDPM_FAST_X86_SIMD
-  const std::string cap = at::get_cpu_capability();
-  if (cap == "AVX512") return &avx512::attention_rows;
-  if (cap == "AVX2") return &avx2::attention_rows;
+  if (simd_path() == SimdPath::kAvx512) return &avx512::attention_rows;
+  if (simd_path() == SimdPath::kAvx2) return &avx2::attention_rows;
 #endif
   return &attention_rows_scalar;
 }

@@ -7,16 +7,8 @@
 // add and silu: 278 us), 40x32x4x4 76 -> 38 us (torch 36 us).
 #include "groupnorm_simd.h"
 
-#include <string>
-
-#include <ATen/Version.h>
-
 #include "cpu_common.h"
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#include <immintrin.h>
-#define DDPM_FAST_X86_SIMD 1
-#endif
+#include "simd_path.h"  // DDPM_FAST_X86_SIMD, simd_path()
 
 namespace ddpm_fast {
 namespace cpu {
@@ -150,9 +142,8 @@ struct Path {
 
 Path choose_path() {
 #ifdef DDPM_FAST_X86_SIMD
-  const std::string cap = at::get_cpu_capability();
-  if (cap == "AVX512") return {&avx512::moments, &avx512::affine};
-  if (cap == "AVX2") return {&avx2::moments, &avx2::affine};
+  if (simd_path() == SimdPath::kAvx512) return {&avx512::moments, &avx512::affine};
+  if (simd_path() == SimdPath::kAvx2) return {&avx2::moments, &avx2::affine};
 #endif
   return {&moments_scalar, &affine_scalar};
 }

@@ -10,18 +10,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <string>
-
-#include <ATen/Version.h>
 
 #include "ddpm_fast/philox.h"
-
-// GCC only: clang does not honour `#pragma GCC target` (it would reject the intrinsics below), so
-// a clang build takes the scalar path.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#include <immintrin.h>
-#define DDPM_FAST_X86_SIMD 1
-#endif
+#include "simd_path.h"  // DDPM_FAST_X86_SIMD, simd_path()
 
 namespace ddpm_fast {
 namespace cpu {
@@ -153,13 +144,10 @@ struct Path {
   const char* name;
 };
 
-// ATen's capability ("AVX512", "AVX2", "DEFAULT", ...) already combines cpuid with the
-// ATEN_CPU_CAPABILITY override; its AVX512 level implies the avx512f this file needs.
 Path choose_path() {
 #ifdef DDPM_FAST_X86_SIMD
-  const std::string cap = at::get_cpu_capability();
-  if (cap == "AVX512") return {&avx512::fill<false>, &avx512::fill<true>, "avx512"};
-  if (cap == "AVX2") return {&avx2::fill<false>, &avx2::fill<true>, "avx2"};
+  if (simd_path() == SimdPath::kAvx512) return {&avx512::fill<false>, &avx512::fill<true>, "avx512"};
+  if (simd_path() == SimdPath::kAvx2) return {&avx2::fill<false>, &avx2::fill<true>, "avx2"};
 #endif
   return {&uniforms_scalar, &normals_scalar, "scalar"};
 }

@@ -1,0 +1,38 @@
+// Which instruction-set path the run-time dispatched CPU kernels take (philox_simd.cpp,
+// groupnorm_simd.cpp, attention.cpp): each compiles its AVX2+FMA and AVX-512 loops under `#pragma GCC
+// target` regions when DDPM_FAST_X86_SIMD is defined (GCC on x86-64: clang does not honour the pragma
+// and would reject the intrinsics, so a clang build takes the scalar paths), and picks one at run
+// time from ATen's CPU capability, which combines cpuid with the ATEN_CPU_CAPABILITY override (so
+// ATEN_CPU_CAPABILITY=default / avx2 forces a narrower path; its AVX512 level implies the avx512f the
+// regions need).
+#pragma once
+
+#include <string>
+
+#include <ATen/Version.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+#define DDPM_FAST_X86_SIMD 1
+#endif
+
+namespace ddpm_fast {
+namespace cpu {
+
+enum class SimdPath { kScalar, kAvx2, kAvx512 };
+
+// This process's path, read once.
+inline SimdPath simd_path() {
+  static const SimdPath path = [] {
+#ifdef DDPM_FAST_X86_SIMD
+    const std::string cap = at::get_cpu_capability();
+    if (cap == "AVX512") return SimdPath::kAvx512;
+    if (cap == "AVX2") return SimdPath::kAvx2;
+#endif
+    return SimdPath::kScalar;
+  }();
+  return path;
+}
+
+}  // namespace cpu
+}  // namespace ddpm_fast
