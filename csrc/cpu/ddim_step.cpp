@@ -8,6 +8,7 @@
 #include "../op_checks.h"
 #include "cpu_common.h"
 #include "ddpm_fast/step_math.h"
+#include "simd_path.h"
 
 namespace ddpm_fast {
 namespace cpu {
@@ -25,13 +26,16 @@ void ddim_blocks(const at::Tensor& x, const at::Tensor& m, const NoiseSource& no
     alignas(64) float xb[kBlock], mb[kBlock], zb[kBlock];
     const int64_t tb = ts(b);
     const DdimCoefs c = ddim_coefs(tab, tb, tps(b), T, eta, final_alpha_bar);
-    load_block(x.data_ptr(), xdt, b * N + e0, n, xb);
-    load_model_block(m.data_ptr(), mdt, B, N, b, e0, n, g.guided, g.w, mb, bad.flag(b, e0));
     if (add_noise) noise.fill(b, tb, N, e0, n, zb);
-    for (int64_t i = 0; i < n; ++i) {
-      xb[i] = ddim_step_elem<kPrediction>(c, xb[i], mb[i], add_noise ? zb[i] : 0.0f, clip, clip_range, add_noise);
-    }
-    store_block(out.data_ptr(), xdt, b * N + e0, n, xb);
+    uint8_t* flag = bad.flag(b, e0);
+    run_on_simd_path([&]() DDPM_FAST_INLINE_LAMBDA {  // the block's loads, math and store: simd_path.h
+      load_block(x.data_ptr(), xdt, b * N + e0, n, xb);
+      load_model_block(m.data_ptr(), mdt, B, N, b, e0, n, g.guided, g.w, mb, flag);
+      for (int64_t i = 0; i < n; ++i) {
+        xb[i] = ddim_step_elem<kPrediction>(c, xb[i], mb[i], add_noise ? zb[i] : 0.0f, clip, clip_range, add_noise);
+      }
+      store_block(out.data_ptr(), xdt, b * N + e0, n, xb);
+    });
   });
 }
 

@@ -8,6 +8,7 @@
 #include "../op_checks.h"
 #include "cpu_common.h"
 #include "ddpm_fast/step_math.h"
+#include "simd_path.h"
 
 namespace ddpm_fast {
 namespace cpu {
@@ -24,15 +25,18 @@ void reverse_step_blocks(const at::Tensor& x, const at::Tensor& m, const NoiseSo
     alignas(64) float xb[kBlock], mb[kBlock], zb[kBlock];
     const int64_t tb = ts(b);
     const ReverseCoefs c = reverse_coefs(tab, tb, T, kPrediction, variance_type);
-    load_block(x.data_ptr(), xdt, b * N + e0, n, xb);
-    load_model_block(m.data_ptr(), mdt, B, N, b, e0, n, g.guided, g.w, mb, bad.flag(b, e0));
     if (c.sigma != 0.0f) {
       noise.fill(b, tb, N, e0, n, zb);
     } else {  // t = 0: sigma = 0 and Philox normals are finite, so sigma * z = 0 exactly
       std::fill(zb, zb + n, 0.0f);
     }
-    for (int64_t i = 0; i < n; ++i) xb[i] = reverse_step_elem<kPrediction>(c, xb[i], mb[i], zb[i], clip, clip_range);
-    store_block(out, xdt, b * N + e0, n, xb);
+    uint8_t* flag = bad.flag(b, e0);
+    run_on_simd_path([&]() DDPM_FAST_INLINE_LAMBDA {  // the block's loads, math and store: simd_path.h
+      load_block(x.data_ptr(), xdt, b * N + e0, n, xb);
+      load_model_block(m.data_ptr(), mdt, B, N, b, e0, n, g.guided, g.w, mb, flag);
+      for (int64_t i = 0; i < n; ++i) xb[i] = reverse_step_elem<kPrediction>(c, xb[i], mb[i], zb[i], clip, clip_range);
+      store_block(out, xdt, b * N + e0, n, xb);
+    });
   });
 }
 

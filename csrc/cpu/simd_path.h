@@ -34,5 +34,30 @@ inline SimdPath simd_path() {
   return path;
 }
 
+// f() with the code inlined into it compiled for this process's path: for the plain C++ block
+// loops of the step kernels (loads, dtype conversions, the NaN check, the element math, stores),
+// which GCC vectorises with 4 SSE2 lanes by default. Only what is inlined into the wrapper gets the
+// wider ISA; an out-of-line callee keeps its own (the default), so unlike a `#pragma GCC target`
+// region no inline function shared with other files is compiled for an ISA the CPU may lack. f must
+// be inlined for this to pay: pass a lambda marked DDPM_FAST_INLINE_LAMBDA.
+#ifdef DDPM_FAST_X86_SIMD
+#define DDPM_FAST_INLINE_LAMBDA __attribute__((always_inline))
+template <class F>
+__attribute__((target("avx2,fma"))) void run_avx2(const F& f) { f(); }
+template <class F>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void run_avx512(const F& f) { f(); }
+#else
+#define DDPM_FAST_INLINE_LAMBDA
+#endif
+
+template <class F>
+inline void run_on_simd_path(const F& f) {
+#ifdef DDPM_FAST_X86_SIMD
+  if (simd_path() == SimdPath::kAvx512) return run_avx512(f);
+  if (simd_path() == SimdPath::kAvx2) return run_avx2(f);
+#endif
+  f();
+}
+
 }  // namespace cpu
 }  // namespace ddpm_fast
