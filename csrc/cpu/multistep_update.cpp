@@ -8,6 +8,7 @@
 
 #include "../op_checks.h"
 #include "cpu_common.h"
+#include "simd_path.h"
 
 namespace ddpm_fast {
 namespace cpu {
@@ -35,21 +36,23 @@ std::tuple<at::Tensor, at::Tensor> multistep_update(const at::Tensor& x_in, cons
   // one flat problem: the coefficients are the same for every sample
   for_each_block(1, N, [&](int64_t, int64_t e0, int64_t n) {
     alignas(64) float xb[kBlock], mb[kBlock], hb[kBlock];
-    load_block(x.data_ptr(), xdt, e0, n, xb);
-    // the flat problem is one "sample" of N elements: B = 1 puts the unconditional half at N + e0
-    load_model_block(m.data_ptr(), mdt, 1, N, 0, e0, n, g.guided, g.w, mb);
-    for (int64_t i = 0; i < n; ++i) {
-      const float p = ca * xb[i] + cb * mb[i];
-      mb[i] = p;
-      xb[i] = cx * xb[i] + c0 * p;
-    }
-    for (int64_t k = 0; k < K; ++k) {
-      load_block(h.data_ptr(), hdt, k * N + e0, n, hb);
-      const float c = ch[k];
-      for (int64_t i = 0; i < n; ++i) xb[i] += c * hb[i];
-    }
-    store_block(out.data_ptr(), xdt, e0, n, xb);
-    store_block(x0.data_ptr(), xdt, e0, n, mb);
+    run_on_simd_path([&]() DDPM_FAST_INLINE_LAMBDA {  // the block's loads, math and stores: simd_path.h
+      load_block(x.data_ptr(), xdt, e0, n, xb);
+      // the flat problem is one "sample" of N elements: B = 1 puts the unconditional half at N + e0
+      load_model_block(m.data_ptr(), mdt, 1, N, 0, e0, n, g.guided, g.w, mb);
+      for (int64_t i = 0; i < n; ++i) {
+        const float p = ca * xb[i] + cb * mb[i];
+        mb[i] = p;
+        xb[i] = cx * xb[i] + c0 * p;
+      }
+      for (int64_t k = 0; k < K; ++k) {
+        load_block(h.data_ptr(), hdt, k * N + e0, n, hb);
+        const float c = ch[k];
+        for (int64_t i = 0; i < n; ++i) xb[i] += c * hb[i];
+      }
+      store_block(out.data_ptr(), xdt, e0, n, xb);
+      store_block(x0.data_ptr(), xdt, e0, n, mb);
+    });
   });
   return {out, x0};
 }

@@ -4,6 +4,7 @@
 
 #include "../op_checks.h"
 #include "cpu_common.h"
+#include "simd_path.h"
 #include "ddpm_fast/step_math.h"
 
 namespace ddpm_fast {
@@ -24,10 +25,12 @@ at::Tensor q_sample(const at::Tensor& x0_in, const at::Tensor& t, const at::Tens
   for_each_block(B, N, [&](int64_t b, int64_t e0, int64_t n) {
     alignas(64) float xb[kBlock], zb[kBlock];
     const QCoefs c = q_coefs(tab, ts(b), T);
-    load_block(x0.data_ptr(), dt, b * N + e0, n, xb);
-    load_block(noise.data_ptr(), ndt, b * N + e0, n, zb);
-    for (int64_t i = 0; i < n; ++i) xb[i] = q_sample_elem(c, xb[i], zb[i]);
-    store_block(out.data_ptr(), dt, b * N + e0, n, xb);
+    run_on_simd_path([&]() DDPM_FAST_INLINE_LAMBDA {  // the block's loads, math and store: simd_path.h
+      load_block(x0.data_ptr(), dt, b * N + e0, n, xb);
+      load_block(noise.data_ptr(), ndt, b * N + e0, n, zb);
+      for (int64_t i = 0; i < n; ++i) xb[i] = q_sample_elem(c, xb[i], zb[i]);
+      store_block(out.data_ptr(), dt, b * N + e0, n, xb);
+    });
   });
   return out;
 }
@@ -51,12 +54,14 @@ std::tuple<at::Tensor, at::Tensor> q_sample_seeded(const at::Tensor& x0_in, cons
     alignas(64) float xb[kBlock], zb[kBlock], ob[kBlock];
     const int64_t tb = ts(b);
     const QCoefs c = q_coefs(tab, tb, T);
-    load_block(x0.data_ptr(), dt, b * N + e0, n, xb);
     fill_normal(key, e0, n, sample_index(key, sample_offset, b), static_cast<uint32_t>(tb), STREAM_Q_SAMPLE, zb);
-    for (int64_t i = 0; i < n; ++i) ob[i] = q_sample_elem(c, xb[i], zb[i]);
-    store_block(x_t.data_ptr(), dt, b * N + e0, n, ob);
-    for (int64_t i = 0; i < n; ++i) ob[i] = q_target_elem(c, xb[i], zb[i], tt);
-    store_block(target.data_ptr(), dt, b * N + e0, n, ob);
+    run_on_simd_path([&]() DDPM_FAST_INLINE_LAMBDA {
+      load_block(x0.data_ptr(), dt, b * N + e0, n, xb);
+      for (int64_t i = 0; i < n; ++i) ob[i] = q_sample_elem(c, xb[i], zb[i]);
+      store_block(x_t.data_ptr(), dt, b * N + e0, n, ob);
+      for (int64_t i = 0; i < n; ++i) ob[i] = q_target_elem(c, xb[i], zb[i], tt);
+      store_block(target.data_ptr(), dt, b * N + e0, n, ob);
+    });
   });
   return {x_t, target};
 }
