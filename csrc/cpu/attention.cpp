@@ -70,18 +70,9 @@ void attention_rows_scalar(const float* q, int64_t rows, const float* kt, const 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace avx2 {
-constexpr int64_t kW = 8;
+#include "simd_lanes_avx2.h"
 constexpr int kRows = 1;      // query rows per pass: 2 rows x 8 outputs would need 16 + 3 of the 16 ymm
 constexpr int kOutBlock = 8;  // outputs (accumulators) per weighted-sum pass
-using VF = __m256;
-inline VF splat_f(float x) { return _mm256_set1_ps(x); }
-inline VF vload(const float* p) { return _mm256_loadu_ps(p); }
-inline void vstore(float* p, VF a) { _mm256_storeu_ps(p, a); }
-inline VF vfma(VF a, VF b, VF c) { return _mm256_fmadd_ps(a, b, c); }
-inline VF vmul(VF a, VF b) { return _mm256_mul_ps(a, b); }
-inline VF vsub(VF a, VF b) { return _mm256_sub_ps(a, b); }
-inline VF vadd(VF a, VF b) { return _mm256_add_ps(a, b); }
-inline VF vmax(VF a, VF b) { return _mm256_max_ps(a, b); }  // b when either is NaN
 inline VF vround(VF a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 constexpr float kExpLo = -87.3365478515625f;  // ln 2^-126 rounded up: k >= -126, 2^k normal
 // p 2^k for integral k in [-126, 0]; 0 where x < kExpLo (NaN x compares false: p, NaN, is kept)
@@ -113,18 +104,9 @@ inline float hmax(VF a) {
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 namespace avx512 {
-constexpr int64_t kW = 16;
+#include "simd_lanes_avx512.h"
 constexpr int kRows = 2;      // query rows per pass: each key and value vector loaded once for both
 constexpr int kOutBlock = 8;  // outputs per weighted-sum pass: 2 x 8 accumulators of the 32 zmm
-using VF = __m512;
-inline VF splat_f(float x) { return _mm512_set1_ps(x); }
-inline VF vload(const float* p) { return _mm512_loadu_ps(p); }
-inline void vstore(float* p, VF a) { _mm512_storeu_ps(p, a); }
-inline VF vfma(VF a, VF b, VF c) { return _mm512_fmadd_ps(a, b, c); }
-inline VF vmul(VF a, VF b) { return _mm512_mul_ps(a, b); }
-inline VF vsub(VF a, VF b) { return _mm512_sub_ps(a, b); }
-inline VF vadd(VF a, VF b) { return _mm512_add_ps(a, b); }
-inline VF vmax(VF a, VF b) { return _mm512_max_ps(a, b); }  // b when either is NaN
 inline VF vround(VF a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 // below ln 2^-150 every result rounds to 0: the clamp only keeps -inf from making r NaN
 constexpr float kExpLo = -104.0f;

@@ -1,6 +1,6 @@
 // One query row of attention.cpp's kernel, written once for every lane type: included inside each
 // `#pragma GCC target` region of attention.cpp, after the lane type's definitions (kW lanes of VF;
-// splat_f, vload, vstore, vfma, vmul, vsub, vadd, vmax, vround, kExpLo, scale2, hmax, hsum).
+// splat_f, vloadu, vstoreu, vfma, vmul, vsub, vadd, vmax, vround, kExpLo, scale2, hmax, hsum).
 // No include guard: every region includes it once.
 
 #include "exp_simd_body.h"
@@ -27,9 +27,9 @@ inline void weighted_sum(const float* p, const float* vt, int64_t nk_pad, const 
     for (int d = 0; d < ND; ++d) acc[r][d] = splat_f(0.0f);
   for (int64_t c = 0; c < nk_pad; c += kW) {
     VF pc[R];
-    for (int r = 0; r < R; ++r) pc[r] = vload(p + r * nk_pad + c);
+    for (int r = 0; r < R; ++r) pc[r] = vloadu(p + r * nk_pad + c);
     for (int d = 0; d < ND; ++d) {
-      const VF vd = vload(vt + d * nk_pad + c);
+      const VF vd = vloadu(vt + d * nk_pad + c);
       for (int r = 0; r < R; ++r) acc[r][d] = vfma(pc[r], vd, acc[r][d]);
     }
   }
@@ -64,20 +64,20 @@ inline void attention_rows_r(const float* q, const float* kt, const float* vt, i
     const float* kc = kt + c;
     for (int64_t e = 0; e < d; ++e, kc += nk_pad) {
       VF kv[G];
-      for (int g = 0; g < G; ++g) kv[g] = vload(kc + g * kW);
+      for (int g = 0; g < G; ++g) kv[g] = vloadu(kc + g * kW);
       for (int r = 0; r < R; ++r) {
         const VF qe = splat_f(q[r * d + e]);
         for (int g = 0; g < G; ++g) a[r][g] = vfma(qe, kv[g], a[r][g]);
       }
     }
     for (int r = 0; r < R; ++r)
-      for (int g = 0; g < G; ++g) vstore(s + r * nk_pad + c + g * kW, vmul(a[r][g], vscale));
+      for (int g = 0; g < G; ++g) vstoreu(s + r * nk_pad + c + g * kW, vmul(a[r][g], vscale));
   }
   for (; c < nk_pad; c += kW) {
     for (int r = 0; r < R; ++r) {
       VF a0 = splat_f(0.0f);
-      for (int64_t e = 0; e < d; ++e) a0 = vfma(splat_f(q[r * d + e]), vload(kt + e * nk_pad + c), a0);
-      vstore(s + r * nk_pad + c, vmul(a0, vscale));
+      for (int64_t e = 0; e < d; ++e) a0 = vfma(splat_f(q[r * d + e]), vloadu(kt + e * nk_pad + c), a0);
+      vstoreu(s + r * nk_pad + c, vmul(a0, vscale));
     }
   }
   float total[R];
@@ -86,14 +86,14 @@ inline void attention_rows_r(const float* q, const float* kt, const float* vt, i
     for (int64_t j = nk; j < nk_pad; ++j) sr[j] = -__builtin_inff();  // padding: exp gives 0
     // 2. the row's max. A NaN score may be dropped here (vmax returns its second operand): its
     // exp below is NaN all the same, and so is the sum, so the whole row is NaN, as in the reference.
-    VF m = vload(sr);
-    for (c = kW; c < nk_pad; c += kW) m = vmax(m, vload(sr + c));
+    VF m = vloadu(sr);
+    for (c = kW; c < nk_pad; c += kW) m = vmax(m, vloadu(sr + c));
     // 3. p = exp(s - max) in place, and its sum
     const VF vmx = splat_f(hmax(m));
     VF sum = splat_f(0.0f);
     for (c = 0; c < nk_pad; c += kW) {
-      const VF e = exp_nonpositive(vsub(vload(sr + c), vmx));
-      vstore(sr + c, e);
+      const VF e = exp_nonpositive(vsub(vloadu(sr + c), vmx));
+      vstoreu(sr + c, e);
       sum = vadd(sum, e);
     }
     total[r] = hsum(sum);

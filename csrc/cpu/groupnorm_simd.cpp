@@ -44,28 +44,14 @@ void affine_scalar(const float* v, float* out, int64_t channels, int64_t hw, con
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace avx2 {
-constexpr int kW = 8;
-using VF = __m256;
-using VU = __m256i;
+#include "simd_lanes_avx2.h"
 using VM = __m256;  // compare results: all-ones lanes
-inline VF splat_f(float x) { return _mm256_set1_ps(x); }
 inline VF zero_f() { return _mm256_setzero_ps(); }
-inline VF vloadu(const float* p) { return _mm256_loadu_ps(p); }
-inline void vstoreu(float* p, VF a) { _mm256_storeu_ps(p, a); }
-inline VF vadd(VF a, VF b) { return _mm256_add_ps(a, b); }
-inline VF vsub(VF a, VF b) { return _mm256_sub_ps(a, b); }
-inline VF vmul(VF a, VF b) { return _mm256_mul_ps(a, b); }
-inline VF vfma(VF a, VF b, VF c) { return _mm256_fmadd_ps(a, b, c); }
 // a / b: the division itself (the 12-bit reciprocal estimate needs two Newton steps for 1 ulp)
 inline VF vquot(VF a, VF b) { return _mm256_div_ps(a, b); }
 inline VF vmin(VF a, VF b) { return _mm256_min_ps(a, b); }
-inline VF vmax(VF a, VF b) { return _mm256_max_ps(a, b); }
 inline VM vlt(VF a, VF b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
 inline VF vblend(VM m, VF a, VF b) { return _mm256_blendv_ps(b, a, m); }  // m ? a : b
-inline VU to_int(VF a) { return _mm256_cvttps_epi32(a); }
-inline VF from_bits(VU a) { return _mm256_castsi256_ps(a); }
-inline VU iadd(VU a, VU b) { return _mm256_add_epi32(a, b); }
-inline VU ishl(VU a, int n) { return _mm256_slli_epi32(a, n); }
 inline VU iconst(int32_t x) { return _mm256_set1_epi32(x); }
 using VT = __m256i;  // tail mask: all-ones in the lanes below n
 inline VT tail_mask(int64_t n) {
@@ -89,18 +75,9 @@ inline double hsum_double(VF a) {  // the lanes widened to double, then summed p
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 namespace avx512 {
-constexpr int kW = 16;
-using VF = __m512;
-using VU = __m512i;
+#include "simd_lanes_avx512.h"
 using VM = __mmask16;
-inline VF splat_f(float x) { return _mm512_set1_ps(x); }
 inline VF zero_f() { return _mm512_setzero_ps(); }
-inline VF vloadu(const float* p) { return _mm512_loadu_ps(p); }
-inline void vstoreu(float* p, VF a) { _mm512_storeu_ps(p, a); }
-inline VF vadd(VF a, VF b) { return _mm512_add_ps(a, b); }
-inline VF vsub(VF a, VF b) { return _mm512_sub_ps(a, b); }
-inline VF vmul(VF a, VF b) { return _mm512_mul_ps(a, b); }
-inline VF vfma(VF a, VF b, VF c) { return _mm512_fmadd_ps(a, b, c); }
 // a / b as a * (1 / b), 1 / b from the 14-bit estimate and one Newton step (error ~2^-28 before the
 // last rounding): the division's throughput bound the SiLU loop on the EPYC (Zen 4 splits a 512-bit
 // divide in two); b is finite and >= 1 here (vsilu), so the step never meets inf * 0.
@@ -110,13 +87,8 @@ inline VF vquot(VF a, VF b) {
   return _mm512_mul_ps(a, r);
 }
 inline VF vmin(VF a, VF b) { return _mm512_min_ps(a, b); }  // as MINPS: b when either is NaN
-inline VF vmax(VF a, VF b) { return _mm512_max_ps(a, b); }
 inline VM vlt(VF a, VF b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
 inline VF vblend(VM m, VF a, VF b) { return _mm512_mask_blend_ps(m, b, a); }  // m ? a : b
-inline VU to_int(VF a) { return _mm512_cvttps_epi32(a); }
-inline VF from_bits(VU a) { return _mm512_castsi512_ps(a); }
-inline VU iadd(VU a, VU b) { return _mm512_add_epi32(a, b); }
-inline VU ishl(VU a, int n) { return _mm512_slli_epi32(a, n); }
 inline VU iconst(int32_t x) { return _mm512_set1_epi32(x); }
 using VT = __mmask16;
 inline VT tail_mask(int64_t n) { return static_cast<VT>((1u << n) - 1u); }

@@ -44,9 +44,7 @@ void normals_scalar(const PhiloxRun& r, float* out) {
 // contraction of a mul and an add into an fma (GCC's default for C++, even with -std=c++20).
 #pragma GCC optimize("fp-contract=off")
 namespace avx2 {
-constexpr int kW = 8;
-using VU = __m256i;
-using VF = __m256;
+#include "simd_lanes_avx2.h"
 inline VU splat_u(uint32_t x) { return _mm256_set1_epi32(static_cast<int>(x)); }
 inline VU lanes_from(uint32_t q) { return _mm256_add_epi32(splat_u(q), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
 inline VU vxor(VU a, VU b) { return _mm256_xor_si256(a, b); }
@@ -60,25 +58,16 @@ inline void mulhilo(VU a, VU m, VU& hi, VU& lo) {
   lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
 }
 inline VF to_float(VU a) { return _mm256_cvtepi32_ps(a); }  // int32 lanes, exact below 2^24
-inline VF splat_f(float x) { return _mm256_set1_ps(x); }
-inline VF vadd(VF a, VF b) { return _mm256_add_ps(a, b); }
-inline VF vmul(VF a, VF b) { return _mm256_mul_ps(a, b); }
 inline void vstore(float* p, VF a) { _mm256_store_ps(p, a); }
 // for box_muller_ff_body.h
-inline VF vsub(VF a, VF b) { return _mm256_sub_ps(a, b); }
 inline VF vdiv(VF a, VF b) { return _mm256_div_ps(a, b); }
-inline VF vfma(VF a, VF b, VF c) { return _mm256_fmadd_ps(a, b, c); }
 inline VF vsqrt(VF a) { return _mm256_sqrt_ps(a); }
 inline VF vfloor(VF a) { return _mm256_floor_ps(a); }
 inline VF vneg(VF a) { return _mm256_xor_ps(a, _mm256_set1_ps(-0.0f)); }
 inline VU as_bits(VF a) { return _mm256_castps_si256(a); }
-inline VF from_bits(VU a) { return _mm256_castsi256_ps(a); }
-inline VU iadd(VU a, VU b) { return _mm256_add_epi32(a, b); }
 inline VU isub(VU a, VU b) { return _mm256_sub_epi32(a, b); }
 inline VU iand(VU a, VU b) { return _mm256_and_si256(a, b); }
 inline VU isra23(VU a) { return _mm256_srai_epi32(a, 23); }
-inline VU ishl(VU a, int n) { return _mm256_slli_epi32(a, n); }
-inline VU to_int(VF a) { return _mm256_cvttps_epi32(a); }
 inline VF vxor_f(VF a, VU s) { return _mm256_xor_ps(a, _mm256_castsi256_ps(s)); }
 inline VF vsel_odd(VU q, VF a, VF b) { return _mm256_blendv_ps(b, a, _mm256_castsi256_ps(_mm256_slli_epi32(q, 31))); }
 #include "ddpm_fast/box_muller_ff_body.h"
@@ -94,9 +83,7 @@ inline VF vsel_odd(VU q, VF a, VF b) { return _mm256_blendv_ps(b, a, _mm256_cast
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 namespace avx512 {
-constexpr int kW = 16;
-using VU = __m512i;
-using VF = __m512;
+#include "simd_lanes_avx512.h"
 inline VU splat_u(uint32_t x) { return _mm512_set1_epi32(static_cast<int>(x)); }
 inline VU lanes_from(uint32_t q) {
   return _mm512_add_epi32(splat_u(q), _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
@@ -110,25 +97,16 @@ inline void mulhilo(VU a, VU m, VU& hi, VU& lo) {  // as avx2::mulhilo
   lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
 }
 inline VF to_float(VU a) { return _mm512_cvtepi32_ps(a); }
-inline VF splat_f(float x) { return _mm512_set1_ps(x); }
-inline VF vadd(VF a, VF b) { return _mm512_add_ps(a, b); }
-inline VF vmul(VF a, VF b) { return _mm512_mul_ps(a, b); }
 inline void vstore(float* p, VF a) { _mm512_store_ps(p, a); }
 // for box_muller_ff_body.h (avx512f only: no avx512dq float xor, so sign flips go through the bits)
-inline VF vsub(VF a, VF b) { return _mm512_sub_ps(a, b); }
 inline VF vdiv(VF a, VF b) { return _mm512_div_ps(a, b); }
-inline VF vfma(VF a, VF b, VF c) { return _mm512_fmadd_ps(a, b, c); }
 inline VF vsqrt(VF a) { return _mm512_sqrt_ps(a); }
 inline VF vfloor(VF a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
 inline VU as_bits(VF a) { return _mm512_castps_si512(a); }
-inline VF from_bits(VU a) { return _mm512_castsi512_ps(a); }
 inline VF vneg(VF a) { return from_bits(_mm512_xor_si512(as_bits(a), splat_u(0x80000000u))); }
-inline VU iadd(VU a, VU b) { return _mm512_add_epi32(a, b); }
 inline VU isub(VU a, VU b) { return _mm512_sub_epi32(a, b); }
 inline VU iand(VU a, VU b) { return _mm512_and_si512(a, b); }
 inline VU isra23(VU a) { return _mm512_srai_epi32(a, 23); }
-inline VU ishl(VU a, int n) { return _mm512_slli_epi32(a, n); }
-inline VU to_int(VF a) { return _mm512_cvttps_epi32(a); }
 inline VF vxor_f(VF a, VU s) { return from_bits(_mm512_xor_si512(as_bits(a), s)); }
 inline VF vsel_odd(VU q, VF a, VF b) { return _mm512_mask_blend_ps(_mm512_test_epi32_mask(q, splat_u(1u)), b, a); }
 #include "ddpm_fast/box_muller_ff_body.h"
