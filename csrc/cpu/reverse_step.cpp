@@ -23,19 +23,24 @@ void reverse_step_blocks(const at::Tensor& x, const at::Tensor& m, const NoiseSo
   const double* tab = table.data_ptr<double>();
   for_each_block(B, N, [&](int64_t b, int64_t e0, int64_t n) {
     alignas(64) float xb[kBlock], mb[kBlock], zb[kBlock];
-    const int64_t tb = ts(b);
+    const int64_t tb = ts(b), off = b * N + e0;
     const ReverseCoefs c = reverse_coefs(tab, tb, T, kPrediction, variance_type);
+    const float* z = zb;
     if (c.sigma != 0.0f) {
-      noise.fill(b, tb, N, e0, n, zb);
+      z = noise.block(b, tb, N, e0, n, zb);
     } else {  // t = 0: sigma = 0 and Philox normals are finite, so sigma * z = 0 exactly
       std::fill(zb, zb + n, 0.0f);
     }
     uint8_t* flag = bad.flag(b, e0);
     run_on_simd_path([&]() DDPM_FAST_INLINE_LAMBDA {  // the block's loads, math and store: simd_path.h
-      load_block(x.data_ptr(), xdt, b * N + e0, n, xb);
-      load_model_block(m.data_ptr(), mdt, B, N, b, e0, n, g.guided, g.w, mb, flag);
-      for (int64_t i = 0; i < n; ++i) xb[i] = reverse_step_elem<kPrediction>(c, xb[i], mb[i], zb[i], clip, clip_range);
-      store_block(out, xdt, b * N + e0, n, xb);
+      const float* xv = block_in(x.data_ptr(), xdt, off, n, xb);
+      const float* mv = model_block(m.data_ptr(), mdt, B, N, b, e0, n, g.guided, g.w, mb, flag);
+      float* ov = block_out(out, xdt, off, xb);
+      // ov may be xv (out is x_t, or both are xb) or mv: element i is read before it is written,
+      // so no iteration depends on another's store and the loop vectorises without a runtime check
+#pragma GCC ivdep
+      for (int64_t i = 0; i < n; ++i) ov[i] = reverse_step_elem<kPrediction>(c, xv[i], mv[i], z[i], clip, clip_range);
+      block_out_done(out, xdt, off, n, xb);
     });
   });
 }
