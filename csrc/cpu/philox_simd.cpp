@@ -46,19 +46,27 @@ void normals_scalar(const PhiloxRun& r, float* out) {
 namespace avx2 {
 #include "simd_lanes_avx2.h"
 inline VU splat_u(uint32_t x) { return _mm256_set1_epi32(static_cast<int>(x)); }
-inline VU lanes_from(uint32_t q) { return _mm256_add_epi32(splat_u(q), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
+// Lane L holds counter q + {0, 2, 4, 6, 1, 3, 5, 7}[L]: the order store_words writes without
+// crossing the two 128-bit halves (counters 2k, 2k + 1 sit in lane k of each half).
+inline VU lanes_from(uint32_t q) { return _mm256_add_epi32(splat_u(q), _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7)); }
 inline VU vxor(VU a, VU b) { return _mm256_xor_si256(a, b); }
 inline VU srl9(VU a) { return _mm256_srli_epi32(a, 9); }
-// a * m per 32-bit lane: _mm256_mul_epu32 multiplies the even lanes into 64-bit products; the odd
-// lanes are shifted down first. m is a broadcast constant, so its even lanes serve both.
-inline void mulhilo(VU a, VU m, VU& hi, VU& lo) {
-  const VU even = _mm256_mul_epu32(a, m);
-  const VU odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
-  hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
-  lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
-}
+// for philox_words_vec: a shuffle (not a 64-bit shift) moves the odd lanes down, as shifts have
+// one pipe on Zen2
+inline VU mul_even(VU a, VU m) { return _mm256_mul_epu32(a, m); }
+inline VU odd_down(VU a) { return _mm256_shuffle_epi32(a, 0xF5); }  // lanes (1, 1, 3, 3) per 128 bits
+inline VU merge_even_odd(VU e, VU o) { return _mm256_blend_epi32(e, _mm256_shuffle_epi32(o, 0xA0), 0xAA); }
 inline VF to_float(VU a) { return _mm256_cvtepi32_ps(a); }  // int32 lanes, exact below 2^24
-inline void vstore(float* p, VF a) { _mm256_store_ps(p, a); }
+// out[4i + j] = word j of counter q + i (lanes_from's order): a 4x8 transpose within 128-bit halves,
+// t = (v0 v1), (v2 v3) pairs, u = their 4-word groups: u0 = counters 0 | 1, u1 = 2 | 3, ...
+inline void store_words(const VF v[4], float* out) {
+  const VF t0 = _mm256_unpacklo_ps(v[0], v[1]), t1 = _mm256_unpackhi_ps(v[0], v[1]);
+  const VF t2 = _mm256_unpacklo_ps(v[2], v[3]), t3 = _mm256_unpackhi_ps(v[2], v[3]);
+  _mm256_storeu_ps(out, _mm256_shuffle_ps(t0, t2, 0x44));
+  _mm256_storeu_ps(out + 8, _mm256_shuffle_ps(t0, t2, 0xEE));
+  _mm256_storeu_ps(out + 16, _mm256_shuffle_ps(t1, t3, 0x44));
+  _mm256_storeu_ps(out + 24, _mm256_shuffle_ps(t1, t3, 0xEE));
+}
 // for box_muller_ff_body.h
 inline VF vdiv(VF a, VF b) { return _mm256_div_ps(a, b); }
 inline VF vsqrt(VF a) { return _mm256_sqrt_ps(a); }
@@ -90,14 +98,19 @@ inline VU lanes_from(uint32_t q) {
 }
 inline VU vxor(VU a, VU b) { return _mm512_xor_si512(a, b); }
 inline VU srl9(VU a) { return _mm512_srli_epi32(a, 9); }
-inline void mulhilo(VU a, VU m, VU& hi, VU& lo) {  // as avx2::mulhilo
-  const VU even = _mm512_mul_epu32(a, m);
-  const VU odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
-  hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
-  lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+inline VU mul_even(VU a, VU m) { return _mm512_mul_epu32(a, m); }  // as the avx2:: ones
+inline VU odd_down(VU a) { return _mm512_shuffle_epi32(a, static_cast<_MM_PERM_ENUM>(0xF5)); }
+inline VU merge_even_odd(VU e, VU o) {
+  return _mm512_mask_blend_epi32(0xAAAA, e, _mm512_shuffle_epi32(o, static_cast<_MM_PERM_ENUM>(0xA0)));
 }
 inline VF to_float(VU a) { return _mm512_cvtepi32_ps(a); }
-inline void vstore(float* p, VF a) { _mm512_store_ps(p, a); }
+// out[4i + j] = lane i of v[j] (lanes_from's plain order); constant trip counts: GCC shuffles
+inline void store_words(const VF v[4], float* out) {
+  alignas(64) float lane[4][kW];
+  for (int j = 0; j < 4; ++j) _mm512_store_ps(lane[j], v[j]);
+  for (int i = 0; i < kW; ++i)
+    for (int j = 0; j < 4; ++j) out[4 * i + j] = lane[j][i];
+}
 // for box_muller_ff_body.h (avx512f only: no avx512dq float xor, so sign flips go through the bits)
 inline VF vdiv(VF a, VF b) { return _mm512_div_ps(a, b); }
 inline VF vsqrt(VF a) { return _mm512_sqrt_ps(a); }
