@@ -56,6 +56,10 @@ inline VU srl9(VU a) { return _mm256_srli_epi32(a, 9); }
 inline VU mul_even(VU a, VU m) { return _mm256_mul_epu32(a, m); }
 inline VU odd_down(VU a) { return _mm256_shuffle_epi32(a, 0xF5); }  // lanes (1, 1, 3, 3) per 128 bits
 inline VU merge_even_odd(VU e, VU o) { return _mm256_blend_epi32(e, _mm256_shuffle_epi32(o, 0xA0), 0xAA); }
+inline VU kept_apart(VU a) {  // a, as a value GCC cannot look into (no instruction)
+  asm("" : "+x"(a));
+  return a;
+}
 inline VF to_float(VU a) { return _mm256_cvtepi32_ps(a); }  // int32 lanes, exact below 2^24
 // out[4i + j] = word j of counter q + i (lanes_from's order): a 4x8 transpose within 128-bit halves,
 // t = (v0 v1), (v2 v3) pairs, u = their 4-word groups: u0 = counters 0 | 1, u1 = 2 | 3, ...
@@ -102,6 +106,10 @@ inline VU mul_even(VU a, VU m) { return _mm512_mul_epu32(a, m); }  // as the avx
 inline VU odd_down(VU a) { return _mm512_shuffle_epi32(a, static_cast<_MM_PERM_ENUM>(0xF5)); }
 inline VU merge_even_odd(VU e, VU o) {
   return _mm512_mask_blend_epi32(0xAAAA, e, _mm512_shuffle_epi32(o, static_cast<_MM_PERM_ENUM>(0xA0)));
+}
+inline VU kept_apart(VU a) {
+  asm("" : "+v"(a));  // "v": any of zmm0-31
+  return a;
 }
 inline VF to_float(VU a) { return _mm512_cvtepi32_ps(a); }
 // out[4i + j] = lane i of v[j] (lanes_from's plain order); constant trip counts: GCC shuffles

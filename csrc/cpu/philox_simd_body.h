@@ -4,8 +4,22 @@
 // enclosing namespace: kW (lanes), VU / VF (uint32 / float vectors), splat_u, lanes_from (the
 // counter of each lane), vxor, mul_even (the 64-bit products of the even 32-bit lanes), odd_down
 // (odd 32-bit lanes copied down onto the even ones), merge_even_odd, store_words (the interleaved
-// store of four word vectors, in lanes_from's counter order), to_float, srl9, splat_f, vadd, vmul,
+// store of four word vectors, in lanes_from's counter order), kept_apart (an optimisation barrier
+// that returns its argument), to_float, srl9, splat_f, vadd, vmul,
 // and (included before this file) the functions of ddpm_fast/box_muller_ff_body.h over VF / VU.
+
+// The round keys of a run as vectors, made once per fill: splatting them inside the rounds cost a
+// move to a vector register and a broadcast per key and round.
+struct RoundKeys {
+  VU k0[10], k1[10];
+  explicit RoundKeys(const PhiloxRun& r) {
+    uint32_t a = r.k0, b = r.k1;
+    for (int round = 0; round < 10; ++round, a += kPhiloxW0, b += kPhiloxW1) {
+      k0[round] = splat_u(a);
+      k1[round] = splat_u(b);
+    }
+  }
+};
 
 // Philox4x32-10 on kN * kW consecutive counters (q, c1, c2, c3): w[n][j] = word j of the counters
 // lanes_from(q + n kW). Each vector is run as two halves of 64-bit lanes, its even 32-bit lanes (E)
@@ -16,7 +30,7 @@
 // a round costs 2 products + 1 shuffle + 2 xors per half, against mulhilo's 2 products, 3 shifts
 // and 2 blends per vector (the shifts queued on one pipe of the Zen2 EPYC).
 template <int kN>
-inline void philox_words_vec(const PhiloxRun& r, uint64_t q, VU w[kN][4]) {
+inline void philox_words_vec(const PhiloxRun& r, const RoundKeys& keys, uint64_t q, VU w[kN][4]) {
   constexpr int kH = 2 * kN;  // independent halves: [2n] = E, [2n + 1] = O of vector n
   VU c0[kH], c1[kH], c2[kH], c3[kH];
   for (int n = 0; n < kN; ++n) {
@@ -30,20 +44,18 @@ inline void philox_words_vec(const PhiloxRun& r, uint64_t q, VU w[kN][4]) {
     c3[h] = splat_u(r.c3);
   }
   const VU m0 = splat_u(kPhiloxM0), m1 = splat_u(kPhiloxM1);
-  uint32_t k0 = r.k0, k1 = r.k1;
-  // unrolled, so the rounds' hand-over of c1 / c3 is renaming, not moves (64x3x32x32 uniforms: 208 -> 201 us)
+  // unrolled, so the rounds' hand-over of c1 / c3 is renaming, not moves
 #pragma GCC unroll 10
   for (int round = 0; round < 10; ++round) {
-    const VU key0 = splat_u(k0), key1 = splat_u(k1);
     for (int h = 0; h < kH; ++h) {
       const VU p0 = mul_even(c0[h], m0), p1 = mul_even(c2[h], m1);  // (hi, lo) of c0 m0, c2 m1
-      c0[h] = vxor(odd_down(p1), vxor(c1[h], key0));  // hi1 ^ c1 ^ k0
-      c2[h] = vxor(odd_down(p0), vxor(c3[h], key1));  // hi0 ^ c3 ^ k1
-      c1[h] = p1;                                     // lo1
-      c3[h] = p0;                                     // lo0
+      // c1 ^ k0 is formed while the product is in flight (kept_apart: GCC would reassociate the
+      // xors and leave the key's xor on the rounds' critical path)
+      c0[h] = vxor(odd_down(p1), kept_apart(vxor(c1[h], keys.k0[round])));  // hi1 ^ c1 ^ k0
+      c2[h] = vxor(odd_down(p0), kept_apart(vxor(c3[h], keys.k1[round])));  // hi0 ^ c3 ^ k1
+      c1[h] = p1;                                                             // lo1
+      c3[h] = p0;                                                             // lo0
     }
-    k0 += kPhiloxW0;
-    k1 += kPhiloxW1;
   }
   for (int n = 0; n < kN; ++n) {
     w[n][0] = merge_even_odd(c0[2 * n], c0[2 * n + 1]);
@@ -76,10 +88,14 @@ inline void store_interleaved(const VF v[4], int64_t count, float* out) {
 // value never depends on how many elements were asked for.
 template <bool kNormal>
 void fill(const PhiloxRun& r, float* out) {
-  constexpr int kN = 2;  // vectors per Philox call (philox_words_vec): 4 independent halves; kN = 1 measured slower
+  // vectors per philox_words_vec call: kN = 2 (4 independent halves) needs more vector registers
+  // than AVX2 has, and its spills cost more than the latency it hides (64x3x32x32 uniforms, 2-core
+  // EPYC: 165 us at kN = 1, 201 us at kN = 2)
+  constexpr int kN = 1;
+  const RoundKeys keys(r);
   for (int64_t i = 0; i < r.nq; i += kN * kW) {
     VU w[kN][4];
-    philox_words_vec<kN>(r, r.q0 + static_cast<uint64_t>(i), w);
+    philox_words_vec<kN>(r, keys, r.q0 + static_cast<uint64_t>(i), w);
     for (int n = 0; n < kN; ++n) {
       const int64_t first = i + n * kW;
       if (first >= r.nq) break;  // the counters past the run were computed and are dropped
