@@ -3,6 +3,8 @@
 // contiguous (it may be x_t itself: every block is read before it is written), else through a
 // contiguous temporary, and given first_bad records the model output's NaN/inf in the same pass
 // (BadBlocks, cpu_common.h).
+#include <type_traits>
+
 #include <torch/library.h>
 
 #include "../op_checks.h"
@@ -24,17 +26,29 @@ void ddim_blocks(const at::Tensor& x, const at::Tensor& m, const NoiseSource& no
   const bool add_noise = eta > 0.0f;
   for_each_block(B, N, [&](int64_t b, int64_t e0, int64_t n) {
     alignas(64) float xb[kBlock], mb[kBlock], zb[kBlock];
-    const int64_t tb = ts(b);
+    const int64_t tb = ts(b), off = b * N + e0;
     const DdimCoefs c = ddim_coefs(tab, tb, tps(b), T, eta, final_alpha_bar);
-    if (add_noise) noise.fill(b, tb, N, e0, n, zb);
+    const float* z = add_noise ? noise.block(b, tb, N, e0, n, zb) : zb;  // zb unread without noise
     uint8_t* flag = bad.flag(b, e0);
     run_on_simd_path([&]() DDPM_FAST_INLINE_LAMBDA {  // the block's loads, math and store: simd_path.h
-      load_block(x.data_ptr(), xdt, b * N + e0, n, xb);
-      load_model_block(m.data_ptr(), mdt, B, N, b, e0, n, g.guided, g.w, mb, flag);
-      for (int64_t i = 0; i < n; ++i) {
-        xb[i] = ddim_step_elem<kPrediction>(c, xb[i], mb[i], add_noise ? zb[i] : 0.0f, clip, clip_range, add_noise);
+      const float* xv = block_in(x.data_ptr(), xdt, off, n, xb);
+      const float* mv = model_block(m.data_ptr(), mdt, B, N, b, e0, n, g.guided, g.w, mb, flag);
+      float* ov = block_out(out.data_ptr(), xdt, off, xb);
+      // ov may be xv or mv: element i is read before it is written (as in reverse_step_blocks).
+      // add_noise as a constant of each loop: tested per element, it kept GCC from vectorising the
+      // eta > 0 loop (64x3x32x32, noise given: 670 us, against 116 us at eta = 0)
+      auto step = [&](auto noisy) DDPM_FAST_INLINE_LAMBDA {
+#pragma GCC ivdep
+        for (int64_t i = 0; i < n; ++i) {
+          ov[i] = ddim_step_elem<kPrediction>(c, xv[i], mv[i], noisy ? z[i] : 0.0f, clip, clip_range, noisy);
+        }
+      };
+      if (add_noise) {
+        step(std::true_type{});
+      } else {
+        step(std::false_type{});
       }
-      store_block(out.data_ptr(), xdt, b * N + e0, n, xb);
+      block_out_done(out.data_ptr(), xdt, off, n, xb);
     });
   });
 }

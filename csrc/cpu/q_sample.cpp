@@ -25,11 +25,14 @@ at::Tensor q_sample(const at::Tensor& x0_in, const at::Tensor& t, const at::Tens
   for_each_block(B, N, [&](int64_t b, int64_t e0, int64_t n) {
     alignas(64) float xb[kBlock], zb[kBlock];
     const QCoefs c = q_coefs(tab, ts(b), T);
+    const int64_t off = b * N + e0;
     run_on_simd_path([&]() DDPM_FAST_INLINE_LAMBDA {  // the block's loads, math and store: simd_path.h
-      load_block(x0.data_ptr(), dt, b * N + e0, n, xb);
-      load_block(noise.data_ptr(), ndt, b * N + e0, n, zb);
-      for (int64_t i = 0; i < n; ++i) xb[i] = q_sample_elem(c, xb[i], zb[i]);
-      store_block(out.data_ptr(), dt, b * N + e0, n, xb);
+      const float* xv = block_in(x0.data_ptr(), dt, off, n, xb);
+      const float* zv = block_in(noise.data_ptr(), ndt, off, n, zb);
+      float* ov = block_out(out.data_ptr(), dt, off, xb);  // a new tensor, or xb (read before written)
+#pragma GCC ivdep
+      for (int64_t i = 0; i < n; ++i) ov[i] = q_sample_elem(c, xv[i], zv[i]);
+      block_out_done(out.data_ptr(), dt, off, n, xb);
     });
   });
   return out;
@@ -55,12 +58,15 @@ std::tuple<at::Tensor, at::Tensor> q_sample_seeded(const at::Tensor& x0_in, cons
     const int64_t tb = ts(b);
     const QCoefs c = q_coefs(tab, tb, T);
     fill_normal(key, e0, n, sample_index(key, sample_offset, b), static_cast<uint32_t>(tb), STREAM_Q_SAMPLE, zb);
-    run_on_simd_path([&]() DDPM_FAST_INLINE_LAMBDA {
-      load_block(x0.data_ptr(), dt, b * N + e0, n, xb);
-      for (int64_t i = 0; i < n; ++i) ob[i] = q_sample_elem(c, xb[i], zb[i]);
-      store_block(x_t.data_ptr(), dt, b * N + e0, n, ob);
-      for (int64_t i = 0; i < n; ++i) ob[i] = q_target_elem(c, xb[i], zb[i], tt);
-      store_block(target.data_ptr(), dt, b * N + e0, n, ob);
+    const int64_t off = b * N + e0;
+    run_on_simd_path([&]() DDPM_FAST_INLINE_LAMBDA {  // x_t and target: new tensors, written in place when float32
+      const float* xv = block_in(x0.data_ptr(), dt, off, n, xb);
+      float* ov = block_out(x_t.data_ptr(), dt, off, ob);
+      for (int64_t i = 0; i < n; ++i) ov[i] = q_sample_elem(c, xv[i], zb[i]);
+      block_out_done(x_t.data_ptr(), dt, off, n, ob);
+      ov = block_out(target.data_ptr(), dt, off, ob);
+      for (int64_t i = 0; i < n; ++i) ov[i] = q_target_elem(c, xv[i], zb[i], tt);
+      block_out_done(target.data_ptr(), dt, off, n, ob);
     });
   });
   return {x_t, target};
