@@ -112,3 +112,30 @@ def test_inductor_freezes_the_weights_and_samples_like_eager(monkeypatch):
         assert (got - _eager(ElementwiseEps(-0.5))).abs().max().item() <= 1e-4
     finally:
         torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("capability,cache_dir,warns", [
+    ("avx2", None, True),          # forced, Inductor's default cache: shared with other capabilities
+    ("avx2", "own", False),        # forced, a cache of its own
+    (None, None, False),           # not forced
+])
+def test_forced_cpu_capability_with_the_default_inductor_cache_warns(monkeypatch, tmp_path, capability,
+                                                                      cache_dir, warns):
+    """compile=True on CPU under ATEN_CPU_CAPABILITY with Inductor's default cache directory warns
+    (samplers/compiled.py ``warn_if_capability_shares_cache``); a private cache directory or no
+    forced capability does not. Checked where the compile starts (``compiled_model``), with
+    Dynamo's "eager" backend so nothing is built."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    for name, value in (("ATEN_CPU_CAPABILITY", capability),
+                        ("TORCHINDUCTOR_CACHE_DIR", str(tmp_path) if cache_dir else default_cache_dir())):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled_model(ElementwiseEps(), {"backend": "eager"}, "cpu")
+    hits = [w for w in caught if "ATEN_CPU_CAPABILITY" in str(w.message)]
+    assert len(hits) == (1 if warns else 0), [str(w.message) for w in caught]
+    if warns:
+        assert issubclass(hits[0].category, RuntimeWarning) and "TORCHINDUCTOR_CACHE_DIR" in str(hits[0].message)

@@ -22,7 +22,9 @@ cache entry (see ``compile_fn``).
 from __future__ import annotations
 
 import functools
+import os
 import types
+import warnings
 import weakref
 from typing import Any, Callable, Optional, Union
 
@@ -153,9 +155,37 @@ def compiled_model(model: Any, kwargs: dict, device_type: str = "cpu") -> Callab
     small-head attention to ddpm_fast's kernel), added here, after ``kwargs`` made the cache keys."""
     if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
         return model  # the user compiled it already
+    if device_type == "cpu":
+        warn_if_capability_shares_cache()
     if freezes_weights(kwargs):
         return _frozen_model(model, _without_freezing(kwargs), device_type)
     return torch.compile(model, **with_attention_pass(kwargs, device_type))
+
+
+def warn_if_capability_shares_cache() -> None:
+    """Warn when ATEN_CPU_CAPABILITY is set and Inductor uses its default on-disk cache.
+
+    Inductor generates its CPU kernels for the vector width that ATEN_CPU_CAPABILITY picks, but
+    its FX graph cache does not key on it (torch 2.13, measured on an AVX-512 CPU): a process
+    forcing avx2 (or default) loaded the kernels another process had generated for AVX-512,
+    compiled them with the narrower flags, and got wrong samples (a NaN record naming timestep
+    38 instead of 17) or heap corruption ("free(): invalid pointer"). A cache directory of its
+    own per capability avoids it."""
+    capability = os.environ.get("ATEN_CPU_CAPABILITY")
+    if not capability:
+        return
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir, default_cache_dir
+        shared = os.path.abspath(cache_dir()) == os.path.abspath(default_cache_dir())
+    except ImportError:  # pragma: no cover — another torch's layout: the variable decides
+        shared = not os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if shared:
+        warnings.warn(
+            f"ddpm_fast: ATEN_CPU_CAPABILITY={capability} is set and torch.compile uses Inductor's "
+            "default cache directory, which does not tell capabilities apart (torch 2.13): kernels "
+            "cached by a run under another capability can be reused and give wrong results. Set "
+            "TORCHINDUCTOR_CACHE_DIR to a directory used only with this capability.",
+            RuntimeWarning, stacklevel=3)
 
 
 def _without_freezing(kwargs: dict) -> dict:
