@@ -17,13 +17,6 @@ namespace ddpm_fast {
 namespace cpu {
 namespace {
 
-// The block [off, off + n) of x as float32: the data itself for float32, else converted into buf.
-inline const float* block_f32(const void* x, int dt, int64_t off, int64_t n, float* buf) {
-  if (dt == DT_FLOAT32) return static_cast<const float*>(x) + off;
-  load_block(x, dt, off, n, buf);
-  return buf;
-}
-
 at::Tensor groupnorm_temb_silu(const at::Tensor& x_in, const at::Tensor& weight_in, const at::Tensor& bias_in,
                                const c10::optional<at::Tensor>& temb_in, int64_t num_groups, double eps,
                                int64_t temb_mode, bool apply_silu) {
@@ -68,7 +61,8 @@ at::Tensor groupnorm_temb_silu(const at::Tensor& x_in, const at::Tensor& weight_
         for (int64_t c = 0; c < Cg; ++c) {
           for (int64_t e = 0; e < HW; e += kBlock) {
             const int64_t n = std::min(kBlock, HW - e);
-            groupnorm_moments(block_f32(xp, dt, g0 + c * HW + e, n, buf), 1, n, sh + c * stride, 0, s1, s2);
+            load_block(xp, dt, g0 + c * HW + e, n, buf);  // float16 / bfloat16 (float32 returned above)
+            groupnorm_moments(buf, 1, n, sh + c * stride, 0, s1, s2);
           }
         }
       };
