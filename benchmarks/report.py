@@ -38,7 +38,8 @@ def rows_from_json(data: dict) -> list[dict]:
         rows.append({"model": info["model"], "batch": info["batch"], "steps": info["steps"],
                      "impl": info["impl"], "device": info.get("device", "?"),
                      "device_name": info.get("device_name", "?"), "torch": info.get("torch", "?"),
-                     "s_per_step": b["stats"]["median"] / info["steps"]})
+                     "s_per_step": b["stats"]["median"] / info["steps"],
+                     "interleaved": info.get("interleaved")})
     return rows
 
 
@@ -96,8 +97,14 @@ def targets(rows: list[dict]) -> list[str]:
             out.append(_verdict(f"CPU tiny UNet b{batch}: {name} {d / s:.2f}x diffusers (target >= 2x)", d / s >= 2))
         if dev == "cpu" and model in CPU_TARGETS and d and s:
             goal = CPU_TARGETS[model]
-            out.append(_verdict(f"CPU {model} b{batch}: {name} {d / s:.2f}x diffusers (target >= {goal:g}x)",
-                                d / s >= goal))
+            inter = impls[name].get("interleaved")
+            if inter:   # alternating rounds in one process (bench_cpu_targets.py): the verdict's ratio
+                ratio = inter["ratio"]
+                text = (f"CPU {model} b{batch}: {name} {ratio:.2f}x diffusers, interleaved rounds "
+                        f"(separate medians {d / s:.2f}x) (target >= {goal:g}x)")
+            else:
+                ratio, text = d / s, f"CPU {model} b{batch}: {name} {d / s:.2f}x diffusers (target >= {goal:g}x)"
+            out.append(_verdict(text, ratio >= goal))
         if dev.startswith("cuda") and model == "identity":
             gs, gname = _best(impls, ("graph", "compiled_graph", "graph_loop"))
             if gs:
