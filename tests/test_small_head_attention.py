@@ -180,8 +180,27 @@ def test_kernel_refuses_bad_input(args, match):
         torch.ops.ddpm_fast.attention(*args)
 
 
+def _check_softmax_weights() -> None:
+    """The kernel's exp through the softmax of two keys, scores (0, x): the second weight is
+    sigmoid(x), compared with float64 over x in [-86.6, 0] (every float32 x of a fine grid). The
+    documented accuracy (docs/ops_contract.md, attention): absolute <= 4.7e-8 against the largest
+    weight, ~1e-6 relative above e^-16 (checked with 25% headroom), weights below 2^-125 exactly 0
+    or (AVX-512) their subnormal rounding, never more than 2^-125."""
+    x = -torch.linspace(0, 86.6, 400_001, dtype=torch.float64).float()
+    k = torch.tensor([0.0, 1.0]).view(1, 1, 2, 1)
+    out = O.attention(x.view(1, 1, -1, 1), k, k, scale=1.0, backend="cpp").double().flatten()
+    ref = torch.sigmoid(x.double())
+    err = (out - ref).abs()
+    assert err.max() <= 6e-8, f"absolute error {err.max():.3g}"
+    big = x > -16
+    assert (err[big] / ref[big]).max() <= 1.25e-6, f"relative error {(err[big] / ref[big]).max():.3g}"
+    tiny = ref < 2.0 ** -126
+    assert (out[tiny] <= 2.0 ** -125).all()
+
+
 def _check_this_process() -> str:
     """The checks of every path on whichever path this process runs (tests/isa_paths.py)."""
+    _check_softmax_weights()
     torch.manual_seed(0)
     for D in (3, 8, 17):
         for Nq, Nk in ((5, 16), (19, 37), (64, 100)):

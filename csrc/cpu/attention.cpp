@@ -74,12 +74,12 @@ namespace avx2 {
 constexpr int kRows = 1;      // query rows per pass: 2 rows x 8 outputs would need 16 + 3 of the 16 ymm
 constexpr int kOutBlock = 8;  // outputs (accumulators) per weighted-sum pass
 inline VF vround(VF a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-constexpr float kExpLo = -87.3365478515625f;  // ln 2^-126 rounded up: k >= -126, 2^k normal
-// p 2^k for integral k in [-126, 0]; 0 where x < kExpLo (NaN x compares false: p, NaN, is kept)
+constexpr float kExpLo = -86.643394f;  // ln 2^-125 rounded up: k >= -125, so p 2^k stays normal
+// p 2^k for p in [1/sqrt 2, sqrt 2] and integral k in [-125, 0]: k added to p's exponent field (exact,
+// the result normal); 0 where x < kExpLo (NaN x compares false: p, NaN, is kept)
 inline VF scale2(VF p, VF k, VF x) {
-  const __m256i e = _mm256_add_epi32(_mm256_cvttps_epi32(k), _mm256_set1_epi32(127));
-  const VF y = _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(e, 23)));
-  return _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, splat_f(kExpLo), _CMP_LT_OQ));
+  const __m256i y = _mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(_mm256_cvttps_epi32(k), 23));
+  return _mm256_andnot_ps(_mm256_cmp_ps(x, splat_f(kExpLo), _CMP_LT_OQ), _mm256_castsi256_ps(y));
 }
 inline float hsum(VF a) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));

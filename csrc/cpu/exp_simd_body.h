@@ -1,6 +1,8 @@
-// exp's range reduction and polynomial on kW lanes, written once for the SIMD bodies
-// (groupnorm_simd_body.h, attention_simd_body.h), which include it inside each instruction-set
-// region after the lane type's splat_f, vfma, vmul and vadd. cpu_common.h exp_f32 is its scalar
+// exp's range reduction and polynomial on kW lanes, written once for the SIMD bodies that need
+// exp to ~1 ulp (groupnorm_simd_body.h's SiLU, whose contract is 3 ulp), which include it inside
+// each instruction-set region after the lane type's splat_f, vfma, vmul and vadd. The softmax of
+// attention_simd_body.h needs only absolute accuracy against its largest weight and has a cheaper
+// reduction of its own. cpu_common.h exp_f32 is its scalar
 // form: x = k ln 2 + r, |r| <= ln 2 / 2 with ln 2 in two parts (Cephes), exp(r) by Cephes' degree-6
 // polynomial, ~1 ulp.
 // No include guard: included once per instruction-set region.
