@@ -23,6 +23,15 @@
 namespace ddpm_fast {
 namespace cpu {
 
+// For the helpers the block loops call inside run_on_simd_path (simd_path.h): only what is inlined
+// into the wrapper runs on the wider ISA, and GCC left model_block out of line (its NaN check then
+// ran on SSE2: ~4% of a 64x3x32x32 sampling step).
+#if defined(__GNUC__)
+#define DDPM_FAST_BLOCK_INLINE inline __attribute__((always_inline))
+#else
+#define DDPM_FAST_BLOCK_INLINE inline
+#endif
+
 // 2048 floats = 8 KiB per buffer: three buffers stay in L1 with room to spare.
 constexpr int64_t kBlock = 2048;
 static_assert(kBlock % 4 == 0, "blocks must start on a Philox counter boundary");
@@ -89,7 +98,7 @@ inline Guide guide_of(const c10::optional<double>& guidance_scale) {
 // integer compares, so the loop vectorises with SSE2 already (no float compare, nothing that
 // depends on the FP environment). Measured on the 2-core EPYC, 2048 floats: 0.48 us, against
 // 1.5 us for a max over the exponent fields (SSE2 has no unsigned 32-bit max).
-inline bool any_nonfinite(const float* v, int64_t n) {
+DDPM_FAST_BLOCK_INLINE bool any_nonfinite(const float* v, int64_t n) {
   uint32_t acc = 0;
   for (int64_t i = 0; i < n; ++i) {
     uint32_t bits;
@@ -102,7 +111,7 @@ inline bool any_nonfinite(const float* v, int64_t n) {
 // The float32 values of src[off:off+n] for a block loop: the storage itself when it is float32
 // (read in place: copying through a stack buffer and back tripled the memory traffic of a step,
 // 64x3x32x32 on the 2-core EPYC), else `buf` filled by load_block.
-inline const float* block_in(const void* src, int dt, int64_t off, int64_t n, float* buf) {
+DDPM_FAST_BLOCK_INLINE const float* block_in(const void* src, int dt, int64_t off, int64_t n, float* buf) {
   if (dt == DT_FLOAT32) return static_cast<const float*>(src) + off;
   load_block(src, dt, off, n, buf);
   return buf;
@@ -111,12 +120,26 @@ inline const float* block_in(const void* src, int dt, int64_t off, int64_t n, fl
 // Where a block loop writes the float32 results of dst[off:off+n]: dst itself when it is float32,
 // else `buf`, which block_out_done then rounds into dst. buf may be block_in's buffer of the same
 // block: the step loops read element i before they write it.
-inline float* block_out(void* dst, int dt, int64_t off, float* buf) {
+DDPM_FAST_BLOCK_INLINE float* block_out(void* dst, int dt, int64_t off, float* buf) {
   return dt == DT_FLOAT32 ? static_cast<float*>(dst) + off : buf;
 }
 
-inline void block_out_done(void* dst, int dt, int64_t off, int64_t n, const float* buf) {
+DDPM_FAST_BLOCK_INLINE void block_out_done(void* dst, int dt, int64_t off, int64_t n, const float* buf) {
   if (dt != DT_FLOAT32) store_block(dst, dt, off, n, buf);
+}
+
+// The guided model output u + w (c - u) of model_block, into mb. Kept out of line, compiled for
+// the baseline ISA as it always was: inlined into an AVX2+FMA block loop, GCC would contract the
+// combine into an fma and change the guided values.
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+inline void guided_model_block(const void* m, int mdt, int64_t B, int64_t N, int64_t b, int64_t e0, int64_t n,
+                               float w, const float* c, float* mb, uint8_t* bad) {
+  alignas(64) float ub[kBlock];
+  const float* u = block_in(m, mdt, (B + b) * N + e0, n, ub);
+  if (bad != nullptr) *bad |= any_nonfinite(u, n);
+  for (int64_t i = 0; i < n; ++i) mb[i] = guided_elem(c[i], u[i], w);
 }
 
 // The model output a step reads for elements [e0, e0 + n) of sample b: model_out's own (guided =
@@ -125,15 +148,12 @@ inline void block_out_done(void* dst, int dt, int64_t off, int64_t n, const floa
 // each half read once, in the same pass as the step. `bad` (the NaN record's flag of this block, or
 // nullptr): set when either half read here holds a NaN/inf, checked before the combine (and before
 // the step writes anything, so an out that is model_out itself is checked as read).
-inline const float* model_block(const void* m, int mdt, int64_t B, int64_t N, int64_t b, int64_t e0, int64_t n,
-                                bool guided, float w, float* mb, uint8_t* bad = nullptr) {
+DDPM_FAST_BLOCK_INLINE const float* model_block(const void* m, int mdt, int64_t B, int64_t N, int64_t b, int64_t e0,
+                                                int64_t n, bool guided, float w, float* mb, uint8_t* bad = nullptr) {
   const float* c = block_in(m, mdt, b * N + e0, n, mb);
   if (bad != nullptr) *bad = any_nonfinite(c, n);
   if (!guided) return c;
-  alignas(64) float ub[kBlock];
-  const float* u = block_in(m, mdt, (B + b) * N + e0, n, ub);
-  if (bad != nullptr) *bad |= any_nonfinite(u, n);
-  for (int64_t i = 0; i < n; ++i) mb[i] = guided_elem(c[i], u[i], w);
+  guided_model_block(m, mdt, B, N, b, e0, n, w, c, mb, bad);
   return mb;
 }
 
