@@ -84,27 +84,39 @@ inline void store_interleaved(const VF v[4], int64_t count, float* out) {
   std::copy(all, all + 4 * count, out);
 }
 
+// Uniforms of the run's vectors [v0, v1) (vector v: counters q0 + v kW + lanes_from's lanes), as
+// u[4 (v - v0) + j] = word j.
+inline void uniform_vecs(const PhiloxRun& r, const RoundKeys& keys, int64_t v0, int64_t v1, VF* u) {
+  for (int64_t v = v0; v < v1; ++v) {
+    // one vector per philox_words_vec call: two (four independent halves) need more vector
+    // registers than AVX2 has, and the spills cost more than the latency they hide (64x3x32x32
+    // uniforms, 2-core EPYC: 165 us with one, 201 us with two)
+    VU w[1][4];
+    philox_words_vec<1>(r, keys, r.q0 + static_cast<uint64_t>(v * kW), w);
+    for (int j = 0; j < 4; ++j) u[4 * (v - v0) + j] = uniform_vec(w[0][j]);
+  }
+}
+
 // Every counter goes through the vector code (the last vector partly stored), so an element's
-// value never depends on how many elements were asked for.
+// value never depends on how many elements were asked for. Chunks of kChunk vectors in two passes,
+// the Philox rounds, then Box-Muller and the stores: with no Box-Muller chain between them, the
+// rounds of consecutive vectors overlap in the out-of-order window.
 template <bool kNormal>
 void fill(const PhiloxRun& r, float* out) {
-  // vectors per philox_words_vec call: kN = 2 (4 independent halves) needs more vector registers
-  // than AVX2 has, and its spills cost more than the latency it hides (64x3x32x32 uniforms, 2-core
-  // EPYC: 165 us at kN = 1, 201 us at kN = 2)
-  constexpr int kN = 1;
+  constexpr int64_t kChunk = 64;  // vectors: 64 x 4 uniform vectors stay in L1 (8 KiB for AVX2)
   const RoundKeys keys(r);
-  for (int64_t i = 0; i < r.nq; i += kN * kW) {
-    VU w[kN][4];
-    philox_words_vec<kN>(r, keys, r.q0 + static_cast<uint64_t>(i), w);
-    for (int n = 0; n < kN; ++n) {
-      const int64_t first = i + n * kW;
-      if (first >= r.nq) break;  // the counters past the run were computed and are dropped
-      VF v[4] = {uniform_vec(w[n][0]), uniform_vec(w[n][1]), uniform_vec(w[n][2]), uniform_vec(w[n][3])};
+  const int64_t nv = (r.nq + kW - 1) / kW;  // counters past the run are computed and dropped
+  for (int64_t v0 = 0; v0 < nv; v0 += kChunk) {
+    const int64_t v1 = std::min(nv, v0 + kChunk);
+    alignas(64) VF u[4 * kChunk];
+    uniform_vecs(r, keys, v0, v1, u);
+    for (int64_t v = v0; v < v1; ++v) {
+      VF* w = u + 4 * (v - v0);
       if (kNormal) {
-        box_muller_vec(v[0], v[1]);
-        box_muller_vec(v[2], v[3]);
+        box_muller_vec(w[0], w[1]);
+        box_muller_vec(w[2], w[3]);
       }
-      store_interleaved(v, std::min<int64_t>(kW, r.nq - first), out + 4 * first);
+      store_interleaved(w, std::min<int64_t>(kW, r.nq - v * kW), out + 4 * v * kW);
     }
   }
 }
