@@ -124,7 +124,8 @@ def test_cpu_target(benchmark, sampler_rows, model_name, batch, impl):
     import diffusers
     steps = CASES[(model_name, batch)]
     shape = (batch, *SHAPES[model_name])
-    run = _runner(impl, _model(model_name, shape), shape, steps)
+    model = _model(model_name, shape)
+    run = _runner(impl, model, shape, steps)
     if run is None:
         pytest.skip(f"{impl} is not available here")
     t0 = time.perf_counter()
@@ -142,7 +143,7 @@ def test_cpu_target(benchmark, sampler_rows, model_name, batch, impl):
     if impl != "diffusers":
         timer = getattr(benchmark, "_timer", time.perf_counter)   # --benchmark-timer's choice
         benchmark.extra_info["interleaved"] = _interleaved(
-            _diffusers_loop(_model(model_name, shape), shape, steps), run, ROUNDS[model_name], timer)
+            _diffusers_loop(model, shape, steps), run, ROUNDS[model_name], timer)
     stats = getattr(benchmark, "stats", None)
     if stats is not None:
         sampler_rows.append({"model": model_name, "batch": batch, "steps": steps, "impl": impl,

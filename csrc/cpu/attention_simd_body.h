@@ -3,9 +3,10 @@
 // splat_f, vloadu, vstoreu, vfma, vmul, vsub, vadd, vmax, vround, kExpLo, scale2, hmax, hsum).
 // No include guard: every region includes it once.
 
-// exp(x) for the softmax's x = s - max <= 0 (and NaN): x = t ln 2, t = k + f (k integral, |f| <= 1/2),
-// 2^f by a fitted polynomial, 2^k applied by the lanes' `scale2`: AVX-512's vscalefps, which
-// rounds results below 2^-126 to subnormals and 0; AVX2 adds k to the exponent field and flushes
+// exp_nonpositive_n: exp(x) for the softmax's x = s - max <= 0 (and NaN). x = t ln 2, t = k + f
+// (k integral, |f| <= 1/2), 2^f by a fitted polynomial, 2^k applied by the lanes' `scale2`:
+// AVX-512's vscalefps, which rounds results below 2^-126 to subnormals and 0; AVX2 adds k to the
+// exponent field and flushes
 // results below 2^-125 to 0 (against the row's largest term, exactly 1). t is one float32 product,
 // so its rounding (up to 2^-25 |t|) sets the relative error of small weights: measured against
 // float64 over x in [-86.6, 0], AVX2, 2e6 points: absolute error <= 4.7e-8 (Cephes' two-part
@@ -13,7 +14,8 @@
 // (Cephes: 1.7e-7) and <= 1.0e-6 above e^-16. Four instructions fewer per vector than that
 // reduction and its scaling: [1, 8, 256, 8] 0.661 -> 0.573 ms on the AVX2 EPYC, 1 thread. NaN
 // stays NaN: vmax(lo, x) returns its second operand when either is NaN (MAXPS semantics).
-// exp_nonpositive of kG vectors at once, each step written for all of them: the polynomial is a
+//
+// It runs on kG vectors at once, each step written for all of them: the polynomial is a
 // chain of six dependent FMAs, and with one vector per loop iteration the chains of successive
 // iterations did not overlap (the scheduler filled with waiting operations: ~12 cycles a vector on
 // the AVX2 EPYC, against ~6 for its FMA throughput); interleaved, they do.

@@ -174,11 +174,14 @@ def warn_if_capability_shares_cache() -> None:
     capability = os.environ.get("ATEN_CPU_CAPABILITY")
     if not capability:
         return
-    try:
-        from torch._inductor.runtime.cache_dir_utils import cache_dir, default_cache_dir
-        shared = os.path.abspath(cache_dir()) == os.path.abspath(default_cache_dir())
-    except ImportError:  # pragma: no cover — another torch's layout: the variable decides
-        shared = not os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    configured = os.environ.get("TORCHINDUCTOR_CACHE_DIR")   # read, not Inductor's cache_dir(): that creates it
+    shared = configured is None
+    if not shared:
+        try:
+            from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+            shared = os.path.abspath(configured) == os.path.abspath(default_cache_dir())
+        except ImportError:  # pragma: no cover — another torch's layout: a set variable is taken as private
+            pass
     if shared:
         warnings.warn(
             f"ddpm_fast: ATEN_CPU_CAPABILITY={capability} is set and torch.compile uses Inductor's "
