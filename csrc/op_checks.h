@@ -387,4 +387,21 @@ inline void check_attention_args(const char* op, const at::Tensor& q, const at::
   TORCH_CHECK(std::isfinite(scale), "ddpm_fast::", op, ": scale must be a finite number in (-inf, inf), got ", scale);
 }
 
+// conv3x3: x [N, C, H, W], weight [K, C, 3, 3], bias [K] or none (the messages of
+// ddpm_fast/ops/__init__.py conv3x3).
+inline void check_conv3x3_args(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                               const c10::optional<at::Tensor>& bias) {
+  check_data(op, "x", x, x.device());
+  check_data(op, "weight", weight, x.device());
+  TORCH_CHECK(x.dim() == 4, "ddpm_fast::", op, ": x must be [N, C, H, W], got shape ", x.sizes());
+  TORCH_CHECK(weight.dim() == 4 && weight.size(1) == x.size(1) && weight.size(2) == 3 && weight.size(3) == 3,
+              "ddpm_fast::", op, ": weight must be [K, C, 3, 3] with C = ", x.size(1), " (x's channels), got shape ",
+              weight.sizes());
+  if (bias.has_value()) {
+    check_data(op, "bias", *bias, x.device());
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "ddpm_fast::", op,
+                ": bias must be [K] with K = ", weight.size(0), ", got shape ", bias->sizes());
+  }
+}
+
 }  // namespace ddpm_fast

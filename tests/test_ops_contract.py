@@ -251,6 +251,10 @@ CASES = [
     Case("attention", "heads", _attention(1, 8, 64, 64, 8, "heads")),
     Case("attention", "odd-transposed", _attention(2, 3, 37, 19, 5, "transposed")),
     Case("attention", "sliced-d33", _attention(1, 2, 17, 33, 33, "sliced")),
+    Case("conv3x3", "k3-odd", lambda d, dt: (_data((2, 5, 7, 9), dt, d, "transposed"), _data((3, 5, 3, 3), dt, d),
+                                             _data((3,), dt, d))),
+    Case("conv3x3", "unet-no-bias", lambda d, dt: (_data((1, 16, 8, 8), dt, d).contiguous(memory_format=torch.channels_last),
+                                                   _data((24, 16, 3, 3), dt, d), None)),
 ]
 PARAMS = [pytest.param(c, dt, id=f"{c.id}-{str(dt)[6:]}") for c in CASES for dt in c.dtypes]
 

@@ -22,7 +22,7 @@ from .dispatch import preload as _preload
 _preload()
 
 __all__ = ["randn", "rand", "q_sample", "reverse_step", "ddim_step", "multistep_update", "temb_add", "groupnorm_temb_silu",
-           "attention", "sinusoidal_embedding", "backends", "set_backend", "get_backend", "use_backend",
+           "attention", "conv3x3", "sinusoidal_embedding", "backends", "set_backend", "get_backend", "use_backend",
            "implementation", "BACKENDS", "BackendUnavailableError"]
 
 _TARGETS = {"epsilon": 0, "sample": 1, "v_prediction": 2}
@@ -247,6 +247,29 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optio
         scale = 1.0 / math.sqrt(q.shape[3]) if q.shape[3] else 1.0   # D = 0: q k^T is 0 at any scale
     scale = check_param("scale", scale, finite=True)
     return implementation("attention", backend, q.device)(q, k, v, scale)
+
+
+def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
+            backend: Optional[str] = None) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, padding=1)`` for a 3x3 ``weight`` [K, C, 3, 3], stride 1, one
+    group: x [N, C, H, W] of any strides, bias [K] or None. Math in float32 (float64 on the
+    reference backend); returns x's dtype, channels-last. The C++ kernel (CPU only; other devices
+    run the reference) is Winograd's F(2x2, 3x3); the compiled sampler uses it in place of ATen's
+    convolution (samplers/conv_pass.py). NaN or inf in a 4x4 input patch makes its whole 2x2
+    output tile NaN (docs/ops_contract.md)."""
+    check_float("x", x)
+    check_float("weight", weight)
+    if x.dim() != 4:
+        raise ValueError(f"x must be [N, C, H, W], got shape {tuple(x.shape)}")
+    if weight.dim() != 4 or weight.shape[1] != x.shape[1] or tuple(weight.shape[2:]) != (3, 3):
+        raise ValueError(f"weight must be [K, C, 3, 3] with C = {x.shape[1]} (x's channels), got shape "
+                         f"{tuple(weight.shape)}")
+    if bias is not None:
+        check_float("bias", bias)
+        if tuple(bias.shape) != (weight.shape[0],):
+            raise ValueError(f"bias must be [K] with K = {weight.shape[0]}, got shape {tuple(bias.shape)}")
+    check_same_device(x=x, weight=weight, bias=bias)
+    return implementation("conv3x3", backend, x.device)(x, weight, bias)
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, *, max_period: float = 10000.0,

@@ -44,6 +44,12 @@ def _attention_fake(q, k, v, scale):
     return q.new_empty((B, Nq, H, D)).transpose(1, 2)
 
 
+def _conv3x3_fake(x, weight, bias):
+    # channels-last, the layout Inductor gives a CPU convolution's output
+    N, _, H, W = x.shape
+    return x.new_empty((N, weight.shape[0], H, W)).contiguous(memory_format=torch.channels_last)
+
+
 @dataclasses.dataclass(frozen=True)
 class OpSpec:
     """One op. ``schema``: the argument list and returns, as torch.library writes them.
@@ -53,7 +59,9 @@ class OpSpec:
     reference-recompute backward. ``fake``: shapes and dtypes of the result from the inputs.
     ``reference``: the reference backend implements it (every op of the contract does).
     ``cuda``: the extension has a CUDA kernel for it (and Triton a launcher); False for a CPU-only
-    op, which the dispatcher runs with the reference backend on other devices."""
+    op, which the dispatcher runs with the reference backend on other devices. ``tags``:
+    ``torch.Tag``s of the schema (``flexible_layout``: Inductor hands the op its inputs in the
+    layout it planned, without a copy to the traced strides)."""
     name: str
     schema: str
     fake: Callable
@@ -61,6 +69,7 @@ class OpSpec:
     differentiable: bool = False
     reference: bool = True
     cuda: bool = True
+    tags: tuple = ()
 
     def qualname(self, namespace: str = NAMESPACE) -> str:
         return f"{namespace}::{self.name}"
@@ -119,6 +128,10 @@ OPS = (
     # the reference runs it (and compiled models keep their own attention)
     OpSpec("attention", "(Tensor q, Tensor k, Tensor v, float scale) -> Tensor", _attention_fake,
            differentiable=True, cuda=False),
+    # 3x3 convolution, stride 1, padding 1, one group: x [N, C, H, W], weight [K, C, 3, 3], bias [K];
+    # channels-last output. CPU only: the compiled sampler's Winograd kernel (samplers/conv_pass.py)
+    OpSpec("conv3x3", "(Tensor x, Tensor weight, Tensor? bias) -> Tensor", _conv3x3_fake,
+           differentiable=True, cuda=False, tags=(torch.Tag.flexible_layout,)),
 )
 BY_NAME = {op.name: op for op in OPS}
 
@@ -156,7 +169,7 @@ def define(namespace: str = NAMESPACE) -> None:
     lib = torch.library.Library(namespace, "FRAGMENT")
     for op in OPS:
         if defined_schema(op.qualname(namespace)) is None:
-            lib.define(op.name + op.schema)
+            lib.define(op.name + op.schema, tags=op.tags)
         torch.library.register_fake(op.qualname(namespace), op.fake, lib=lib)
     _libraries[namespace] = lib
 
