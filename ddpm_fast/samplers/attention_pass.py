@@ -1,5 +1,6 @@
 """The compiled sampler's attention on CPU: ATen's flash kernel replaced by ddpm_fast's small-head
-kernel (``ddpm_fast::attention``, csrc/cpu/attention.cpp) where it is faster.
+kernel (``ddpm_fast::attention``, csrc/cpu/attention.cpp) where it is faster. The same pass then
+routes 3x3 convolutions to ddpm_fast's Winograd kernel (samplers/conv_pass.py).
 
 An Inductor post-grad pass (``post_grad_custom_post_pass``, added to the ``options`` of the model's
 ``torch.compile``) rewrites each ``aten._scaled_dot_product_flash_attention_for_cpu`` call, which
@@ -22,6 +23,8 @@ from typing import Optional
 import torch
 
 from ..ops import dispatch
+from . import conv_pass
+from .conv_pass import route_conv3x3
 
 MAX_HEAD_DIM = 8
 
@@ -82,14 +85,15 @@ def route_attention(graph: torch.fx.Graph) -> int:
 
 
 class AttentionPass(CustomGraphPass):
-    """``route_attention`` as Inductor's post-grad custom pass; its uuid (this file's hash) keys
-    Inductor's FX graph cache."""
+    """``route_attention`` and ``conv_pass.route_conv3x3`` as Inductor's post-grad custom pass;
+    its uuid (the two files' hash) keys Inductor's FX graph cache."""
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         route_attention(graph)
+        route_conv3x3(graph)
 
     def uuid(self) -> Optional[bytes]:
-        return get_hash_for_files((__file__,)) if get_hash_for_files is not None else None
+        return get_hash_for_files((__file__, conv_pass.__file__)) if get_hash_for_files is not None else None
 
 
 PASS = AttentionPass()   # one instance: equal compile options give equal Dynamo backends
