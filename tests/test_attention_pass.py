@@ -123,14 +123,16 @@ def test_leaves_a_masked_attention_alone():
 
 def test_compile_options_get_the_pass_on_cpu_only():
     kw = {"dynamic": False}
-    assert with_attention_pass(kw, "cpu") == {"dynamic": False, "options": {"post_grad_custom_post_pass": PASS}}
+    ours = {"post_grad_custom_post_pass": PASS, "size_asserts": False}
+    assert with_attention_pass(kw, "cpu") == {"dynamic": False, "options": ours}
     assert kw == {"dynamic": False}                                        # not mutated
     # torch.compile refuses mode and options together: the mode becomes its options
     got = with_attention_pass({"mode": "max-autotune-no-cudagraphs", "dynamic": False}, "cpu")
-    assert "mode" not in got and got["options"] == {"max_autotune": True, "coordinate_descent_tuning": True,
-                                                    "post_grad_custom_post_pass": PASS}
+    assert "mode" not in got and got["options"] == {"max_autotune": True, "coordinate_descent_tuning": True, **ours}
     got = with_attention_pass({"options": {"cpp_wrapper": True}}, "cpu")
-    assert got["options"] == {"cpp_wrapper": True, "post_grad_custom_post_pass": PASS}
+    assert got["options"] == {"cpp_wrapper": True, **ours}
+    got = with_attention_pass({"options": {"size_asserts": True}}, "cpu")        # the caller's choice wins
+    assert got["options"] == {"size_asserts": True, "post_grad_custom_post_pass": PASS}
     own = {"options": {"post_grad_custom_post_pass": lambda g: None}}      # the caller's pass stays
     for kw in (own, {"backend": "eager"}, {"backend": "aot_eager", "mode": "default"}):
         assert with_attention_pass(kw, "cpu") is kw

@@ -113,7 +113,16 @@ def with_attention_pass(kwargs: dict, device_type: str) -> dict:
     """``torch.compile`` kwargs for a model on ``device_type``, with the pass in Inductor's options
     on CPU. Inductor only (the default backend or "inductor"); a ``mode`` becomes its options
     (``torch._inductor.list_mode_options``: what torch.compile does with it, which refuses mode
-    and options together); a post-grad pass of the caller's own is kept, and then no routing."""
+    and options together); a post-grad pass of the caller's own is kept, and then no routing.
+
+    With the pass, Inductor's ``size_asserts`` default to off (an option the caller gives wins):
+    the compiled wrapper otherwise checks the size and stride of ~175 tensors (inputs,
+    parameters, extern kernels' outputs) on every call of the dunet forward, ~7% of it (1 thread,
+    AVX2 EPYC, docs/fast_sampler.md). The sampler is the only caller of this compile, and what
+    those asserts would catch is checked anyway: Dynamo's guards check every input's size and
+    stride on the first step of each run (steps 2..T reuse the same tensors,
+    samplers/graph.py ``_skip_guard_eval``), and the ops contract's opcheck checks ddpm_fast's
+    fakes against its kernels' outputs."""
     if device_type != "cpu" or kwargs.get("backend", "inductor") != "inductor" or not routes_attention():
         return kwargs
     options = dict(kwargs.get("options") or {})
@@ -125,5 +134,6 @@ def with_attention_pass(kwargs: dict, device_type: str) -> dict:
         from torch._inductor import list_mode_options
         options = {**list_mode_options(mode, kwargs.get("dynamic")), **options}
     options["post_grad_custom_post_pass"] = PASS
+    options.setdefault("size_asserts", False)
     out["options"] = options
     return out
