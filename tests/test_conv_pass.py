@@ -18,30 +18,16 @@ import torch
 import ddpm_fast
 from ddpm_fast import NoiseSchedule
 from ddpm_fast.ops import dispatch
-from ddpm_fast.samplers import cache
 from ddpm_fast.samplers.attention_pass import PASS, with_attention_pass
 from ddpm_fast.samplers.conv_pass import faster_than_aten, route_conv3x3
+# the fixtures (a fresh sampler cache per test, one thread) and the small UNet2DModel of the attention pass's tests
+from test_attention_pass import _fresh_cache, one_thread, tiny_diffusers_unet  # noqa: F401
 
 pytestmark = pytest.mark.skipif(dispatch.unavailable_reason("cpp", "cpu") is not None,
                                 reason="the C++ extension is not built")
 
 CONV = torch.ops.aten.convolution.default
 OURS = torch.ops.ddpm_fast.conv3x3.default
-
-
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    cache.clear_cache()
-    yield
-    cache.clear_cache()
-
-
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # --- the rewrite, on hand-built post-grad graphs ----------------------------------------------------
@@ -151,15 +137,6 @@ def test_inductor_runs_the_kernel_where_the_pass_takes_it(one_thread):
         ref = m.double()(x.double())
     assert ours == 1
     assert (got.double() - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
-
-
-def tiny_diffusers_unet():
-    """tests/test_attention_pass.py's small UNet2DModel (8/16 channels, 1x8x8, attention)."""
-    from diffusers import UNet2DModel
-    torch.manual_seed(0)
-    return UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
-                       norm_num_groups=4, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "UpBlock2D")).eval()
 
 
 @pytest.mark.slow
