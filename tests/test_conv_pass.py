@@ -97,10 +97,10 @@ def test_sizes_it_routes():
 
 
 def test_pass_key_covers_the_conv_rules():
-    """The FX graph cache key (the pass's uuid) changes with either routing file."""
+    """The FX graph cache key (the pass's uuid) changes with any file of the rewrite."""
     from torch._inductor.custom_graph_pass import get_hash_for_files
-    from ddpm_fast.samplers import attention_pass, conv_pass
-    assert PASS.uuid() == get_hash_for_files((attention_pass.__file__, conv_pass.__file__))
+    from ddpm_fast.samplers import attention_pass, conv_pass, fx_rewrite
+    assert PASS.uuid() == get_hash_for_files((attention_pass.__file__, conv_pass.__file__, fx_rewrite.__file__))
 
 
 # --- Inductor -----------------------------------------------------------------------------------------

@@ -23,8 +23,9 @@ from typing import Optional
 import torch
 
 from ..ops import dispatch
-from . import conv_pass
+from . import conv_pass, fx_rewrite
 from .conv_pass import route_conv3x3
+from .fx_rewrite import call_before
 
 MAX_HEAD_DIM = 8
 
@@ -72,10 +73,8 @@ def route_attention(graph: torch.fx.Graph) -> int:
         q, k, v = node.args[:3]
         scale = node.kwargs.get("scale")
         scale = 1.0 / math.sqrt(q.meta["val"].shape[-1]) if scale is None else float(scale)
-        with graph.inserting_before(node):
-            new = graph.call_function(op, (q, k, v, scale))
-        new.meta.update({k_: v_ for k_, v_ in node.meta.items() if k_ != "val"})
-        new.meta["val"] = node.meta["val"][0]   # same shape, strides and dtype (the op's fake)
+        # same shape, strides and dtype as flash's output (the op's fake)
+        new = call_before(graph, node, op, (q, k, v, scale), node.meta["val"][0])
         for user in list(node.users):
             user.replace_all_uses_with(new)
             graph.erase_node(user)
@@ -86,14 +85,14 @@ def route_attention(graph: torch.fx.Graph) -> int:
 
 class AttentionPass(CustomGraphPass):
     """``route_attention`` and ``conv_pass.route_conv3x3`` as Inductor's post-grad custom pass;
-    its uuid (the two files' hash) keys Inductor's FX graph cache."""
+    its uuid (the hash of the files that rewrite) keys Inductor's FX graph cache."""
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         route_attention(graph)
         route_conv3x3(graph)
 
     def uuid(self) -> Optional[bytes]:
-        return get_hash_for_files((__file__, conv_pass.__file__)) if get_hash_for_files is not None else None
+        return get_hash_for_files((__file__, conv_pass.__file__, fx_rewrite.__file__)) if get_hash_for_files is not None else None
 
 
 PASS = AttentionPass()   # one instance: equal compile options give equal Dynamo backends
