@@ -211,7 +211,6 @@ at::Tensor conv3x3(const at::Tensor& x, const at::Tensor& weight, const c10::opt
   const char* op = "conv3x3";
   check_conv3x3_args(op, x, weight, bias);
   const auto cl = at::MemoryFormat::ChannelsLast;
-  const Plan p = plan_of(x, weight);
 #ifdef DDPM_FAST_X86_SIMD
   const bool simd = simd_path() != SimdPath::kScalar;
 #else
@@ -222,6 +221,7 @@ at::Tensor conv3x3(const at::Tensor& x, const at::Tensor& weight, const c10::opt
     return at::conv2d(x.to(at::kFloat), weight.to(at::kFloat), b32, 1, 1).to(x.scalar_type()).contiguous(cl);
   }
 #ifdef DDPM_FAST_X86_SIMD
+  const Plan p = plan_of(x, weight);
   at::Tensor out = at::empty({p.N, p.K, p.H, p.W}, x.options().dtype(at::kFloat).memory_format(cl));
   if (out.numel() == 0) return out.to(x.scalar_type());
   const at::Tensor w32 = weight.to(at::kFloat).contiguous();
@@ -246,7 +246,7 @@ at::Tensor conv3x3(const at::Tensor& x, const at::Tensor& weight, const c10::opt
                        V + 16 * p.tblk * p.cp, o + n * p.H * p.W * p.K);
     }
   });
-  return x.scalar_type() == at::kFloat ? out : out.to(x.scalar_type());
+  return out.to(x.scalar_type());  // out itself when x is float32
 #endif
 }
 

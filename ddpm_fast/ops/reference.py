@@ -234,6 +234,7 @@ def attention(q, k, v, scale: float):
     p = torch.softmax((q.to(cd) @ k.to(cd).transpose(-1, -2)) * scale, dim=-1)
     return (p @ v.to(cd)).to(q.dtype)
 
+
 def conv3x3(x, weight, bias):
     # the direct convolution, math in float32 (float64 kept), in the fused kernel's channels-last layout
     cd = _compute_dtype(x)

@@ -6,18 +6,25 @@ lowers to) into ``ddpm_fast::conv3x3`` when: float32 CPU tensors, a [K, C, 3, 3]
 padding 1, dilation 1, one group, not transposed, and sizes where it is faster (below). It runs
 inside the same Inductor post-grad pass as the attention routing (samplers/attention_pass.py).
 The op returns channels-last (the layout Inductor plans for a CPU convolution's output) and is
-tagged ``flexible_layout``, so Inductor hands it the channels-last activations it already has.
+tagged ``flexible_layout``: Inductor hands it its input in whatever layout it planned, without a
+copy back to the traced strides. An input that feeds only this op is contiguous (Inductor's
+channels-last preference follows ``aten.convolution`` users only); the kernel gathers either
+layout into its scratch.
 
 Where it routes (``faster_than_aten``): per convolution, 1 thread, torch 2.13, AMD EPYC (Zen 3,
-AVX2), process time (docs/fast_sampler.md, "Convolutions"): 1.5-2.6x faster than ATen at batch 1
-to 8 from 3 channels up to 128 -> 128 (64 -> 64 at 16x16: 0.18 vs 0.47 ms; a UNet's 32 -> 3 output
-convolution: 0.13 vs 0.26 ms). The kernel keeps all 16 C x K transformed filters in cache for
-every block of tiles: at 256 -> 256 it still wins at 16x16 (4.3 vs 6.5 ms) but ties at 8x8, and
-512 -> 512 at 8x8 takes twice ATen's time. Those stay with ATen.
+AVX2), process time (``python -m benchmarks.bench_conv3x3``, table in docs/fast_sampler.md,
+"Convolutions on CPU"): 1.3-1.9x faster than ATen at batch 1 to 8 from 3 channels up to
+128 -> 128 (64 -> 64 at 16x16: 0.18 vs 0.35 ms; a UNet's 32 -> 3 output convolution: 0.16 vs
+0.24 ms). The kernel keeps all 16 C x K transformed filters in cache for every block of tiles:
+at 256 -> 256 it still wins at 16x16 (3.7 vs 4.9 ms) and, in one run, at 8x8 (1.5 vs 2.6 ms;
+a tie in another), and 512 -> 512 at 8x8 takes twice ATen's time. Past 128 x 128 only the
+16x16-and-larger sizes are routed.
 """
 from __future__ import annotations
 
 import torch
+
+from .fx_rewrite import call_before
 
 # C x K up to 128 x 128 at any size; up to 256 x 256 from 16 x 16 pixels
 SMALL_FILTERS = 128 * 128
@@ -59,11 +66,8 @@ def route_conv3x3(graph: torch.fx.Graph) -> int:
         if node.op != "call_function" or node.target is not _CONV or not _eligible(node):
             continue
         x, w, b = node.args[:3]
-        with graph.inserting_before(node):
-            new = graph.call_function(op, (x, w, b))
-        new.meta.update({k: v for k, v in node.meta.items() if k != "val"})
-        # the op's fake: the convolution's shape and dtype, channels-last
-        new.meta["val"] = torch.empty_like(node.meta["val"], memory_format=torch.channels_last)
+        fake = torch.empty_like(node.meta["val"], memory_format=torch.channels_last)   # the op's
+        new = call_before(graph, node, op, (x, w, b), fake)
         node.replace_all_uses_with(new)
         graph.erase_node(node)
         n += 1
